@@ -1,0 +1,136 @@
+"""The `llmray` command: validate, plan, run, status (and serve/compare/report from their modules).
+
+Every command takes the pipeline file and then dotted overrides (`workdir=/tmp/r`,
+`stages.base.train.steps=50`), applied before validation. A config error prints
+`file:line: field.path: message (got value)` and exits 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import time
+
+from llmray.config import ConfigError, load_pipeline
+
+# command -> "module:function"; each function takes (pipe, args) and returns an exit code.
+# Modules may also define `add_arguments_<command>(parser)` for extra flags.
+COMMANDS: dict[str, str] = {
+    "validate": "llmray.cli:cmd_validate",
+    "plan": "llmray.cli:cmd_plan",
+    "run": "llmray.cli:cmd_run",
+    "status": "llmray.cli:cmd_status",
+    "schema": "llmray.cli:cmd_schema",
+}
+
+HELP = {
+    "validate": "check the pipeline file and stage references",
+    "plan": "show the stage order and what is cached / will run",
+    "run": "run the pipeline (cached stages are skipped)",
+    "status": "show each stage's state in the run directory",
+    "schema": "print the pipeline file reference (Markdown, from the pydantic schema)",
+    "serve": "serve the stages' models on Ray Serve (OpenAI-compatible)",
+    "compare": "ask several served stage models the same prompt",
+    "report": "write <run>/report.html",
+}
+
+
+def cmd_validate(pipe, args) -> int:
+    print(f"{args.file}: OK — pipeline {pipe.name!r}, {len(pipe.stages)} stages: "
+          + ", ".join(f"{n} ({c.kind})" for n, c in pipe.stages.items()))
+    return 0
+
+
+def cmd_plan(pipe, args) -> int:
+    from llmray.runner import plan, run_dir
+
+    print(f"run directory: {run_dir(pipe)}")
+    for i, item in enumerate(plan(pipe), 1):
+        deps = f" <- {', '.join(item.deps)}" if item.deps else ""
+        print(f"{i:2d}. {item.name:<14} {item.kind:<10} {item.state:<9} {item.fingerprint[:12]}{deps}")
+    return 0
+
+
+def add_arguments_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stages", default="", help="comma-separated stages to run (plus what they need)")
+    p.add_argument("--force", default="", help="comma-separated stages to rerun even if cached")
+
+
+def cmd_run(pipe, args) -> int:
+    from llmray.runner import StageFailed, run_pipeline
+
+    t0 = time.time()
+    stages = [s for s in args.stages.split(",") if s] or None
+    force = [s for s in args.force.split(",") if s]
+    try:
+        run_pipeline(pipe, stages=stages, force=force, echo=lambda m: print(m, flush=True))
+    except StageFailed as e:
+        print(f"[llmray] {e}", file=sys.stderr)
+        return 1
+    except KeyError as e:
+        print(f"[llmray] {e.args[0]}", file=sys.stderr)
+        return 2
+    print(f"[llmray] wall time {time.time() - t0:.1f}s", flush=True)
+    return 0
+
+
+def cmd_status(pipe, args) -> int:
+    from llmray.runner import run_dir, status_table
+
+    print(f"run directory: {run_dir(pipe)}")
+    for row in status_table(pipe):
+        el = f"{row['elapsed_s']:.1f}s" if row["elapsed_s"] is not None else "-"
+        err = f"  {row['error']}" if row["error"] else ""
+        print(f"{row['stage']:<14} {row['kind']:<10} {row['state']:<9} {row['fingerprint']} {el:>8}{err}")
+    return 0
+
+
+def cmd_schema(pipe, args) -> int:
+    from llmray.schema_doc import reference_markdown
+
+    print(reference_markdown())
+    return 0
+
+
+def _resolve(spec: str):
+    mod, fn = spec.split(":")
+    module = importlib.import_module(mod)
+    return module, getattr(module, fn)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmray", description="One pipeline.yaml from raw text to a served LLM.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, spec in COMMANDS.items():
+        p = sub.add_parser(name, help=HELP.get(name, ""))
+        p.add_argument("file", help="the pipeline file")
+        p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stages.base.train.steps=50")
+        module = importlib.import_module(spec.split(":")[0])
+        adder = getattr(module, f"add_arguments_{name}", None)
+        if adder:
+            adder(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may also come after options (`run f.yaml --stages a x.y=1`).
+    bad = [e for e in extra if "=" not in e or e.startswith("-")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.overrides = list(args.overrides) + extra
+    try:
+        pipe = load_pipeline(args.file, args.overrides)
+    except ConfigError as e:
+        print(e.render(), file=sys.stderr)
+        return 2
+    _, fn = _resolve(COMMANDS[args.command])
+    return int(fn(pipe, args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""The pipeline file: loading, dotted overrides, validation, and readable config errors.
+
+Data flow: YAML text --yaml.safe_load--> dict --apply_overrides--> dict
+--pydantic (a discriminated union of every registered stage kind's Config)--> Pipeline
+--check_graph (stage references, kinds, cycles)--> a validated Pipeline.
+
+Every error becomes a ConfigError whose items name the file, the line (when the key
+came from the file), the dotted field path and the offending value; the CLI prints
+those and exits 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+NAME_RE = r"^[A-Za-z][A-Za-z0-9_-]*$"
+
+
+class ConfigError(Exception):
+    """A bad pipeline file. `items` are (field path, message, value) triples."""
+
+    def __init__(self, source: str, items: list[tuple[str, str, Any]], lines: dict[str, int] | None = None):
+        self.source = source
+        self.items = items
+        self.lines = lines or {}
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        out = []
+        for path, msg, value in self.items:
+            line = self.lines.get(path)
+            where = f"{self.source}:{line}" if line else self.source
+            shown = "" if value is _MISSING else f" (got {value!r})"
+            out.append(f"{where}: {path or '<top level>'}: {msg}{shown}")
+        return "\n".join(out)
+
+
+_MISSING = object()
+
+
+class StrictModel(BaseModel):
+    """Base for every config block: unknown keys are errors, never ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class StageConfig(StrictModel):
+    """Fields every stage kind has. Subclasses set `kind: Literal[...]`.
+
+    INPUTS maps a field name that holds a stage reference (a stage name, or a list of
+    names) to the stage kinds it may point at. The runner reads it to build the DAG.
+    """
+
+    INPUTS: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    kind: str = Field(description="Selects the stage implementation.")
+    description: str | None = Field(None, description="Free text shown by `llmray plan`; not fingerprinted.")
+
+    def input_refs(self) -> dict[str, list[str]]:
+        """Field name -> the stage names it references (empty fields left out)."""
+        refs: dict[str, list[str]] = {}
+        for field in self.INPUTS:
+            value = getattr(self, field)
+            if value is None:
+                continue
+            refs[field] = list(value) if isinstance(value, (list, tuple)) else [value]
+        return refs
+
+
+class RayConfig(StrictModel):
+    """How the runner connects to Ray."""
+
+    address: str | None = Field(
+        None, description="Ray address to join; default: $RAY_ADDRESS if set, else start a local Ray."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (ignored when joining).")
+    object_store_mb: int | None = Field(
+        None, ge=64, description="Object store size in MiB for a local Ray (ignored when joining)."
+    )
+    host: str = Field("127.0.0.1", description="Address a local Ray binds to. Keep loopback on a laptop.")
+
+
+def _stage_union():
+    from llmray.stages import load_stage_modules
+
+    configs = tuple(m.Config for m in load_stage_modules().values())
+    if len(configs) == 1:
+        return configs[0]
+    return Annotated[Union[configs], Field(discriminator="kind")]  # noqa: UP007
+
+
+@functools.cache
+def _pipeline_class(kinds: tuple[str, ...]):
+    from llmray.serve_config import ServeConfig
+
+    stage_type = _stage_union()
+
+    class Pipeline(StrictModel):
+        """A whole pipeline file."""
+
+        name: str = Field(description="Pipeline name; the run directory is <workdir>/<name>.", pattern=NAME_RE)
+        workdir: str = Field("runs", description="Folder (or pyarrow.fs URI) holding run directories.")
+        seed: int = Field(0, description="Default seed, recorded in pipeline.resolved.yaml.")
+        ray: RayConfig = Field(default_factory=RayConfig, description="Ray connection settings.")
+        stages: dict[str, stage_type] = Field(  # type: ignore[valid-type]
+            description="Stage name -> stage config; `kind` picks the implementation."
+        )
+        serve: ServeConfig | None = Field(None, description="What `llmray serve` exposes.")
+
+        @field_validator("stages")
+        @classmethod
+        def _names(cls, stages: dict) -> dict:
+            for name in stages:
+                if not re.match(NAME_RE, name):
+                    raise ValueError(f"stage name {name!r} must match {NAME_RE}")
+            if not stages:
+                raise ValueError("a pipeline needs at least one stage")
+            return stages
+
+    return Pipeline
+
+
+def pipeline_class():
+    """The Pipeline model for the kinds registered right now."""
+    from llmray.stages import STAGES
+
+    return _pipeline_class(tuple(sorted(STAGES)))
+
+
+# ---------------------------------------------------------------- loading
+
+
+def apply_overrides(raw: dict, overrides: list[str], source: str = "<overrides>") -> dict:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(source, [(item, "override must look like dotted.path=value", _MISSING)])
+        path, text = item.split("=", 1)
+        keys = path.strip().split(".")
+        node = raw
+        for depth, key in enumerate(keys[:-1]):
+            nxt = node.get(key) if isinstance(node, dict) else None
+            if nxt is None:
+                nxt = node[key] = {}
+            if not isinstance(nxt, dict):
+                where = ".".join(keys[: depth + 1])
+                raise ConfigError(source, [(where, f"cannot set {path}: {where} is not a mapping", nxt)])
+            node = nxt
+        node[keys[-1]] = yaml.safe_load(text) if text != "" else None
+    return raw
+
+
+def _yaml_lines(text: str) -> dict[str, int]:
+    """Dotted key path -> 1-based line number, for error messages."""
+    lines: dict[str, int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node, prefix: str):
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+                lines[path] = key_node.start_mark.line + 1
+                walk(value_node, path)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                path = f"{prefix}.{i}"
+                lines[path] = item.start_mark.line + 1
+                walk(item, path)
+
+    walk(root, "")
+    return lines
+
+
+def _pydantic_items(err: ValidationError, raw: dict) -> list[tuple[str, str, Any]]:
+    items = []
+    for e in err.errors():
+        # Drop the discriminator tag pydantic inserts (stages.x.<kind>.field -> stages.x.field).
+        loc = [str(p) for p in e["loc"]]
+        if len(loc) >= 3 and loc[0] == "stages":
+            stage = raw.get("stages", {}).get(loc[1]) if isinstance(raw.get("stages"), dict) else None
+            if isinstance(stage, dict) and loc[2] == stage.get("kind"):
+                loc.pop(2)
+        value = e.get("input", _MISSING) if e["type"] not in ("missing",) else _MISSING
+        if isinstance(value, dict):
+            value = _MISSING  # the whole block is noise; the path says where
+        msg = e["msg"]
+        if e["type"] == "union_tag_invalid":
+            from llmray.stages import STAGES
+
+            msg = f"unknown stage kind; expected one of {sorted(STAGES)}"
+        items.append((".".join(loc), msg, value))
+    return items
+
+
+def parse_pipeline(raw: Any, source: str = "<pipeline>", text: str | None = None, overrides=()):
+    """Validate a raw dict into a Pipeline (overrides first, then schema, then graph)."""
+    lines = _yaml_lines(text) if text else {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [("", "the pipeline file must be a YAML mapping", type(raw).__name__)])
+    apply_overrides(raw, list(overrides), source)
+    try:
+        pipe = pipeline_class().model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(source, _pydantic_items(err, raw), lines) from None
+    from llmray.graph import check_graph
+
+    problems = check_graph(pipe)
+    if problems:
+        raise ConfigError(source, problems, lines)
+    return pipe
+
+
+def load_pipeline(path: str | Path, overrides=()):
+    """Read, override and validate a pipeline file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(str(path), [("", f"cannot read the file: {e.strerror}", _MISSING)]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        raise ConfigError(str(path), [("", f"invalid YAML: {getattr(e, 'problem', e)}", _MISSING)],
+                          {"": line} if line else None) from None
+    return parse_pipeline(raw, str(path), text, overrides)
+
+
+def dump_resolved(pipe) -> str:
+    """The validated config with defaults filled, as YAML."""
+    return yaml.safe_dump(pipe.model_dump(mode="json"), sort_keys=False)
+
+
+StageKind = Literal  # re-exported for stage modules: `kind: StageKind["curate"] = "curate"`

@@ -1,0 +1,84 @@
+"""What a stage's `run` receives (StageContext) and returns (StageResult).
+
+The runner builds the context: a fresh staging folder for outputs (renamed into place
+only after success), a work folder that survives a failed attempt of the same
+fingerprint (checkpoints, so a rerun resumes), the completed input stages, and a logger
+that writes to the console and to `<stage>/log.txt`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class StageOutput:
+    """A completed input stage, as seen by the stage that reads it."""
+
+    name: str
+    kind: str
+    dir: Path
+    manifest: dict
+
+    @property
+    def metrics(self) -> dict:
+        return self.manifest.get("metrics", {})
+
+    @property
+    def outputs(self) -> dict:
+        return self.manifest.get("outputs", {})
+
+    def path(self, key: str) -> Path:
+        """The absolute path of one of the stage's declared outputs (`outputs[key]`)."""
+        if key not in self.outputs:
+            raise KeyError(f"stage {self.name!r} ({self.kind}) has no output {key!r}; it has {sorted(self.outputs)}")
+        return self.dir / self.outputs[key]
+
+
+@dataclass
+class StageContext:
+    name: str
+    kind: str
+    fingerprint: str
+    run_dir: Path
+    out_dir: Path
+    work_dir: Path
+    inputs: dict[str, list[StageOutput]]
+    pipeline: Any
+    log: logging.Logger
+    extra: dict = field(default_factory=dict)
+
+    def input(self, field_name: str) -> StageOutput:
+        """The single stage referenced by a config field."""
+        refs = self.inputs.get(field_name) or []
+        if len(refs) != 1:
+            raise KeyError(f"stage {self.name!r}: field {field_name!r} references {len(refs)} stages, expected 1")
+        return refs[0]
+
+    def has_input(self, field_name: str) -> bool:
+        return bool(self.inputs.get(field_name))
+
+    def metrics_writer(self, filename: str = "metrics.jsonl") -> "MetricsWriter":
+        return MetricsWriter(self.out_dir / filename)
+
+
+@dataclass
+class StageResult:
+    metrics: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)  # key -> path relative to the stage folder
+
+
+class MetricsWriter:
+    """Appends one JSON object per logged step to a metrics.jsonl file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=float) + "\n")

@@ -1,0 +1,54 @@
+"""Shared fixtures: one real local Ray per test session (2 CPUs, small object store, loopback)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on 127.0.0.1
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray: 2 CPUs, 512 MiB object store, no dashboard."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, object_store_memory=512 * 2**20, include_dashboard=False,
+                 runtime_env={"env_vars": {k: os.environ[k] for k in
+                                           ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "VLLM_CPU_KVCACHE_SPACE")}})
+    yield ray
+    # The session ends with the interpreter; ray.shutdown here would race later session fixtures.
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory):
+    """A BPE tokenizer (vocab 1024) trained on stdlib docstrings, with the llmray chat template."""
+    from llmray.testing import tiny_tokenizer
+
+    d = tmp_path_factory.mktemp("tok")
+    tiny_tokenizer(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_dir(tmp_path_factory, tiny_tokenizer_dir):
+    """A random tiny LlamaForCausalLM in HF format (safetensors + tokenizer + generation config)."""
+    from llmray.testing import tiny_model_dir
+
+    return tiny_model_dir(tmp_path_factory.mktemp("causal"), "causal", tokenizer_dir=tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_dir(tmp_path_factory, tiny_tokenizer_dir):
+    """A random tiny LlamaForSequenceClassification (1 label) in HF format."""
+    from llmray.testing import tiny_model_dir
+
+    return tiny_model_dir(tmp_path_factory.mktemp("reward"), "reward", tokenizer_dir=tiny_tokenizer_dir)
