@@ -76,3 +76,24 @@ def reference_markdown() -> str:
     for kind, module in load_stage_modules().items():
         lines.extend(model_table(module.Config, f"stages.<name> (kind: {kind})", set()))
     return "\n".join(lines).rstrip() + "\n"
+
+
+BEGIN, END = "<!-- BEGIN PIPELINE REFERENCE -->", "<!-- END PIPELINE REFERENCE -->"
+
+
+def update_readme(path: str = "README.md") -> bool:
+    """Rewrite the generated reference between the markers; True if the file changed."""
+    from pathlib import Path
+
+    p = Path(path)
+    text = p.read_text()
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{BEGIN}\n{reference_markdown()}{END}{tail}"
+    if new != text:
+        p.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":  # python -m llmray.schema_doc  -> refresh README.md's reference
+    print("README.md updated" if update_readme() else "README.md already up to date")
