@@ -48,7 +48,7 @@ def check_kuberay(path: Path, doc: dict) -> None:
     _require(path, cluster, ["headGroupSpec"], "spec.")
     if doc["kind"] == "RayJob":
         _require(path, spec, ["entrypoint"], "spec.")
-        if "llmray run" not in spec["entrypoint"]:
+        if not any(c in spec["entrypoint"] for c in ("llmray run ", "llmray.cli run ")):
             raise ValueError(f"{path}: spec.entrypoint should run `llmray run <pipeline>`")
 
 
