@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "run": "llmray.cli:cmd_run",
     "status": "llmray.cli:cmd_status",
     "schema": "llmray.cli:cmd_schema",
+    "report": "llmray.report:cmd_report",
 }
 
 HELP = {
