@@ -209,11 +209,24 @@ def run_pipeline(pipe, stages: list[str] | None = None, force: list[str] | None 
             states[name] = "cached"
             continue
         ensure_ray(pipe)
-        run_stage(pipe, name, fps[name], fps, echo)
+        try:
+            run_stage(pipe, name, fps[name], fps, echo)
+        finally:
+            _refresh_report(pipe, root)
         states[name] = "completed"
     echo(f"[llmray] pipeline {pipe.name}: {len(states)} stages "
          f"({sum(s == 'completed' for s in states.values())} ran) in {time.time() - t0:.1f}s -> {root}")
     return states
+
+
+def _refresh_report(pipe, root: Path) -> None:
+    """Rewrite <run>/report.html so the page follows the run. A report bug must not fail a run."""
+    try:
+        from llmray.report import write_report
+
+        write_report(root, pipe)
+    except Exception as e:  # noqa: BLE001
+        logging.getLogger("llmray").warning("could not refresh report.html: %s", e)
 
 
 def ensure_ray(pipe) -> None:
