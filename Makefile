@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: setup quickstart test test-all bench lint clean
+.PHONY: setup browser quickstart test test-all bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,16 +22,21 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Headless Chromium renders the run report in the report tests (Debian package; needs root).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
 # The main job: every stage of pipeline.yaml on the built-in offline data, then serve the models.
 quickstart: $(STAMP)
 	$(BIN)/llmray run pipeline.yaml
 	$(BIN)/llmray serve pipeline.yaml
 
 # The tests CI runs (unit tests + one end-to-end tiny pipeline); `make test-all` adds the slow ones.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/pytest -m "not slow" -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) browser
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
