@@ -1,0 +1,112 @@
+"""Stage kind `pretrain`: next-token prediction on token shards with Ray Train; also domain fine-tuning.
+
+From scratch:   data (tokenize stage) + model preset -> `model/` (HF, safetensors + tokenizer).
+Domain tuning:  the same kind with `init:` (a pretrain or sft stage whose `model/` is loaded),
+                domain `data:`, and `replay: {data: <general tokenize stage>, fraction}` mixing
+                that share of general micro-batches in; metrics then report the domain and the
+                general validation loss before and after (`forgetting` = general loss increase).
+`from:` starts from a local HF checkpoint folder instead.
+
+Data flow: tokenize outputs `train/`, `val/`, `tokenizer/` -> llmray.train.causal.CausalLMTask
+-> llmray.train.loop.fit (Ray Train: DDP/FSDP2, checkpoints under ctx.work_dir, resume) ->
+`model/`, `metrics.jsonl` (a record every `train.log_every` steps) and final figures, including
+the unigram entropy of the train tokens (the loss to beat) in `metrics`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from llmray.config import StageConfig, StrictModel
+from llmray.models import ModelConfig
+from llmray.resources import Resources
+from llmray.train.config import TrainConfig
+
+VERSION = "1"
+
+
+class Replay(StrictModel):
+    """General data mixed into domain fine-tuning, against catastrophic forgetting."""
+
+    data: str = Field(description="tokenize stage of general data: its train/ is replayed, its val/ is the "
+                                  "general validation set (forgetting is measured on it).")
+    fraction: float = Field(0.25, ge=0, lt=1, description="Share of micro-batches drawn from the general data "
+                                                          "(0: only measure forgetting).")
+
+
+class Config(StageConfig):
+    """Pretrain a causal LM from scratch, or continue training one (`init:` / `from:`) on domain data."""
+
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True)
+    INPUTS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "data": ("tokenize",), "init": ("pretrain", "sft"), "replay": ("tokenize",)}
+
+    kind: Literal["pretrain"] = Field("pretrain", description="Selects this stage kind.")
+    data: str = Field(description="tokenize stage whose train/ and val/ token shards are trained on.")
+    init: str | None = Field(None, description="pretrain or sft stage whose model/ is the starting point "
+                                               "(domain fine-tuning).")
+    from_: str | None = Field(None, alias="from", description="Local HF checkpoint folder to start from.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Architecture when training from "
+                                                                        "scratch (not with init/from).")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation, logging, checkpoints.")
+    resources: Resources = Field(default_factory=Resources, description="Ray Train workers, GPUs, strategy.")
+    replay: Replay | None = Field(None, description="General data replayed during domain fine-tuning.")
+
+    def input_refs(self) -> dict[str, list[str]]:
+        refs = super().input_refs()
+        refs.pop("replay", None)
+        if self.replay is not None:
+            refs["replay"] = [self.replay.data]
+        return refs
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.init and self.from_:
+            raise ValueError("set at most one of init (a stage) and from (a folder)")
+        if (self.init or self.from_) and "model" in self.model_fields_set:
+            raise ValueError("model describes a model trained from scratch; remove it when using init/from")
+        return self
+
+
+def run(config: Config, ctx):
+    from pathlib import Path
+
+    from llmray.stages.base import StageResult
+    from llmray.train.causal import CausalLMTask, check_vocab, unigram_entropy
+    from llmray.train.loop import fit
+
+    data = ctx.input("data")
+    hf_dir = ctx.input("init").path("model") if config.init else (Path(config.from_) if config.from_ else None)
+    if hf_dir is not None:
+        check_vocab(data.path("tokenizer"), hf_dir)
+    replay = ctx.input("replay") if config.replay else None
+    task = CausalLMTask(
+        train_dir=data.path("train"), val_dir=data.path("val"), tokenizer_dir=data.path("tokenizer"),
+        model=None if hf_dir else config.model.model_dump(), hf_dir=hf_dir,
+        replay_train_dir=replay.path("train") if replay else None,
+        replay_val_dir=replay.path("val") if replay else None,
+        replay_fraction=config.replay.fraction if config.replay else 0.0, data_cpus=config.train.data_cpus)
+    baseline = unigram_entropy(data.path("train"))
+    ctx.log.info("unigram entropy of the train tokens: %.4f nats", baseline["unigram_entropy"])
+    ctx.metrics_writer().write({"event": "data", **baseline})
+    result = fit(task, config.train, config.resources, ctx)
+    metrics = _summary(result.metrics, baseline)
+    ctx.log.info("pretrain: %s", metrics)
+    return StageResult(metrics=metrics, outputs={"model": "model"})
+
+
+def _summary(final: dict, baseline: dict) -> dict:
+    """Flat manifest metrics: final figures, the before/after evaluations, forgetting."""
+    first, last = final.get("first_eval", {}), final.get("final_eval", {})
+    out = {k: v for k, v in final.items() if k not in ("first_eval", "final_eval")}
+    out.update(baseline)
+    out.update({f"{k}_before": v for k, v in first.items() if k.endswith("_loss")})
+    out.update({f"{k}_after": v for k, v in last.items() if k.endswith("_loss")})
+    if "val_loss" in last:
+        out["val_loss"] = last["val_loss"]
+        out["beats_unigram_by"] = baseline["unigram_entropy"] - last["val_loss"]
+    if "val_general_loss" in first and "val_general_loss" in last:
+        out["forgetting"] = last["val_general_loss"] - first["val_general_loss"]
+    return out

@@ -1,0 +1,378 @@
+"""The generic Ray Train loop every training kind runs: `fit(task, train_cfg, resources, ctx)`.
+
+Driver (`fit`): task.datasets() -> TorchTrainer(scaling from `resources`, "train*" datasets
+split across workers in a fixed order, "val*" datasets given whole to each worker) with
+storage under `ctx.work_dir/ray_train` (so a rerun of the same stage fingerprint resumes from
+the latest checkpoint), FailureConfig(max_failures) (a dead worker restarts the group from
+the latest checkpoint), and a small metrics actor on the driver node that appends the
+records rank 0 sends to `ctx.out_dir/metrics.jsonl`. After training, the final checkpoint's
+`model/` (the HF export) is copied to `ctx.out_dir/model`.
+
+Worker (`_worker`), top to bottom: seed -> build model (task) -> activation checkpointing /
+compile -> DDP or FSDP2 wrap -> AdamW + warmup/cosine -> data streams -> restore the latest
+checkpoint if any (model, optimizer, scheduler, data position, RNG) -> evaluate (step 0) ->
+loop of `train_step` (the Ray-free per-step function) with a record every `log_every` steps,
+evaluation every `eval_every`, a checkpoint every `checkpoint_every` -> final evaluation ->
+rank 0 exports the HF model into the final checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmray.train import checkpoint as ckpt
+from llmray.train.data import shard_epochs, take_batches
+from llmray.train.flops import flops_per_token, mfu, peak_flops
+from llmray.train.optim import build_optimizer, build_scheduler
+from llmray.train.step import train_step
+from llmray.train.task import all_reduce_sum
+
+
+@dataclass
+class FitResult:
+    metrics: dict  # rank 0's final record: first/final evaluation, throughput, steps
+    model_dir: Path  # ctx.out_dir / "model"
+    metrics_path: Path  # ctx.out_dir / "metrics.jsonl"
+
+
+# ------------------------------------------------------------------------------- driver side
+
+
+class MetricsFile:
+    """Appends JSON records to a file on the driver's node (run as a zero-CPU Ray actor)."""
+
+    def __init__(self, path: str):
+        from llmray.stages.base import MetricsWriter
+
+        self.writer = MetricsWriter(Path(path))
+
+    def write(self, record: dict) -> None:
+        self.writer.write(record)
+
+
+def _metrics_actor(path: Path):
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return ray.remote(num_cpus=0)(MetricsFile).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(str(path))
+
+
+def _data_config(dataset_names):
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True  # the same rows reach the same worker in the same order every run
+    return DataConfig(datasets_to_split=[n for n in dataset_names if n.startswith("train")],
+                      execution_options=options)
+
+
+def fit(task, train_cfg, resources, ctx, name: str = "train") -> FitResult:
+    """Train `task` on Ray Train; returns the final metrics and where the HF model landed."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    from llmray.resources import scaling_config
+
+    datasets = task.datasets()
+    if "train" not in datasets:
+        raise ValueError(f"task.datasets() must include 'train'; got {sorted(datasets)}")
+    metrics_path = Path(ctx.out_dir) / "metrics.jsonl"
+    sink = _metrics_actor(metrics_path)
+    storage = Path(ctx.work_dir) / "ray_train"
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={"task": task, "cfg": train_cfg, "strategy": resources.strategy, "sink": sink,
+                           "datasets": sorted(datasets), "pid_dir": str(Path(ctx.work_dir) / "worker_pids")},
+        scaling_config=scaling_config(resources),
+        datasets=datasets,
+        dataset_config=_data_config(datasets),
+        run_config=RunConfig(name=name, storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=resources.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=train_cfg.keep_checkpoints)),
+    )
+    try:
+        result = trainer.fit()
+    finally:
+        ray.kill(sink)
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a final checkpoint")
+    model_dir = Path(ctx.out_dir) / "model"
+    with result.checkpoint.as_directory() as d:
+        shutil.copytree(Path(d) / "model", model_dir, dirs_exist_ok=True)
+    return FitResult(metrics=dict(result.metrics), model_dir=model_dir, metrics_path=metrics_path)
+
+
+# ------------------------------------------------------------------------------- worker side
+
+
+def seed_all(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def prepare_model(model, cfg, compute, strategy: str, world: int):
+    """Activation checkpointing, compile, device placement and the data-parallel wrap."""
+
+    if cfg.activation_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.to(compute.device)
+    model.train()
+    if cfg.compile:
+        model.compile()  # in place, before wrapping: state-dict keys stay those of the HF model
+    if strategy == "fsdp2":
+        model = _fully_shard(model, compute)
+    elif world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # No buffer broadcast: Llama's only buffers (rotary tables) are identical on every rank.
+        ids = [compute.device.index] if compute.is_cuda else None
+        model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    return model
+
+
+def _fully_shard(model, compute):
+    """FSDP2: shard each transformer block (HF `_no_split_modules`), then the root."""
+    import torch
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=compute.dtype or torch.float32, reduce_dtype=torch.float32)
+    block_names = set(getattr(model, "_no_split_modules", None) or [])
+    for module in model.modules():
+        if type(module).__name__ in block_names:
+            fully_shard(module, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+def export_model(model, task, folder: Path, rank: int) -> None:
+    """Every rank calls (gathers under FSDP2); rank 0 writes the HF folder via `task.save`."""
+    import torch
+
+    state = ckpt.full_model_state(model) if _is_fsdp(model) else None
+    if rank != 0:
+        return
+    plain = ckpt.unwrap(model)
+    if state is not None:  # rebuild an unsharded copy on CPU for saving
+        with torch.device("meta"):
+            plain = type(plain)(plain.config)
+        plain.load_state_dict(state, assign=True)
+        plain.tie_weights()
+    task.save(plain, folder)
+
+
+def _is_fsdp(model) -> bool:
+    return any(type(m).__name__.startswith("FSDP") for m in model.modules())
+
+
+class _Meter:
+    """Accumulates per-step stats between log records; all-reduces means across ranks."""
+
+    def __init__(self, compute, flops_token_fn, world: int):
+        self.compute, self.flops_token_fn, self.world = compute, flops_token_fn, world
+        self.peak = peak_flops(compute.device)
+        self.total_tokens, self.total_time, self.total_flops = 0, 0.0, 0.0
+        self.reset()
+
+    def reset(self):
+        self.sums, self.n, self.tokens, self.t0 = {}, 0, 0, time.perf_counter()
+
+    def add(self, stats: dict) -> None:
+        for k, v in stats.items():
+            if k not in ("tokens", "lr"):
+                self.sums[k] = self.sums.get(k, 0.0) + v
+        self.tokens += stats["tokens"]
+        self.lr = stats["lr"]
+        self.n += 1
+
+    def pause(self):
+        """Exclude evaluation/checkpoint time from throughput."""
+        return _Paused(self)
+
+    def record(self, seq_len: int) -> dict:
+        import torch
+
+        names = sorted(self.sums)
+        vec = torch.stack([torch.as_tensor(self.sums[k], dtype=torch.float64, device=self.compute.device)
+                           for k in names])
+        vec = all_reduce_sum(vec) / (self.world * self.n)
+        elapsed = time.perf_counter() - self.t0
+        tps = self.tokens * self.world / elapsed
+        out = {("train_" + k if k == "loss" else k): float(v) for k, v in zip(names, vec.tolist())}
+        out.update(lr=self.lr, tokens_per_s=tps, step_time_s=elapsed / self.n)
+        m = mfu(tps, self.flops_token_fn(seq_len), self.world, self.peak)
+        if m is not None:
+            out["mfu"] = m
+        self.total_tokens += self.tokens * self.world
+        self.total_time += elapsed
+        self.total_flops += self.tokens * self.world * self.flops_token_fn(seq_len)
+        self.reset()
+        return out
+
+    def summary(self) -> dict:
+        """Throughput over every logged interval of this attempt (evaluation/checkpoints excluded)."""
+        if not self.total_time:
+            return {}
+        out = {"tokens_per_s": self.total_tokens / self.total_time}
+        if self.peak:
+            out["mfu"] = self.total_flops / self.total_time / (self.world * self.peak)
+        return out
+
+
+class _Paused:
+    def __init__(self, meter):
+        self.meter = meter
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.meter.t0 += time.perf_counter() - self.start
+        return False
+
+
+def _write_pid(pid_dir: str, rank: int) -> None:
+    """Record this worker's pid (for operators and the fault-tolerance test); best effort."""
+    try:
+        Path(pid_dir).mkdir(parents=True, exist_ok=True)
+        (Path(pid_dir) / f"rank{rank}.pid").write_text(str(os.getpid()))
+    except OSError:
+        pass
+
+
+def _build_streams(task, cfg, names: list[str]):
+    """Train stream over the split "train*" shards; the first eval batches of every "val*" set."""
+    import ray.train
+
+    epochs = {n: shard_epochs(ray.train.get_dataset_shard(n), cfg.micro_batch_size) for n in names}
+    stream = task.train_stream({n: e for n, e in epochs.items() if n.startswith("train")})
+    val = {n: take_batches(e, cfg.eval_batches, task.collate) for n, e in epochs.items() if n.startswith("val")}
+    return stream, val
+
+
+class _Log:
+    """Rank 0 sends records to the driver's metrics actor; other ranks send nothing."""
+
+    def __init__(self, sink, rank: int):
+        self.sink, self.rank, self.pending = sink, rank, []
+
+    def write(self, record: dict) -> None:
+        if self.rank == 0:
+            self.pending.append(self.sink.write.remote(record))
+
+    def flush(self) -> None:
+        import ray
+
+        ray.get(self.pending)
+        self.pending = []
+
+
+def _restore(model, optimizer, scheduler, stream, rank: int) -> dict:
+    """Load the latest Ray Train checkpoint if there is one; returns its meta ({} when fresh)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return {}
+    with checkpoint.as_directory() as d:
+        meta = ckpt.load_meta(d)
+        if meta.get("done"):  # the run had finished; the final checkpoint is re-reported as is
+            meta["final_dir"] = d
+            return meta
+        meta = ckpt.load(d, model, optimizer, scheduler, rank)
+    stream.load_state_dict(meta["data"])
+    return meta
+
+
+def _report_checkpoint(model, optimizer, scheduler, meta: dict, rank: int) -> None:
+    import ray.train
+    from ray.train import Checkpoint
+
+    with tempfile.TemporaryDirectory() as d:
+        ckpt.save(Path(d), model, optimizer, scheduler, meta, rank)
+        ray.train.report({"step": meta["step"]}, checkpoint=Checkpoint.from_directory(d))
+
+
+def _report_final(model, task, meta: dict, final: dict, rank: int) -> None:
+    """Export the HF model (rank 0) into the last checkpoint, with the final metrics."""
+    import json
+
+    import ray.train
+    from ray.train import Checkpoint
+
+    if meta.get("done"):  # restored after the end: hand back the same final checkpoint
+        ray.train.report(meta["final_metrics"],
+                         checkpoint=Checkpoint.from_directory(meta["final_dir"]) if rank == 0 else None)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        export_model(model, task, Path(d) / "model", rank)
+        if rank == 0:
+            (Path(d) / "meta.json").write_text(json.dumps({**meta, "done": True, "final_metrics": final}))
+        ray.train.report(final, checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
+
+
+def _worker(config: dict) -> None:
+    import ray.train
+
+    from llmray.device import compute_init
+
+    task, cfg = config["task"], config["cfg"]
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    _write_pid(config["pid_dir"], rank)
+    compute = compute_init()
+    seed_all(cfg.seed)  # the same initial weights on every rank
+    model = prepare_model(task.build_model(), cfg, compute, config["strategy"], world)
+    optimizer, log = build_optimizer(model, cfg), _Log(config["sink"], rank)
+    scheduler = build_scheduler(optimizer, cfg)
+    stream, val = _build_streams(task, cfg, config["datasets"])
+    seed_all(cfg.seed + 1 + rank)  # per-rank randomness in training (dropout etc.)
+    meta = _restore(model, optimizer, scheduler, stream, rank)
+    step, first_eval = meta.get("step", 0), meta.get("first_eval")
+    if meta:
+        log.write({"event": "resumed", "step": step})
+    if first_eval is None:
+        first_eval = task.evaluate(model, val, compute, rank, world)
+        log.write({"step": 0, **first_eval})
+    flops = {}
+    meter, last = _Meter(compute, lambda s: flops.setdefault(s, flops_per_token(ckpt.unwrap(model), s)),
+                         world), {}
+    while step < cfg.steps and not meta.get("done"):
+        micro = [next(stream) for _ in range(cfg.grad_accum)]
+        meter.add(train_step(model, micro, optimizer, scheduler, task.loss, compute, cfg.grad_clip))
+        step += 1
+        record = {}
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            record = {"step": step, **meter.record(_seq_len(micro[0]))}
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            with meter.pause():
+                record = {"step": step, **record, **task.evaluate(model, val, compute, rank, world)}
+        if record:
+            log.write(record)
+            last.update(record)
+        if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            with meter.pause():
+                _report_checkpoint(model, optimizer, scheduler, {"step": step, "data": stream.state_dict(),
+                                                                 "first_eval": first_eval}, rank)
+    final = {"steps": step, **{k: v for k, v in last.items() if k != "step"}, **meter.summary(),
+             "first_eval": first_eval,
+             "final_eval": {k: v for k, v in last.items() if k in first_eval}}
+    log.flush()
+    _report_final(model, task, {**meta, "step": step, "first_eval": first_eval}, final, rank)
+
+
+def _seq_len(batch: dict) -> int:
+    ids = batch.get("input_ids")
+    return int(ids.shape[-1]) if ids is not None else 0

@@ -1,0 +1,172 @@
+"""The Ray-free parts of the training core: schedule, decay groups, train_step, checkpoints, streams, FLOPs."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from llmray.device import compute_init
+from llmray.train import checkpoint as ckpt
+from llmray.train.config import TrainConfig
+from llmray.train.data import BatchStream, MixedStream, take_batches, token_collate
+from llmray.train.flops import flops_per_token, matmul_params, mfu
+from llmray.train.optim import build_optimizer, build_scheduler, lr_factor, param_groups
+from llmray.train.step import causal_lm_loss, train_step
+
+CPU = compute_init(in_ray_train=False)
+
+
+def _model(tok_dir, seed=0):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from llmray.models import ModelConfig, llama_config
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(llama_config(ModelConfig(preset="tiny"), AutoTokenizer.from_pretrained(str(tok_dir))))
+
+
+def _batch(n=8, seq=32, seed=1, vocab=1024):
+    g = torch.Generator().manual_seed(seed)
+    return {"input_ids": torch.randint(0, vocab, (n, seq), generator=g)}
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    f = [lr_factor(s, 100, 10, 0.1) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in itertools.pairwise(f[:10]))  # warmup rises
+    assert all(a >= b for a, b in itertools.pairwise(f[9:]))  # then never rises
+    assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
+    assert f[55] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_train_config_rejects_warmup_longer_than_training():
+    with pytest.raises(ValueError, match="warmup_steps"):
+        TrainConfig(steps=5, warmup_steps=10)
+
+
+def test_no_decay_on_norms_biases_embeddings(tiny_tokenizer_dir):
+    model = _model(tiny_tokenizer_dir)
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert {names[id(p)] for p in no_decay["params"]} >= {"model.embed_tokens.weight", "model.norm.weight"}
+    assert all("norm" in names[id(p)] or "embed" in names[id(p)] for p in no_decay["params"])
+    assert all(p.ndim == 2 and "embed" not in names[id(p)] for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_grad_accumulation_matches_one_big_batch(tiny_tokenizer_dir):
+    cfg = TrainConfig(steps=10, warmup_steps=0, lr=1e-3)
+    batch = _batch(8)
+    results = []
+    for micro in ([batch], [{"input_ids": batch["input_ids"][:4]}, {"input_ids": batch["input_ids"][4:]}]):
+        model = _model(tiny_tokenizer_dir)
+        opt = build_optimizer(model, cfg)
+        stats = train_step(model, micro, opt, build_scheduler(opt, cfg), causal_lm_loss, CPU, grad_clip=1.0)
+        results.append((stats, [p.detach().clone() for p in model.parameters()]))
+    (s1, p1), (s2, p2) = results
+    assert s1["tokens"] == s2["tokens"] == 8 * 32
+    assert float(s1["loss"]) == pytest.approx(float(s2["loss"]), rel=1e-5)
+    assert float(s1["grad_norm"]) == pytest.approx(float(s2["grad_norm"]), rel=1e-4)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(p1, p2))
+
+
+def test_train_step_learns_and_follows_schedule(tiny_tokenizer_dir):
+    cfg = TrainConfig(steps=20, warmup_steps=2, lr=3e-3)
+    model = _model(tiny_tokenizer_dir)
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg)
+    batch = _batch(4, 16)
+    stats = [train_step(model, [batch], opt, sched, causal_lm_loss, CPU, cfg.grad_clip) for _ in range(20)]
+    assert float(stats[-1]["loss"]) < float(stats[0]["loss"]) - 1.0  # memorises one batch
+    assert stats[0]["lr"] == pytest.approx(cfg.lr * 0.5) and stats[1]["lr"] == pytest.approx(cfg.lr)
+    assert float(stats[0]["grad_norm"]) > 0
+
+
+def test_checkpoint_roundtrip_resumes_identically(tmp_path, tiny_tokenizer_dir):
+    """Train 3 steps, checkpoint, train 2 more; a fresh model restored from the checkpoint
+    then trained 2 steps ends with the same weights and losses."""
+    cfg = TrainConfig(steps=10, warmup_steps=2, lr=1e-3)
+    batches = [_batch(4, 16, seed=s) for s in range(5)]
+
+    def setup():
+        m = _model(tiny_tokenizer_dir, seed=0)
+        o = build_optimizer(m, cfg)
+        return m, o, build_scheduler(o, cfg)
+
+    m, o, s = setup()
+    for b in batches[:3]:
+        train_step(m, [b], o, s, causal_lm_loss, CPU)
+    ckpt.save(tmp_path, m, o, s, {"step": 3, "data": {"epoch": 0, "index": 3}}, rank=0)
+    ref = [float(train_step(m, [b], o, s, causal_lm_loss, CPU)["loss"]) for b in batches[3:]]
+
+    m2, o2, s2 = setup()
+    meta = ckpt.load(tmp_path, m2, o2, s2, rank=0)
+    assert meta["step"] == 3 and meta["data"] == {"epoch": 0, "index": 3}
+    got = [float(train_step(m2, [b], o2, s2, causal_lm_loss, CPU)["loss"]) for b in batches[3:]]
+    assert got == pytest.approx(ref, rel=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(m.parameters(), m2.parameters()))
+
+
+def _epochs(n_batches, bs=2):
+    def epoch():
+        return iter({"input_ids": [[i] * 3] * bs} for i in range(n_batches))
+
+    return epoch
+
+
+def _collate(b):
+    return b["input_ids"][0][0]
+
+
+def test_batch_stream_cycles_epochs_and_resumes_mid_epoch():
+    s = BatchStream(_epochs(3), _collate)
+    first = [next(s) for _ in range(7)]
+    assert first == [0, 1, 2, 0, 1, 2, 0] and s.state_dict() == {"epoch": 2, "index": 1}
+    state = s.state_dict()
+    rest = [next(s) for _ in range(4)]
+    s2 = BatchStream(_epochs(3), _collate)
+    s2.load_state_dict(state)
+    assert [next(s2) for _ in range(4)] == rest == [1, 2, 0, 1]
+    with pytest.raises(RuntimeError, match="no full micro-batch"):
+        next(BatchStream(_epochs(0), _collate))
+
+
+def test_mixed_stream_exact_fraction_and_resume():
+    def mixed():
+        return MixedStream(BatchStream(_epochs(50), _collate), BatchStream(lambda: iter(
+            {"input_ids": [[-1] * 3]} for _ in range(50)), _collate), 0.25)
+
+    m = mixed()
+    seq = [next(m) for _ in range(40)]
+    assert sum(x == -1 for x in seq) == 10  # exactly a quarter, spread evenly
+    assert all(sum(x == -1 for x in seq[i:i + 4]) == 1 for i in range(0, 40, 4))
+    m2 = mixed()
+    for _ in range(13):
+        next(m2)
+    m3 = mixed()
+    m3.load_state_dict(m2.state_dict())
+    assert [next(m3) for _ in range(10)] == [next(m2) for _ in range(10)]
+
+
+def test_token_collate_and_take_batches():
+    import numpy as np
+
+    raw = {"input_ids": np.array([np.arange(4, dtype=np.uint16), np.arange(4, 8, dtype=np.uint16)], dtype=object)}
+    out = token_collate(raw)
+    assert out["input_ids"].dtype == torch.int64 and out["input_ids"].tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert len(take_batches(lambda: iter([raw] * 5), 3)) == 3
+    assert len(take_batches(lambda: iter([raw] * 2), 3)) == 2
+
+
+def test_flops_per_token_counts_matmuls(tiny_tokenizer_dir):
+    model = _model(tiny_tokenizer_dir)
+    c = model.config
+    n = sum(p.numel() for p in model.parameters())
+    assert c.tie_word_embeddings and matmul_params(model) == n  # tied: the table is counted once, as the head
+    assert flops_per_token(model, 128) == 6 * n + 12 * c.num_hidden_layers * c.hidden_size * 128
+    assert mfu(1000.0, 1e9, 2, 1e12) == pytest.approx(0.5)
+    assert mfu(1000.0, 1e9, 2, None) is None
