@@ -1,0 +1,43 @@
+"""End to end: the tiny pipeline (every stage kind) through the real CLI, then a cached rerun."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "pipelines" / "tiny.yaml"
+
+
+def _llmray(*args, timeout=1500):
+    return subprocess.run([sys.executable, "-m", "llmray.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_tiny_pipeline_end_to_end(tmp_path):
+    proc = _llmray("run", str(TINY), f"workdir={tmp_path}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp_path / "tiny"
+    stages = ["corpus", "bpe", "tokens", "base", "chat", "rm", "dpo", "ppo", "safety"]
+    for stage in stages:
+        man = json.loads((run / stage / "manifest.json").read_text())
+        assert man["status"] == "completed", (stage, man.get("error"))
+        for rel in man["outputs"].values():
+            assert (run / stage / rel).exists(), (stage, rel)
+    corpus = json.loads((run / "corpus" / "manifest.json").read_text())["metrics"]
+    removed = sum(step["in"] - step["out"] for step in corpus["funnel"])
+    assert corpus["docs_in"] == corpus["docs_out"] + removed + corpus["quarantined"]
+    base = json.loads((run / "base" / "manifest.json").read_text())
+    assert base["inputs"] == {"tokens": json.loads((run / "tokens" / "manifest.json").read_text())["fingerprint"]}
+    assert (run / "base" / "metrics.jsonl").read_text().count("\n") >= 2
+    assert (run / "report.html").exists() and "corpus" in (run / "report.html").read_text()
+    assert "wall time" in proc.stdout
+
+    # The same file again: everything cached, nothing reruns.
+    again = _llmray("run", str(TINY), f"workdir={tmp_path}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("cached") == len(stages)
+    status = _llmray("status", str(TINY), f"workdir={tmp_path}")
+    assert status.returncode == 0 and status.stdout.count("cached") == len(stages)

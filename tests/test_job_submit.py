@@ -1,0 +1,74 @@
+"""`ray job submit --working-dir . -- llmray run <pipeline>` against a local head started here."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+PIPELINE = """\
+name: submitted
+workdir: {workdir}
+stages:
+  corpus:
+    kind: curate
+    sources: [{{type: python-docs, modules: [json, textwrap, string, heapq]}}]
+  bpe: {{kind: tokenizer, data: corpus, vocab_size: 512}}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A real `ray start --head` on 127.0.0.1 with token auth, stopped at the end."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    gcs, dash = _free_port(), _free_port()
+    temp = Path("/tmp") / f"rayjob{gcs}"  # short: Ray's socket paths must stay under 107 bytes
+    start = [str(BIN / "ray"), "start", "--head", "--num-cpus", "2", "--port", str(gcs), "--node-ip-address",
+             "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--include-dashboard",
+             "true", "--object-store-memory", str(300 * 2**20), "--temp-dir", str(temp), "--disable-usage-stats"]
+    proc = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    try:
+        yield env, f"http://127.0.0.1:{dash}", f"127.0.0.1:{gcs}"
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env={**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"},
+                       capture_output=True, timeout=120)
+
+
+def test_ray_job_submit_runs_the_pipeline(ray_head, tmp_path):
+    env, dashboard, gcs = ray_head
+    pipe = tmp_path / "submitted.yaml"
+    pipe.write_text(PIPELINE.format(workdir=tmp_path / "runs"))
+    t0 = time.time()
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", dashboard, "--working-dir", str(ROOT),
+           "--runtime-env-json", json.dumps({"excludes": [".venv", "runs", ".git", "bench"]}),
+           "--", "llmray", "run", str(pipe)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "succeeded" in out
+    for stage in ("corpus", "bpe"):
+        man = json.loads((tmp_path / "runs" / "submitted" / stage / "manifest.json").read_text())
+        assert man["status"] == "completed"
+    tok = tmp_path / "runs" / "submitted" / "bpe" / "tokenizer" / "tokenizer.json"
+    assert tok.exists()
+    # The job joined the head we started (RAY_ADDRESS from the job environment), not a new local Ray.
+    assert "Started a local Ray instance" not in out
+    assert time.time() - t0 < 600
