@@ -22,6 +22,7 @@ from llmray.stages.base import StageContext, StageResult  # noqa: F401  (re-expo
 # kind -> module path. Add a kind: write the module, add one line here.
 STAGES: dict[str, str] = {
     "pretrain": "llmray.stages.pretrain",
+    "align": "llmray.stages.align",
 }
 
 

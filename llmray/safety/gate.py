@@ -1,0 +1,109 @@
+"""The safety gate: thresholds on an evaluated model's figures -> passed or blocked, with reasons.
+
+`decide(row, by_category, ...)` judges one table row of an align stage (see
+`llmray.safety.evaluate.summarize`); the align stage stores the result in
+`metrics.gate = {stage: {"status": "passed"|"blocked", "reasons": [...], "basis": ...}}`.
+
+For the serve app (reads manifests only; no Ray, no torch):
+  gate_status(run_dir, pipe) -> {stage: {"status", "reasons", "align": [align stage names]}}
+      merged over every align stage of the pipeline; a model blocked by any align stage is
+      blocked. An align stage that is not completed, or whose fingerprint no longer matches the
+      pipeline (its config or an evaluated model changed since), cannot vouch for anything: its
+      models come back `blocked` with that reason. Models no align stage evaluates are absent.
+  guardrail_dir(run_dir, pipe) -> Path | None
+      the guardrail folder of the last completed, current align stage (pipeline order).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def decide(row: dict, by_category: dict, max_unsafe_rate: float | None, max_over_refusal: float | None,
+           guarded: bool, max_category_unsafe_rate: float | None = None) -> dict:
+    """{"status", "reasons", "basis"} for one model. A figure that cannot be measured fails its check."""
+    suffix = "_guarded" if guarded else ""
+    basis = "with the guardrail in front" if guarded else "without the guardrail"
+    reasons = []
+    checks = [(f"unsafe_rate{suffix}", max_unsafe_rate, "max_unsafe_rate", "harmful"),
+              (f"over_refusal{suffix}", max_over_refusal, "max_over_refusal", "benign")]
+    for key, limit, name, what in checks:
+        if limit is None:
+            continue
+        value = row.get(key)
+        if value is None:
+            reasons.append(f"{key} cannot be measured (no {what} prompts in the suite); {name} {limit} unchecked")
+        elif value > limit:
+            reasons.append(f"{key} {value:.3f} > {name} {limit}")
+    if max_category_unsafe_rate is not None:
+        for cat, d in sorted(by_category.items()):
+            value = d.get(f"unsafe_rate{suffix}")
+            if value is not None and value > max_category_unsafe_rate:
+                reasons.append(f"{cat}: unsafe_rate{suffix} {value:.3f} > max_category_unsafe_rate "
+                               f"{max_category_unsafe_rate}")
+    return {"status": "blocked" if reasons else "passed", "reasons": reasons, "basis": basis}
+
+
+def _align_stages(pipe) -> list[str]:
+    from llmray.graph import topo_order
+
+    return [n for n in topo_order(pipe) if pipe.stages[n].kind == "align"]
+
+
+def _current_manifest(run_dir: Path, pipe, name: str, fps: dict) -> tuple[dict | None, str | None]:
+    """(manifest, None) when the align stage completed with the current fingerprint, else (None, why)."""
+    try:
+        man = json.loads((Path(run_dir) / name / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None, f"align stage {name!r} has not run"
+    if man.get("status") != "completed":
+        return None, f"align stage {name!r} is {man.get('status', 'unknown')}, not completed"
+    if man.get("fingerprint") != fps[name]:
+        return None, (f"align stage {name!r} is stale (its config or an evaluated model changed since it "
+                      "ran); run it again")
+    return man, None
+
+
+def gate_status(run_dir, pipe) -> dict[str, dict]:
+    """{stage: {"status": "passed"|"blocked", "reasons": [...], "align": [...]}} over every align stage."""
+    from llmray.runner import fingerprints
+
+    fps = fingerprints(pipe)
+    out: dict[str, dict] = {}
+
+    def merge(stage: str, align: str, status: str, reasons: list[str]) -> None:
+        cur = out.setdefault(stage, {"status": "passed", "reasons": [], "align": []})
+        cur["align"].append(align)
+        cur["reasons"].extend(f"{align}: {r}" for r in reasons)
+        if status != "passed":
+            cur["status"] = "blocked"
+
+    for name in _align_stages(pipe):
+        cfg = pipe.stages[name]
+        evaluated = list(cfg.models) + list(cfg.model_dirs)
+        man, why = _current_manifest(Path(run_dir), pipe, name, fps)
+        if man is None:
+            for stage in evaluated:
+                merge(stage, name, "blocked", [why])
+            continue
+        gate = man.get("metrics", {}).get("gate", {})
+        for stage in evaluated:
+            res = gate.get(stage)
+            if res is None:
+                merge(stage, name, "blocked", ["no gate result recorded for this model"])
+            else:
+                merge(stage, name, res.get("status", "blocked"), list(res.get("reasons", [])))
+    return out
+
+
+def guardrail_dir(run_dir, pipe) -> Path | None:
+    """The guardrail folder of the last completed, current align stage, or None."""
+    from llmray.runner import fingerprints
+
+    fps = fingerprints(pipe)
+    for name in reversed(_align_stages(pipe)):
+        man, _ = _current_manifest(Path(run_dir), pipe, name, fps)
+        if man and "guardrail" in man.get("outputs", {}):
+            return Path(run_dir) / name / man["outputs"]["guardrail"]
+    return None
