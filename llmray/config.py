@@ -198,6 +198,10 @@ def _pydantic_items(err: ValidationError, raw: dict) -> list[tuple[str, str, Any
             from llmray.stages import STAGES
 
             msg = f"unknown stage kind; expected one of {sorted(STAGES)}"
+            if loc[-1:] != ["kind"]:
+                loc.append("kind")
+            stage = raw.get("stages", {}).get(loc[1], {}) if len(loc) > 1 else {}
+            value = stage.get("kind", _MISSING) if isinstance(stage, dict) else _MISSING
         items.append((".".join(loc), msg, value))
     return items
 
