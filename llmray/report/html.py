@@ -225,16 +225,27 @@ def charts(stage: StageView) -> str:
     return out + f'<p class="note">{stage.records:,} records in metrics.jsonl</p>'
 
 
+def _gates(gate) -> list[tuple[str, str, list]]:
+    """(model label, status, reasons) from an align gate: one gate `{status, reasons}` or one per model
+    (`{model: {status, reasons}}`, what the align stage writes)."""
+    if not isinstance(gate, dict):
+        return []
+    if "status" in gate:
+        return [("", str(gate["status"]), list(gate.get("reasons") or []))]
+    return [(str(k), str(v.get("status", "?")), list(v.get("reasons") or []))
+            for k, v in gate.items() if isinstance(v, dict)]
+
+
 def eval_table(stage: StageView) -> str:
     """align: the evaluation/safety table (`metrics.table`, a list of row dicts) and the gate."""
     out = []
-    gate = stage.metrics.get("gate")
-    if isinstance(gate, dict):
-        status = str(gate.get("status", "?"))
-        reasons = "".join(f"<li>{esc(r)}</li>" for r in gate.get("reasons") or [])
+    for label, status, reasons in _gates(stage.metrics.get("gate")):
+        items = "".join(f"<li>{esc(r)}</li>" for r in reasons)
+        ident = slug(stage.name) + (f"-{slug(label)}" if label else "")
+        title = f"Gate{f' ({esc(label)})' if label else ''}: {esc(status)}"
         out.append(
-            f'<div id="gate-{slug(stage.name)}" class="gate {esc(status)}" data-gate="{esc(status)}">'
-            f"<strong>Gate: {esc(status)}</strong>{f'<ul>{reasons}</ul>' if reasons else ''}</div>"
+            f'<div id="gate-{ident}" class="gate {esc(status)}" data-gate="{esc(status)}">'
+            f"<strong>{title}</strong>{f'<ul>{items}</ul>' if items else ''}</div>"
         )
     rows = [r for r in stage.metrics.get("table") or [] if isinstance(r, dict)]
     if rows:
@@ -304,8 +315,9 @@ def _headline(stage: StageView) -> str:
     m = stage.metrics
     if stage.kind == "curate" and "docs_in" in m:
         return f"{fmt_num(m.get('docs_out', 0))} of {fmt_num(m['docs_in'])} docs kept"
-    if isinstance(m.get("gate"), dict):
-        return f"gate {m['gate'].get('status', '?')}"
+    gates = _gates(m.get("gate"))
+    if gates:
+        return ", ".join(f"{label + ' ' if label else ''}{status}" for label, status, _ in gates)
     keys = HEADLINE.get(
         "train" if stage.kind in TRAINING_KINDS else stage.kind, ("vocab_size", "tokens", "loss")
     )
