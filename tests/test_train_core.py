@@ -170,3 +170,68 @@ def test_flops_per_token_counts_matmuls(tiny_tokenizer_dir):
     assert flops_per_token(model, 128) == 6 * n + 12 * c.num_hidden_layers * c.hidden_size * 128
     assert mfu(1000.0, 1e9, 2, 1e12) == pytest.approx(0.5)
     assert mfu(1000.0, 1e9, 2, None) is None
+
+
+def test_gpu_check_script_runs_on_cpu(tmp_path):
+    """bench/gpu_check.py (no Ray) in its fast CPU mode: the same train_step, a JSON report in $OUT."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**__import__("os").environ, "OUT": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--preset", "tiny", "--steps", "2", "--device",
+                           "cpu", "--seq", "64", "--micro-batch", "2", "--warmup", "1", "--vocab", "1024"],
+                          check=False, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["timed_steps"] == 2 and report["tokens_per_s"] > 0 and report["mfu"] is None
+    assert report["flops_per_token"] > 6 * 1_000_000 and len(report["losses"]) == 2
+    assert "ray" not in proc.stdout
+
+
+def test_gpu_check_presets_without_pydantic_match_the_module():
+    """The AST fallback (GPU boxes without pydantic) reads the same presets as llmray.models."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import gpu_check
+
+    from llmray.models import PRESETS
+
+    assert gpu_check.presets_from_source() == PRESETS
+
+
+def test_fsdp2_path_trains_checkpoints_and_exports(tmp_path, tiny_tokenizer_dir):
+    """The FSDP2 branch (fully_shard per decoder block, DTensor grads and clipping, full-state
+    checkpoints, export through a rebuilt unsharded module) on a 1-process gloo group."""
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM
+
+    from llmray.train.causal import CausalLMTask
+    from llmray.train.loop import export_model, prepare_model, seed_all
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        task = CausalLMTask(train_dir=None, val_dir=None, tokenizer_dir=tiny_tokenizer_dir, model={"preset": "tiny"})
+        cfg = TrainConfig(steps=10, warmup_steps=1, lr=1e-3)
+        seed_all(0)
+        model = prepare_model(task.build_model(), cfg, CPU, "fsdp2", world=1)
+        assert type(next(model.parameters())).__name__ == "DTensor"
+        opt = build_optimizer(model, cfg)
+        sched = build_scheduler(opt, cfg)
+        batch = _batch(4, 16)
+        losses = [float(train_step(model, [batch, batch], opt, sched, causal_lm_loss, CPU)["loss"])
+                  for _ in range(3)]
+        assert losses[-1] < losses[0]
+        ckpt.save(tmp_path / "ck", model, opt, sched, {"step": 3, "data": {}}, rank=0)
+        assert ckpt.load(tmp_path / "ck", model, opt, sched, rank=0)["step"] == 3
+        export_model(model, task, tmp_path / "model", rank=0)
+        loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "model"))
+        with torch.no_grad():
+            diff = (model(input_ids=batch["input_ids"]).logits - loaded(input_ids=batch["input_ids"]).logits)
+        assert diff.abs().max() < 1e-5
+    finally:
+        dist.destroy_process_group()

@@ -38,6 +38,7 @@ class FitResult:
     metrics: dict  # rank 0's final record: first/final evaluation, throughput, steps
     model_dir: Path  # ctx.out_dir / "model"
     metrics_path: Path  # ctx.out_dir / "metrics.jsonl"
+    checkpoint_dir: Path  # the final checkpoint on storage (train_state.pt, meta.json, model/)
 
 
 # ------------------------------------------------------------------------------- driver side
@@ -107,7 +108,8 @@ def fit(task, train_cfg, resources, ctx, name: str = "train") -> FitResult:
     model_dir = Path(ctx.out_dir) / "model"
     with result.checkpoint.as_directory() as d:
         shutil.copytree(Path(d) / "model", model_dir, dirs_exist_ok=True)
-    return FitResult(metrics=dict(result.metrics), model_dir=model_dir, metrics_path=metrics_path)
+    return FitResult(metrics=dict(result.metrics), model_dir=model_dir, metrics_path=metrics_path,
+                     checkpoint_dir=Path(result.checkpoint.path))
 
 
 # ------------------------------------------------------------------------------- worker side
@@ -288,10 +290,6 @@ def _restore(model, optimizer, scheduler, stream, rank: int) -> dict:
     if checkpoint is None:
         return {}
     with checkpoint.as_directory() as d:
-        meta = ckpt.load_meta(d)
-        if meta.get("done"):  # the run had finished; the final checkpoint is re-reported as is
-            meta["final_dir"] = d
-            return meta
         meta = ckpt.load(d, model, optimizer, scheduler, rank)
     stream.load_state_dict(meta["data"])
     return meta
@@ -306,22 +304,15 @@ def _report_checkpoint(model, optimizer, scheduler, meta: dict, rank: int) -> No
         ray.train.report({"step": meta["step"]}, checkpoint=Checkpoint.from_directory(d))
 
 
-def _report_final(model, task, meta: dict, final: dict, rank: int) -> None:
-    """Export the HF model (rank 0) into the last checkpoint, with the final metrics."""
-    import json
-
+def _report_final(model, optimizer, scheduler, task, meta: dict, rank: int) -> None:
+    """The last checkpoint: full training state (resumable, marked done) plus the HF export in model/."""
     import ray.train
     from ray.train import Checkpoint
 
-    if meta.get("done"):  # restored after the end: hand back the same final checkpoint
-        ray.train.report(meta["final_metrics"],
-                         checkpoint=Checkpoint.from_directory(meta["final_dir"]) if rank == 0 else None)
-        return
     with tempfile.TemporaryDirectory() as d:
+        ckpt.save(Path(d), model, optimizer, scheduler, {**meta, "done": True}, rank)
         export_model(model, task, Path(d) / "model", rank)
-        if rank == 0:
-            (Path(d) / "meta.json").write_text(json.dumps({**meta, "done": True, "final_metrics": final}))
-        ray.train.report(final, checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
+        ray.train.report(meta["final_metrics"], checkpoint=Checkpoint.from_directory(d))
 
 
 def _worker(config: dict) -> None:
@@ -349,7 +340,7 @@ def _worker(config: dict) -> None:
     flops = {}
     meter, last = _Meter(compute, lambda s: flops.setdefault(s, flops_per_token(ckpt.unwrap(model), s)),
                          world), {}
-    while step < cfg.steps and not meta.get("done"):
+    while step < cfg.steps:
         micro = [next(stream) for _ in range(cfg.grad_accum)]
         meter.add(train_step(model, micro, optimizer, scheduler, task.loss, compute, cfg.grad_clip))
         step += 1
@@ -366,11 +357,19 @@ def _worker(config: dict) -> None:
             with meter.pause():
                 _report_checkpoint(model, optimizer, scheduler, {"step": step, "data": stream.state_dict(),
                                                                  "first_eval": first_eval}, rank)
-    final = {"steps": step, **{k: v for k, v in last.items() if k != "step"}, **meter.summary(),
-             "first_eval": first_eval,
-             "final_eval": {k: v for k, v in last.items() if k in first_eval}}
+    final = meta.get("final_metrics") or {  # restored after the end: the run's own final figures
+        "steps": step, **{k: v for k, v in last.items() if k != "step"}, **meter.summary(),
+        "workers": world, "torch_threads": _torch_threads(), "first_eval": first_eval,
+        "final_eval": {k: v for k, v in last.items() if k in first_eval}}
     log.flush()
-    _report_final(model, task, {**meta, "step": step, "first_eval": first_eval}, final, rank)
+    _report_final(model, optimizer, scheduler, task, {"step": step, "data": stream.state_dict(),
+                                                      "first_eval": first_eval, "final_metrics": final}, rank)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _seq_len(batch: dict) -> int:
