@@ -21,6 +21,9 @@ from llmray.stages.base import StageContext, StageResult  # noqa: F401  (re-expo
 
 # kind -> module path. Add a kind: write the module, add one line here.
 STAGES: dict[str, str] = {
+    "sft": "llmray.stages.sft",
+    "reward": "llmray.stages.reward",
+    "dpo": "llmray.stages.dpo",
     "pretrain": "llmray.stages.pretrain",
     "align": "llmray.stages.align",
 }

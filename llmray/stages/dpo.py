@@ -1,0 +1,182 @@
+"""Stage kind `dpo`: Direct Preference Optimisation (and IPO, cDPO) against a frozen reference.
+
+Data flow: `data:` preference pairs (as for `reward`) -> prompt + chosen and prompt + rejected
+through the init model's chat template, with assistant masks -> parquet rows -> `DpoTask` on
+the shared Ray Train loop. The policy starts from the `init:` model; the reference is a frozen
+copy of the same model, loaded once per worker and run under no_grad alongside the policy on
+each micro-batch (chosen and rejected rows in one forward each). Sequence log-probs sum the
+reply tokens only (mean per token for `ipo`); `llmray.losses.dpo_loss` gives the per-example
+loss and the implicit rewards beta * (log pi - log pi_ref).
+
+Metrics (train and held-out): loss, implicit-reward accuracy (chosen reward > rejected reward),
+chosen/rejected rewards, margin, and the log-prob accuracy (log pi(chosen) > log pi(rejected)).
+At step 0 the policy IS the init model, so `heldout_logp_accuracy_before` is the init (SFT)
+model's own preference accuracy, the figure DPO is compared against.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from llmray.posttrain import PostTrainConfig
+from llmray.train.config import TrainConfig
+from llmray.train.task import BaseTask
+
+VERSION = "1"
+
+
+class Config(PostTrainConfig):
+    """Align a causal LM (`init:` an sft stage, usually) to preference pairs with DPO."""
+
+    USE: ClassVar[str] = "pref"
+    INPUTS: ClassVar[dict[str, tuple[str, ...]]] = {"init": ("sft", "pretrain", "dpo")}
+
+    kind: Literal["dpo"] = Field("dpo", description="Selects this stage kind.")
+    data: str = Field("builtin:prefs", description="Preference pairs: `builtin:<name>` or JSONL files with "
+                                                   "prompt/chosen/rejected (strings or message lists).")
+    beta: float = Field(0.1, gt=0, description="Strength of the KL tie to the reference (DPO beta).")
+    loss_type: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid: DPO (Rafailov et al.); "
+                                                                        "ipo: IPO (Azar et al.).")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO: assumed share of flipped labels "
+                                                                  "(sigmoid loss only).")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=5e-6, warmup_steps=10),
+                               description="Optimisation, logging, checkpoints.")
+
+    @model_validator(mode="after")
+    def _smoothing(self):
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ValueError("label_smoothing (cDPO) applies to loss_type sigmoid only")
+        return self
+
+
+class DpoTask(BaseTask):
+    """DPO loss with a per-worker frozen reference (a `llmray.train.task.TrainTask`)."""
+
+    def __init__(self, model_dir: Path, train_dir: str, val_dir: str, pad_id: int, beta: float,
+                 loss_type: str, label_smoothing: float, lora=None):
+        self.model_dir, self.train_dir, self.val_dir = Path(model_dir), train_dir, val_dir
+        self.pad_id, self.beta, self.loss_type, self.label_smoothing = pad_id, beta, loss_type, label_smoothing
+        self.lora = lora
+        self._ref = None  # built lazily on the worker, on the batch's device
+
+    def __getstate__(self):
+        return {**self.__dict__, "_ref": None}  # never ship a model to the workers
+
+    def datasets(self) -> dict:
+        from llmray.posttrain import rows_dataset
+
+        return {"train": rows_dataset(self.train_dir), "val": rows_dataset(self.val_dir)}
+
+    def build_model(self):
+        from transformers import AutoModelForCausalLM
+
+        from llmray.posttrain import apply_lora
+
+        model = AutoModelForCausalLM.from_pretrained(str(self.model_dir), attn_implementation="sdpa")
+        return apply_lora(model, self.lora, "CAUSAL_LM")
+
+    def reference(self, device):
+        if self._ref is None:
+            from transformers import AutoModelForCausalLM
+
+            ref = AutoModelForCausalLM.from_pretrained(str(self.model_dir), attn_implementation="sdpa")
+            self._ref = ref.to(device).eval().requires_grad_(False)
+        return self._ref
+
+    def collate(self, batch: dict) -> dict:
+        """Chosen rows first, then rejected rows, padded together, with the reply masks."""
+        from llmray.posttrain import pad_batch
+
+        seqs = list(batch["chosen_ids"]) + list(batch["rejected_ids"])
+        masks = list(batch["chosen_mask"]) + list(batch["rejected_mask"])
+        return pad_batch(seqs, self.pad_id, masks)
+
+    def logps(self, model, batch: dict):
+        """(chosen, rejected) sequence log-probs of the reply tokens under `model`."""
+        from llmray.losses import sequence_logps
+
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       use_cache=False).logits
+        lp = sequence_logps(logits, batch["input_ids"], batch["loss_mask"], average=self.loss_type == "ipo")
+        n = lp.shape[0] // 2
+        return lp[:n], lp[n:]
+
+    def pair_stats(self, model, batch: dict):
+        """Per-pair losses, implicit rewards and policy log-probs for one batch."""
+        import torch
+
+        from llmray.losses import dpo_loss
+
+        pc, pr = self.logps(model, batch)
+        with torch.no_grad():
+            rc, rr = self.logps(self.reference(batch["input_ids"].device), batch)
+        losses, chosen_r, rejected_r = dpo_loss(pc, pr, rc, rr, self.beta, self.loss_type, self.label_smoothing)
+        return losses, chosen_r, rejected_r, pc.detach(), pr.detach()
+
+    def loss(self, model, batch: dict):
+        losses, cr, rr, pc, pr = self.pair_stats(model, batch)
+        return losses.mean(), {
+            "tokens": int(batch["attention_mask"].sum()), "reward_accuracy": (cr > rr).float().mean(),
+            "chosen_reward": cr.mean(), "rejected_reward": rr.mean(), "margin": (cr - rr).mean(),
+            "logp_accuracy": (pc > pr).float().mean()}
+
+    def evaluate(self, model, val_sets: dict, compute, rank: int, world: int) -> dict:
+        """Held-out means over all evaluated pairs (ties in reward count as wrong)."""
+        import torch
+
+        from llmray.posttrain import eval_sums
+
+        def sums(batch):
+            losses, cr, rr, pc, pr = self.pair_stats(model, batch)
+            return {"loss": losses.sum(), "reward_accuracy": (cr > rr).sum().double(),
+                    "chosen_reward": cr.sum(), "rejected_reward": rr.sum(), "margin": (cr - rr).sum(),
+                    "logp_accuracy": (pc > pr).sum().double(),
+                    "pairs": torch.tensor(float(cr.shape[0]), device=cr.device)}
+
+        was_training = model.training
+        model.eval()
+        s = eval_sums(val_sets.get("val", []), sums, compute, rank, world)
+        model.train(was_training)
+        if not s:
+            return {}
+        n = max(s.pop("pairs"), 1.0)
+        return {**{f"val_{k}": v / n for k, v in s.items()}, "val_pairs": n}
+
+    def save(self, model, out_dir: Path) -> None:
+        from transformers import AutoTokenizer
+
+        from llmray.models import save_model
+        from llmray.posttrain import merge_lora
+
+        save_model(merge_lora(model), AutoTokenizer.from_pretrained(str(self.model_dir)), out_dir)
+
+
+def run(config: Config, ctx):
+    from llmray.posttrain import init_dir, load_tokenizer, prepare
+    from llmray.stages.base import StageResult
+    from llmray.stages.reward import encode_pair_rows
+    from llmray.train.loop import fit
+
+    start = init_dir(config, ctx)
+    tok = load_tokenizer(start)
+    data = prepare(config, ctx, "pref", lambda rec: encode_pair_rows(tok, rec, with_masks=True))
+    ctx.log.info("dpo data: %s", data)
+    task = DpoTask(start, data["train_dir"], data["val_dir"], tok.pad_token_id, config.beta, config.loss_type,
+                   config.label_smoothing, config.lora)
+    result = fit(task, config.train, config.resources, ctx)
+    first, last = result.metrics.get("first_eval", {}), result.metrics.get("final_eval", {})
+    metrics = {k: v for k, v in result.metrics.items() if k not in ("first_eval", "final_eval")}
+    metrics.update({k: v for k, v in data.items() if not k.endswith("_dir")})
+    for key in ("loss", "reward_accuracy", "chosen_reward", "rejected_reward", "margin", "logp_accuracy"):
+        if f"val_{key}" in last:
+            metrics[f"heldout_{key}"] = last[f"val_{key}"]
+            metrics[f"heldout_{key}_before"] = first.get(f"val_{key}")
+    metrics["heldout_pairs"] = last.get("val_pairs")
+    # The init model's preference accuracy: its own log-prob ranking (its implicit reward is 0).
+    metrics["init_heldout_accuracy"] = first.get("val_logp_accuracy")
+    ctx.log.info("dpo: held-out implicit-reward accuracy %s (init model's log-prob accuracy %s)",
+                 metrics.get("heldout_reward_accuracy"), metrics["init_heldout_accuracy"])
+    return StageResult(metrics=metrics, outputs={"model": "model"})

@@ -1,0 +1,75 @@
+"""The built-in post-training data sets: deterministic, split by module, no length leakage."""
+
+from __future__ import annotations
+
+from llmray.data import instruct as I
+
+
+def _modules(records, key="id"):
+    by_name = {e["name"]: e["module"] for e in I.entries()}
+    return {by_name[r[key].split(":", 1)[1]] for r in records}
+
+
+def test_split_by_module_is_disjoint_and_deterministic():
+    train, test = I.instruction_pairs("train"), I.instruction_pairs("test")
+    assert len(test) >= 150 and len(train) >= 5 * len(test) // 2
+    assert not _modules(train) & _modules(test)
+    assert I.instruction_pairs("test") == test  # deterministic
+    assert {I.split_of(m) for m in _modules(test)} == {"test"}
+
+
+def test_instruction_answer_is_the_real_docstring():
+    by_name = {e["name"]: e for e in I.entries()}
+    rec = I.instruction_pairs("train")[0]
+    user, assistant = rec["messages"]
+    name = rec["id"].split(":", 1)[1]
+    assert user["role"] == "user" and f"`{name}`" in user["content"]
+    assert assistant["role"] == "assistant" and by_name[name]["summary"] in assistant["content"]
+
+
+def test_preference_pairs_have_matched_lengths():
+    by_summary = {e["summary"]: e for e in I.entries()}
+    for split in ("train", "test"):
+        pairs = I.preference_pairs(split)
+        assert len(pairs) == len(I.instruction_pairs(split))
+        assert all(p["chosen"] != p["rejected"] for p in pairs)
+        assert 0.45 < I.length_baseline(pairs) < 0.55, split  # "longer wins" says nothing
+        assert {p["rejection"] for p in pairs} == {"other", "scramble", "repeat"}
+        for p in pairs:
+            head, body = p["chosen"].split("`: ", 1)
+            wrong_head, wrong_body = p["rejected"].split("`: ", 1)
+            if p["rejection"] == "scramble":  # the right object, the right words, wrong order
+                assert wrong_head == head and sorted(wrong_body.split()) == sorted(body.split())
+            elif p["rejection"] == "repeat":  # the right object, its opening words looped
+                assert wrong_head == head and wrong_body.split()[0] == body.split()[0]
+                assert len(set(wrong_body.split())) < len(wrong_body.split())
+            else:  # the answer about another object from another module of the same split
+                other = by_summary[wrong_body]
+                assert wrong_head != head and I.split_of(other["module"]) == split
+                assert other["module"] != by_summary[body]["module"]
+
+
+def test_rl_prompts_are_user_turns_with_references():
+    prompts = I.rl_prompts("test")
+    assert len(prompts) == len(I.instruction_pairs("test"))
+    assert all(p["prompt"][-1]["role"] == "user" and p["reference"] for p in prompts)
+
+
+def test_harmful_and_benign_sets():
+    for split in ("train", "test"):
+        harmful, benign = I.harmful_requests(split), I.benign_requests(split)
+        assert len(harmful) == len(benign) > 0
+        assert all(I.is_refusal(r["messages"][1]["content"]) for r in harmful)
+        assert not any(I.is_refusal(r["messages"][1]["content"]) for r in benign)
+        assert all(r["harmful"] for r in harmful) and not any(r["harmful"] for r in benign)
+    seen = {r["messages"][0]["content"] for r in I.harmful_requests("train")}
+    held = {r["messages"][0]["content"] for r in I.harmful_requests("test")}
+    assert not seen & held
+    # benign answers are real stdlib answers, not placeholders
+    assert all("`: " in r["messages"][1]["content"] for r in I.benign_requests("train"))
+    assert len(I.safety_requests("test")) == 2 * len(I.harmful_requests("test"))
+
+
+def test_load_builtin_names():
+    assert set(I.BUILTINS) >= {"instruct", "prefs", "prompts", "harmful", "benign", "safety"}
+    assert I.load_builtin("prompts", "test") == I.rl_prompts("test")
