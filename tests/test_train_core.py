@@ -235,3 +235,10 @@ def test_fsdp2_path_trains_checkpoints_and_exports(tmp_path, tiny_tokenizer_dir)
         assert diff.abs().max() < 1e-5
     finally:
         dist.destroy_process_group()
+
+
+def test_rows_needed_covers_every_worker_and_micro_batch():
+    from llmray.train.data import rows_needed
+
+    cfg = TrainConfig(steps=10, warmup_steps=0, micro_batch_size=4, grad_accum=3)
+    assert rows_needed(cfg, 2) == 11 * 3 * 4 * 2

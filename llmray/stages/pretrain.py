@@ -75,6 +75,7 @@ def run(config: Config, ctx):
 
     from llmray.stages.base import StageResult
     from llmray.train.causal import CausalLMTask, check_vocab, unigram_entropy
+    from llmray.train.data import rows_needed
     from llmray.train.loop import fit
 
     data = ctx.input("data")
@@ -87,7 +88,8 @@ def run(config: Config, ctx):
         model=None if hf_dir else config.model.model_dump(), hf_dir=hf_dir,
         replay_train_dir=replay.path("train") if replay else None,
         replay_val_dir=replay.path("val") if replay else None,
-        replay_fraction=config.replay.fraction if config.replay else 0.0, data_cpus=config.train.data_cpus)
+        replay_fraction=config.replay.fraction if config.replay else 0.0, data_cpus=config.train.data_cpus,
+        min_rows=rows_needed(config.train, config.resources.num_workers))
     baseline = unigram_entropy(data.path("train"))
     ctx.log.info("unigram entropy of the train tokens: %.4f nats", baseline["unigram_entropy"])
     ctx.metrics_writer().write({"event": "data", **baseline})

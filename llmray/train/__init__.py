@@ -6,10 +6,12 @@ A kind writes a small *task* object and calls `fit`; the core owns everything el
     result = fit(task, config.train, config.resources, ctx)   # inside the stage's run(config, ctx)
     result.metrics     # rank 0's final record: first_eval / final_eval dicts, tokens_per_s, mfu (GPU), ...
     result.model_dir   # ctx.out_dir / "model": the HF export written by task.save
+    result.checkpoint_dir  # the final checkpoint (train_state.pt, meta.json, model/)
     # metrics.jsonl under ctx.out_dir: {"step": 0, **first eval}, then one record every
-    # train.log_every steps (train_loss, lr, grad_norm, tokens_per_s, step_time_s, mfu on GPU,
-    # the task's loss metrics) merged with evaluations every train.eval_every steps, and
-    # {"event": "resumed", "step": s} whenever a worker group restarted from a checkpoint.
+    # train.log_every steps (train_loss, lr, grad_norm, tokens_per_s, step_time_s, data_wait =
+    # share of time waiting for input, mfu on GPU, the task's loss metrics) merged with
+    # evaluations every train.eval_every steps, and {"event": "resumed", "step": s} whenever a
+    # worker group restarted from a checkpoint.
 
 Stage config blocks: `train: TrainConfig` (llmray.train.config) and `resources: Resources`
 (llmray.resources; num_workers, use_gpu, strategy ddp|fsdp2, max_failures).
@@ -19,7 +21,10 @@ from plain data (paths, config dicts) and pickled to the workers:
     datasets()  -> {"train": ray Dataset, "val": ..., ...}   driver side. Names starting with
                    "train" are split across workers (fixed order: resumable, reproducible);
                    names starting with "val" go whole to every worker, which keeps the first
-                   `train.eval_batches` micro-batches in memory for evaluation.
+                   `train.eval_batches` micro-batches in memory for evaluation. Parquet folders:
+                   `llmray.train.data.read_rows(path, columns, num_cpus, min_rows)`; pass
+                   `min_rows=rows_needed(train_cfg, num_workers)` for train sets so a multi-epoch
+                   run is one Ray Data pass (each new pass of a split dataset stalls ~1 s).
     build_model() -> nn.Module (CPU, fp32; HF PreTrainedModel so export/FLOPs work).
     collate(numpy batch) -> dict of tensors (default: input_ids -> LongTensor).
     train_stream(epochs) -> iterator of collated micro-batches with state_dict/load_state_dict;

@@ -190,7 +190,7 @@ class _Meter:
         self.reset()
 
     def reset(self):
-        self.sums, self.n, self.tokens, self.t0 = {}, 0, 0, time.perf_counter()
+        self.sums, self.n, self.tokens, self.data_s, self.t0 = {}, 0, 0, 0.0, time.perf_counter()
 
     def add(self, stats: dict) -> None:
         for k, v in stats.items():
@@ -214,7 +214,8 @@ class _Meter:
         elapsed = time.perf_counter() - self.t0
         tps = self.tokens * self.world / elapsed
         out = {("train_" + k if k == "loss" else k): float(v) for k, v in zip(names, vec.tolist())}
-        out.update(lr=self.lr, tokens_per_s=tps, step_time_s=elapsed / self.n)
+        # data_wait: share of the interval spent waiting for input batches (a data-loading stall)
+        out.update(lr=self.lr, tokens_per_s=tps, step_time_s=elapsed / self.n, data_wait=self.data_s / elapsed)
         m = mfu(tps, self.flops_token_fn(seq_len), self.world, self.peak)
         if m is not None:
             out["mfu"] = m
@@ -341,7 +342,9 @@ def _worker(config: dict) -> None:
     meter, last = _Meter(compute, lambda s: flops.setdefault(s, flops_per_token(ckpt.unwrap(model), s)),
                          world), {}
     while step < cfg.steps:
+        t_data = time.perf_counter()
         micro = [next(stream) for _ in range(cfg.grad_accum)]
+        meter.data_s += time.perf_counter() - t_data
         meter.add(train_step(model, micro, optimizer, scheduler, task.loss, compute, cfg.grad_clip))
         step += 1
         record = {}
