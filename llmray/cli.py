@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "run": "llmray.cli:cmd_run",
     "status": "llmray.cli:cmd_status",
     "schema": "llmray.cli:cmd_schema",
+    "serve": "llmray.serve.launch:cmd_serve",
+    "compare": "llmray.serve.launch:cmd_compare",
     "report": "llmray.report:cmd_report",
 }
 

@@ -1,26 +1,124 @@
-"""The top-level `serve:` section of a pipeline file (kept light: no Ray import)."""
+"""The top-level `serve:` section of a pipeline file (kept light: no Ray import).
+
+`llmray serve` (llmray/serve/launch.py) reads it; `llmray/graph.py` checks that `models` and
+`default` name stages. Defaults suit a 2-core laptop: loopback only, fractional CPUs per
+replica (whole-CPU actors starve each other on 2 cores), small caps.
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from llmray.config import StrictModel
+
+
+class AutoscalingConfig(StrictModel):
+    """Ray Serve autoscaling per model deployment (replaces the fixed `replicas`)."""
+
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas per model.")
+    max_replicas: int = Field(2, ge=1, description="Most replicas per model.")
+    target_ongoing_requests: float = Field(8, gt=0, description="Requests in flight per replica to aim for.")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) < min_replicas ({self.min_replicas})")
+        return self
+
+
+class GuardrailConfig(StrictModel):
+    """Output screening applied to every response before it leaves (see llmray/serve/guardrail.py)."""
+
+    use_align: bool = Field(
+        True, description="Screen with the trained guardrail of the pipeline's last completed, current align "
+                          "stage, when there is one.")
+    stage: str | None = Field(
+        None, description="Name the align stage whose guardrail/ screens responses (instead of the last one).")
+    blocklist: list[str] = Field(
+        default_factory=list,
+        description="Regular expressions (case-insensitive); a matching response is refused.")
+    function: str | None = Field(
+        None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="'module:callable' screening (prompt, response) -> Verdict | bool, or a Guardrail class.")
+    message: str | None = Field(
+        None, description="Text sent instead of a refused response (default: the align guardrail's refusal "
+                          "text, else \"I can't help with that.\").")
+    required: bool = Field(
+        True, description="When `stage` is set but its guardrail/ folder is missing: true = refuse to start.")
+
+
+class VLLMOptions(StrictModel):
+    """Settings passed to vLLM when the vLLM engine is used."""
+
+    kv_cache_gb: float = Field(1, gt=0, description="CPU build: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    gpu_memory_utilization: float = Field(
+        0.85, gt=0, le=1, description="GPU build: fraction of GPU memory vLLM may use (per replica).")
+    enforce_eager: bool = Field(True, description="Skip graph capture/compilation: faster start, slower decode.")
+    dtype: str = Field("auto", pattern="^(auto|float32|bfloat16|float16)$", description="Weights dtype.")
 
 
 class ServeConfig(StrictModel):
     """What `llmray serve` exposes, and how."""
 
     models: list[str] = Field(description="Stage names whose model/ is served; model id is <pipeline>/<stage>.")
-    default: str | None = Field(None, description="Model used when a request names none; one of `models`.")
+    default: str | None = Field(
+        None, description="Model used when a request names none; one of `models`. Unset: the last of `models` "
+                          "whose align gate did not block it.")
     host: str = Field("127.0.0.1", description="Bind address. Loopback by default; set 0.0.0.0 deliberately.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
-    engine: str = Field("auto", pattern="^(auto|vllm|hf)$", description="auto: vLLM if installed, else transformers.")
-    replicas: int = Field(1, ge=1, description="Replicas per model deployment.")
+    route_prefix: str = Field(
+        "/", pattern=r"^/([A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?$",
+        description="URL prefix of this pipeline's application (several pipelines can share one Serve); "
+                    "the API is at <prefix>/v1.")
+    engine: str = Field("auto", pattern="^(auto|vllm|hf)$",
+                        description="auto: vLLM if installed, else transformers.")
+    replicas: int = Field(1, ge=1,
+                          description="Replicas per model deployment (ignored when `autoscaling` is set).")
+    autoscaling: AutoscalingConfig | None = Field(None, description="Autoscale each model deployment instead.")
     num_cpus: float = Field(0.5, ge=0, description="CPUs reserved per replica (fractional: replicas mostly wait).")
     num_gpus: float = Field(0, ge=0, description="GPUs per replica (fractions allowed).")
+    ingress_num_cpus: float = Field(0.1, ge=0, description="CPUs reserved for the HTTP ingress replica.")
     api_key_env: str | None = Field(
-        None, description="Name of an environment variable holding the API key; requests then need Bearer auth."
-    )
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of an environment variable holding the API key; requests then need Bearer auth.")
     max_tokens: int = Field(512, ge=1, description="Cap on max_tokens per request.")
     max_prompt_tokens: int = Field(1024, ge=1, description="Prompts longer than this are refused with 400.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Request bodies over this are refused with 413.")
+    max_n: int = Field(8, ge=1, description="Cap on `n` (choices per request).")
+    max_concurrent_requests: int = Field(
+        256, ge=1, description="Requests in flight in the ingress replica; beyond this new requests get 429.")
+    max_ongoing_requests: int = Field(
+        128, ge=1, description="Requests a model replica works on at once (Ray Serve max_ongoing_requests).")
+    max_queued_requests: int = Field(
+        256, ge=1, description="Requests waiting for a model replica; beyond this new requests get 503.")
+    batch_size: int = Field(16, ge=1, description="transformers engine: most requests decoded as one batch.")
+    batch_wait_ms: float = Field(
+        0, ge=0, description="transformers engine: wait this long for a batch to fill (0: never delay a request).")
+    request_timeout_s: float = Field(300, gt=0, description="End-to-end HTTP request timeout.")
+    deploy_timeout_s: float = Field(600, gt=0,
+                                    description="How long `llmray serve` waits for the models to be up.")
+    high_throughput: bool = Field(
+        True, description="Ray Serve's high-throughput mode: HAProxy ingress and gRPC between replicas "
+                          "(RAY_SERVE_ENABLE_HA_PROXY, RAY_SERVE_THROUGHPUT_OPTIMIZED). Applied when llmray "
+                          "starts Serve; a Serve instance already running keeps its mode.")
+    access_log: bool = Field(False, description="Log every request in the replica logs (costs time per request).")
+    guardrail: GuardrailConfig = Field(
+        default_factory=GuardrailConfig, description="Output guardrail applied to every response.")
+    vllm: VLLMOptions = Field(default_factory=VLLMOptions, description="vLLM engine settings.")
+
+    @field_validator("models")
+    @classmethod
+    def _unique(cls, models: list[str]) -> list[str]:
+        if not models:
+            raise ValueError("serve.models needs at least one stage")
+        dup = sorted({m for m in models if models.count(m) > 1})
+        if dup:
+            raise ValueError(f"stages listed twice: {dup}")
+        return models
+
+    @model_validator(mode="after")
+    def _batch_fits(self):
+        if self.batch_size > self.max_ongoing_requests:
+            raise ValueError(f"batch_size ({self.batch_size}) cannot exceed max_ongoing_requests "
+                             f"({self.max_ongoing_requests}): a replica never holds more requests than that")
+        return self

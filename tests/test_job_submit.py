@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -34,24 +35,40 @@ def _free_port() -> int:
 
 @pytest.fixture
 def ray_head(tmp_path):
-    """A real `ray start --head` on 127.0.0.1 with token auth, stopped at the end."""
+    """A real `ray start --head --block` on 127.0.0.1 with token auth; its process group is ended at
+    teardown (never `ray stop`, which would end every Ray on the machine)."""
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)
     gcs, dash = _free_port(), _free_port()
     temp = Path("/tmp") / f"rayjob{gcs}"  # short: Ray's socket paths must stay under 107 bytes
-    start = [str(BIN / "ray"), "start", "--head", "--num-cpus", "2", "--port", str(gcs), "--node-ip-address",
-             "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--include-dashboard",
-             "true", "--object-store-memory", str(300 * 2**20), "--temp-dir", str(temp), "--disable-usage-stats"]
-    proc = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    start = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", str(gcs),
+             "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+             "--include-dashboard", "true", "--object-store-memory", str(300 * 2**20), "--temp-dir", str(temp),
+             "--disable-usage-stats"]
+    log = open(tmp_path / "head.log", "w")
+    head = subprocess.Popen(start, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        deadline = time.time() + 180
+        while True:  # the dashboard (job API) answers once the head is up
+            probe = subprocess.run([str(BIN / "ray"), "job", "list", "--address", f"http://127.0.0.1:{dash}"],
+                                   env=env, capture_output=True, text=True, timeout=60)
+            if probe.returncode == 0:
+                break
+            assert head.poll() is None, (tmp_path / "head.log").read_text()[-2000:]
+            assert time.time() < deadline, probe.stderr[-2000:]
+            time.sleep(2)
         yield env, f"http://127.0.0.1:{dash}", f"127.0.0.1:{gcs}"
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env={**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"},
-                       capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        log.close()
 
 
+@pytest.mark.slow
 def test_ray_job_submit_runs_the_pipeline(ray_head, tmp_path):
     env, dashboard, gcs = ray_head
     pipe = tmp_path / "submitted.yaml"
@@ -60,8 +77,12 @@ def test_ray_job_submit_runs_the_pipeline(ray_head, tmp_path):
     cmd = [str(BIN / "ray"), "job", "submit", "--address", dashboard, "--working-dir", str(ROOT),
            "--runtime-env-json", json.dumps({"excludes": [".venv", "runs", ".git", "bench"]}),
            "--", "llmray", "run", str(pipe)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    out = proc.stdout + proc.stderr
+    for _ in range(30):  # the head's job agent comes up a little after its dashboard
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        out = proc.stdout + proc.stderr
+        if "No available agent to submit job" not in out:
+            break
+        time.sleep(3)
     assert proc.returncode == 0, out[-4000:]
     assert "succeeded" in out
     for stage in ("corpus", "bpe"):

@@ -21,10 +21,15 @@ from llmray.stages.base import StageContext, StageResult  # noqa: F401  (re-expo
 
 # kind -> module path. Add a kind: write the module, add one line here.
 STAGES: dict[str, str] = {
+    "ppo": "llmray.stages.ppo",
+    "grpo": "llmray.stages.grpo",
+    "curate": "llmray.stages.curate",
     "sft": "llmray.stages.sft",
     "reward": "llmray.stages.reward",
     "dpo": "llmray.stages.dpo",
     "pretrain": "llmray.stages.pretrain",
+    "tokenizer": "llmray.stages.tokenizer",
+    "tokenize": "llmray.stages.tokenize",
     "align": "llmray.stages.align",
 }
 

@@ -1,0 +1,194 @@
+"""Serving benchmark: what the Ray Serve layer adds, and requests/s at several concurrencies.
+
+  direct : ModelRunner.generate(...) in this process (the same engine, no Ray, no HTTP)
+  handle : Ray DeploymentHandle -> ModelServer (Serve's actor hop, no HTTP)
+  http   : POST /v1/chat/completions through the Serve proxy + ingress (keep-alive http.client)
+Serve-layer overhead = p50(http) - p50(direct), with max_tokens small so the engine's own time
+stays small and equal on both sides. Throughput: closed-loop clients (each sends its next
+request when the previous answer arrives) at concurrency 1, 8, 32 over HTTP.
+
+Run (starts Ray + Serve; take the shared lock on shared machines):
+  flock /tmp/llmray-ray.lock .venv/bin/python bench/bench_serve.py [--engine hf|vllm] [--json out.json]
+The model is the random tiny Llama of `llmray.testing` unless --model names an HF folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import types
+from pathlib import Path
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def fake_run(model_dir: Path, workdir: Path) -> None:
+    """A run directory with one completed stage, `bench`, whose model/ is the given folder."""
+    stage = workdir / "bench" / "bench"
+    stage.mkdir(parents=True)
+    shutil.copytree(model_dir, stage / "model")
+    (stage / "manifest.json").write_text(json.dumps(
+        {"name": "bench", "kind": "sft", "status": "completed", "outputs": {"model": "model"}, "metrics": {}}))
+
+
+def chat_body(max_tokens: int) -> dict:
+    return {"model": "bench/bench", "messages": [{"role": "user", "content": "Say something."}],
+            "max_tokens": max_tokens, "temperature": 0}
+
+
+def bench_direct(model_dir: str, engine: str, n: int, max_tokens: int) -> list[float]:
+    from llmray.serve.engines import ModelRunner
+    from llmray.serve.protocol import Limits, parse_chat
+
+    async def run():
+        runner = ModelRunner("bench/bench", model_dir, engine)
+        await runner.start()
+        lat = []
+        for _ in range(n + 5):
+            t0 = time.perf_counter()
+            req = parse_chat(chat_body(max_tokens), Limits())  # parsing is part of both paths
+            out = await runner.generate({"messages": req.messages, "params": req.params})
+            assert out["choices"][0]["finish_reason"], out
+            lat.append(time.perf_counter() - t0)
+        await runner.engine.close()
+        return lat[5:]
+
+    return asyncio.run(run())
+
+
+def bench_handle(n: int, max_tokens: int) -> list[float]:
+    from ray import serve
+
+    from llmray.serve.protocol import Limits, parse_chat
+
+    handle = serve.get_deployment_handle("model-bench", app_name="llmray-bench")
+    lat = []
+    for _ in range(n + 5):
+        t0 = time.perf_counter()
+        req = parse_chat(chat_body(max_tokens), Limits())
+        handle.generate.remote({"messages": req.messages, "params": req.params}).result()
+        lat.append(time.perf_counter() - t0)
+    return lat[5:]
+
+
+def http_client(port: int, body: bytes, count: int, lat: list[float], errors: list[str]) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    for _ in range(count):
+        t0 = time.perf_counter()
+        conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        data = r.read()
+        if r.status != 200:
+            errors.append(f"{r.status} {data[:200]!r}")
+        lat.append(time.perf_counter() - t0)
+    conn.close()
+
+
+def bench_http(port: int, concurrency: int, per_client: int, max_tokens: int) -> dict:
+    body = json.dumps(chat_body(max_tokens)).encode()
+    lat: list[float] = []
+    errors: list[str] = []
+    threads = [threading.Thread(target=http_client, args=(port, body, per_client, lat, errors))
+               for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"concurrency": concurrency, "requests": len(lat), "errors": len(errors), "rps": len(lat) / wall,
+            "p50_ms": 1000 * pct(lat, 50), "p95_ms": 1000 * pct(lat, 95), "first_error": errors[:1]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    ap.add_argument("--model", default=None, help="HF model folder (default: the tiny random Llama)")
+    ap.add_argument("--requests", type=int, default=200, help="sequential requests for the latency figures")
+    ap.add_argument("--latency-tokens", type=int, default=1, help="max_tokens for the latency comparison")
+    ap.add_argument("--throughput-tokens", type=int, default=16, help="max_tokens for the throughput runs")
+    ap.add_argument("--per-client", type=int, default=0, help="requests per client (default: max(8, 256/c))")
+    ap.add_argument("--standard-proxy", action="store_true",
+                    help="Serve's default Python proxy instead of the high-throughput mode (HAProxy + gRPC)")
+    ap.add_argument("--json", default=None, help="also write the figures here")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="llmray-bench-serve-"))
+    model = Path(args.model) if args.model else None
+    if model is None:
+        from llmray.testing import tiny_model_dir
+
+        model = tiny_model_dir(tmp / "model", "causal")
+    fake_run(model, tmp / "runs")
+    model_dir = str(tmp / "runs" / "bench" / "bench" / "model")
+
+    direct = bench_direct(model_dir, args.engine, args.requests, args.latency_tokens)
+
+    from llmray.config import RayConfig
+    from llmray.serve.launch import start_serving
+    from llmray.serve_config import ServeConfig
+
+    port = free_port()
+    pipe = types.SimpleNamespace(
+        name="bench", workdir=str(tmp / "runs"), stages={"bench": None}, ray=RayConfig(num_cpus=2),
+        serve=ServeConfig(models=["bench"], port=port, engine=args.engine, num_cpus=0.5, batch_size=32,
+                          high_throughput=not args.standard_proxy))
+    t0 = time.time()
+    start_serving(pipe, echo=lambda m: None)
+    deploy_s = time.time() - t0
+    handle = bench_handle(args.requests, args.latency_tokens)
+    http1 = bench_http(port, 1, args.requests, args.latency_tokens)
+    runs = [bench_http(port, c, args.per_client or max(8, 256 // c), args.throughput_tokens) for c in (1, 8, 32)]
+
+    res = {
+        "engine": args.engine, "proxy": "ray" if args.standard_proxy else "haproxy", "deploy_s": round(deploy_s, 1), "latency_max_tokens": args.latency_tokens,
+        "direct_p50_ms": 1000 * statistics.median(direct), "handle_p50_ms": 1000 * statistics.median(handle),
+        "http_p50_ms": http1["p50_ms"], "http_p95_ms": http1["p95_ms"],
+        "serve_overhead_p50_ms": http1["p50_ms"] - 1000 * statistics.median(direct),
+        "handle_overhead_p50_ms": 1000 * (statistics.median(handle) - statistics.median(direct)),
+        "throughput_max_tokens": args.throughput_tokens, "throughput": runs,
+    }
+    print(f"engine {args.engine}; proxy {res['proxy']}; deploy {res['deploy_s']} s; latency runs: {args.requests} requests, "
+          f"max_tokens={args.latency_tokens}")
+    print(f"  p50 direct in-process  {res['direct_p50_ms']:7.2f} ms")
+    print(f"  p50 Serve handle       {res['handle_p50_ms']:7.2f} ms  (+{res['handle_overhead_p50_ms']:.2f})")
+    print(f"  p50 HTTP via Serve     {res['http_p50_ms']:7.2f} ms  (+{res['serve_overhead_p50_ms']:.2f} "
+          f"added by the Serve layer; goal <= 5 ms)")
+    print(f"throughput over HTTP, max_tokens={args.throughput_tokens}:")
+    for r in runs:
+        print(f"  concurrency {r['concurrency']:3d}: {r['rps']:7.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "
+              f"p95 {r['p95_ms']:7.1f} ms  errors {r['errors']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0 if all(r["errors"] == 0 for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Sources: expanding paths and globs, and reading records into rows, quarantining what cannot be read.
+
+Data flow: SourceConfig --`plan_reads`--> read tasks (one per file, one per python-docs module chunk;
+one sequential task for a source with `limit`) --`read_task` (inside a Ray Data map task)--> batches
+of rows {id, text, source, meta, _file, _line, _ord, _drop, _why, _edits}. A record that cannot be
+read becomes a row with `_drop = "quarantine"` and `_why = "<reason>: <detail>"` (bad JSON with
+file and line, wrong type, missing field, undecodable bytes, unreadable file) carrying a raw snippet,
+so it is counted and written to quarantine/ instead of being lost.
+
+`_ord` = (source index << 55) | (task index << 31) | record index: the document's position in source
+order, independent of parallelism. Dedup keeps the smallest `_ord` of each duplicate cluster.
+Files are opened through pyarrow.fs (local paths, file://, s3://, gs://, hdfs://), with gzip/zstd/bz2
+decompression chosen by extension.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from llmray.curate.clean import sanitize
+
+RECORD_BITS, TASK_BITS, SOURCE_BITS = 31, 24, 8
+_COMPRESSION = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
+_EXTENSIONS = {"jsonl": (".jsonl", ".json", ".ndjson"), "parquet": (".parquet", ".pq"), "text": (".txt", ".md")}
+RAW_SNIPPET = 500
+ROW_COLUMNS = ("id", "text", "source", "meta", "_file", "_line", "_ord", "_drop", "_why", "_edits")
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class FileRef:
+    uri: str  # a local absolute path or a URI pyarrow.fs understands
+    relpath: str  # path relative to the pattern's fixed prefix (for ids)
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[":
+            j = pattern.find("]", i)
+            out.append(pattern[i:j + 1] if j > 0 else re.escape("["))
+            i = j + 1 if j > 0 else i + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def _fixed_prefix(path: str) -> str:
+    parts = path.split("/")
+    keep = []
+    for p in parts:
+        if any(c in p for c in "*?["):
+            break
+        keep.append(p)
+    return "/".join(keep)
+
+
+def _wanted(name: str, kind: str) -> bool:
+    base = name
+    for ext in _COMPRESSION:
+        base = base.removesuffix(ext)
+    return base.endswith(_EXTENSIONS.get(kind, ())) if kind in _EXTENSIONS else True
+
+
+def expand_paths(patterns: list[str], kind: str) -> list[FileRef]:
+    """Files matching the patterns, sorted within each pattern; a pattern matching nothing raises."""
+    refs: list[FileRef] = []
+    for pat in patterns:
+        found = _expand_uri(pat, kind) if "://" in pat else _expand_local(pat, kind)
+        if not found:
+            raise FileNotFoundError(f"no {kind} files match {pat!r}")
+        refs.extend(found)
+    return refs
+
+
+def _expand_local(pat: str, kind: str) -> list[FileRef]:
+    pat = os.path.expanduser(pat)
+    if os.path.isdir(pat):
+        base = os.path.abspath(pat)
+        files = [os.path.join(d, f) for d, _, fs in os.walk(base) for f in fs if _wanted(f, kind)]
+    elif any(c in pat for c in "*?["):
+        base = os.path.abspath(_fixed_prefix(pat) or ".")
+        files = [f for f in globlib.glob(pat, recursive=True) if os.path.isfile(f)]
+    else:
+        base = os.path.dirname(os.path.abspath(pat))
+        files = [pat] if os.path.isfile(pat) else []
+    files = sorted(os.path.abspath(f) for f in files)
+    return [FileRef(f, os.path.relpath(f, base)) for f in files]
+
+
+def _expand_uri(pat: str, kind: str) -> list[FileRef]:
+    import pyarrow.fs as pafs
+
+    scheme = pat.split("://", 1)[0]
+    fs, path = pafs.FileSystem.from_uri(_fixed_prefix(pat) if any(c in pat for c in "*?[") else pat)
+    root = pat.split("://", 1)[1]
+    if scheme == "file":
+        root = path if not any(c in pat for c in "*?[") else path + pat[len(_fixed_prefix(pat)):]
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File and not any(c in pat for c in "*?["):
+        return [FileRef(pat, path.rsplit("/", 1)[-1])]
+    if info.type != pafs.FileType.Directory:
+        return []
+    rx = _glob_regex(root) if any(c in pat for c in "*?[") else None
+    out = []
+    for fi in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+        if fi.type != pafs.FileType.File:
+            continue
+        if rx is not None and not rx.match(fi.path):
+            continue
+        if rx is None and not _wanted(fi.base_name, kind):
+            continue
+        out.append(FileRef(f"{scheme}://{fi.path}", fi.path[len(path):].lstrip("/")))
+    return sorted(out, key=lambda r: r.uri)
+
+
+def open_stream(uri: str):
+    """A readable binary stream (pyarrow NativeFile), decompressed according to the extension."""
+    import pyarrow.fs as pafs
+
+    if "://" in uri:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    else:
+        fs, path = pafs.LocalFileSystem(), uri
+    comp = next((c for ext, c in _COMPRESSION.items() if uri.endswith(ext)), None)
+    return fs.open_input_stream(path, compression=comp)
+
+
+def open_random_access(uri: str):
+    import pyarrow.fs as pafs
+
+    if "://" in uri:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return fs.open_input_file(path)
+    return pafs.LocalFileSystem().open_input_file(uri)
+
+
+def iter_lines(uri: str) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, raw line bytes without the newline), streaming in 1 MiB chunks."""
+    with open_stream(uri) as f:
+        rest, lineno = b"", 0
+        while True:
+            chunk = f.read(_CHUNK)
+            if not chunk:
+                break
+            parts = (rest + chunk).split(b"\n")
+            rest = parts.pop()
+            for p in parts:
+                lineno += 1
+                yield lineno, p.rstrip(b"\r")
+        if rest:
+            yield lineno + 1, rest.rstrip(b"\r")
+
+
+# ---------------------------------------------------------------- read tasks
+
+
+def make_ord(source_idx: int, task_idx: int, record_idx: int) -> int:
+    if source_idx >= 1 << SOURCE_BITS or task_idx >= 1 << TASK_BITS or record_idx >= 1 << RECORD_BITS:
+        raise ValueError(f"too many sources/files/records for the 63-bit order key "
+                         f"({source_idx}, {task_idx}, {record_idx})")
+    return (source_idx << (TASK_BITS + RECORD_BITS)) | (task_idx << RECORD_BITS) | record_idx
+
+
+def plan_reads(sources, names: list[str]) -> list[dict]:
+    """One dict per Ray read task (plain data, so it pickles cheaply)."""
+    from llmray.data.pydocs import stdlib_modules
+
+    tasks = []
+    for si, (src, name) in enumerate(zip(sources, names)):
+        common = {"source_idx": si, "source": name, "type": src.type, "text_field": src.text_field,
+                  "id_field": src.id_field, "limit": src.limit}
+        if src.type == "python-docs":
+            mods = src.modules or stdlib_modules()
+            # Contiguous slices keep _ord in module order, so "first in source order" reads naturally.
+            k = 1 if src.limit else min(src.chunks, len(mods))
+            groups = [mods[len(mods) * i // k: len(mods) * (i + 1) // k] for i in range(k)]
+            for ti, g in enumerate(groups):
+                tasks.append({**common, "task_idx": ti, "modules": g, "include_source": src.include_source})
+        else:
+            refs = expand_paths(src.path, src.type)
+            files = [(r.uri, r.relpath) for r in refs]
+            if src.limit:  # one sequential task: "the first `limit` records" must not depend on timing
+                tasks.append({**common, "task_idx": 0, "files": files})
+            else:
+                tasks.extend({**common, "task_idx": ti, "files": [f]} for ti, f in enumerate(files))
+    return tasks
+
+
+class _Rows:
+    """Accumulates output rows of one read task and hands out batches."""
+
+    COLS = ROW_COLUMNS
+
+    def __init__(self, task: dict, keep_meta: bool, batch_rows: int):
+        self.task, self.keep_meta, self.batch_rows = task, keep_meta, batch_rows
+        self.n = 0  # records emitted (the record index in _ord)
+        self.cols: dict[str, list] = {c: [] for c in self.COLS}
+        self.bytes = 0
+
+    @property
+    def full(self) -> bool:
+        return len(self.cols["id"]) >= self.batch_rows or self.bytes >= 32 << 20
+
+    @property
+    def done(self) -> bool:
+        lim = self.task.get("limit")
+        return bool(lim) and self.n >= lim
+
+    def add(self, doc_id, text, file, line, meta=None, edits="", drop="", why=""):
+        c = self.cols
+        c["id"].append(sanitize(str(doc_id))[0])
+        c["text"].append(text)
+        c["source"].append(self.task["source"])
+        c["meta"].append(sanitize(json.dumps(meta, ensure_ascii=False, default=str))[0]
+                         if (meta and self.keep_meta) else "")
+        c["_file"].append(file)
+        c["_line"].append(line)
+        c["_ord"].append(make_ord(self.task["source_idx"], self.task["task_idx"], self.n))
+        c["_drop"].append(drop)
+        c["_why"].append(why)
+        c["_edits"].append(edits)
+        self.n += 1
+        self.bytes += len(text)
+
+    def quarantine(self, file, line, reason: str, detail: str, raw):
+        snippet = raw[:RAW_SNIPPET].decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else str(raw)
+        self.add(f"{self.task['source']}/{file}:{line}", sanitize(snippet[:RAW_SNIPPET])[0], file, line,
+                 drop="quarantine", why=f"{reason}: {detail}")
+
+    def take(self) -> dict:
+        out, self.cols, self.bytes = self.cols, {c: [] for c in self.COLS}, 0
+        return out

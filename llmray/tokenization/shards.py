@@ -1,0 +1,158 @@
+"""Tokenizing a curated corpus into packed token shards with a Ray Data actor pool.
+
+curate data/*.parquet (id, text)
+  --read_parquet, repartition into blocks of `batch_size` documents (preserve_order)-->
+  --TokenizeWorker (actor pool; the tokenizer is loaded once per actor)--> per batch and split
+    (val = id hash below val_fraction, see `split`): encode_batch_fast, EOS after every
+    document --> one token stream per split (the expensive part, in parallel)
+  --iter_batches on the driver, in corpus order--> per split a StreamPacker concatenates the
+    streams and cuts full rows of seq_len as they form --> ShardWriter writes
+    <split>/part-00000.parquet, ... (`rows_per_shard` rows each).
+Remainders: the part of a batch's stream that does not fill a row is carried into the next
+batch's, so packing is exactly `cut(doc1 EOS doc2 EOS ...)` over the whole split, whatever the
+batch boundaries; the shards are the same for any batch_size or pool size. Only the last
+< seq_len tokens of each split do not fill a row: they are counted (`dropped_tail_tokens`)
+and not written. The driver only concatenates and writes (a few ns per token), so it keeps up
+with many tokenizer actors; the counts are checked against the rows on disk at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from llmray.tokenization.packing import RowPacker, ShardWriter, count_rows, join_with_eos, token_dtype
+from llmray.tokenization.split import val_mask
+
+SPLITS = ("train", "val")
+
+
+class TokenizeWorker:
+    """One actor of the pool: the tokenizer is loaded once; per batch, one EOS-joined stream per split."""
+
+    def __init__(self, tokenizer_file: str, eos_id: int, val_fraction: float, seed: int, dtype: str):
+        # One core per actor: the pool provides the parallelism, rayon threads would oversubscribe.
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        from tokenizers import Tokenizer
+
+        self.tok = Tokenizer.from_file(tokenizer_file)
+        # A literal "<|endoftext|>" inside a document is text; only the EOS we add separates documents.
+        self.tok.encode_special_tokens = True
+        self.eos_id, self.val_fraction, self.seed, self.dtype = eos_id, val_fraction, seed, np.dtype(dtype)
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        t0 = time.perf_counter()
+        ids = batch.column("id").to_pylist()
+        texts = [t or "" for t in batch.column("text").to_pylist()]
+        is_val = val_mask(ids, self.val_fraction, self.seed)
+        streams, docs = [], []
+        for mask in (~is_val, is_val):
+            chosen = [t for t, m in zip(texts, mask) if m]
+            encodings = self.tok.encode_batch_fast(chosen, add_special_tokens=False) if chosen else []
+            streams.append(join_with_eos([e.ids for e in encodings], self.eos_id, self.dtype))
+            docs.append(len(chosen))
+        offsets = pa.array(np.cumsum([0] + [len(s) for s in streams], dtype=np.int64))
+        values = pa.array(np.concatenate(streams))
+        # Busy seconds of this call (split over its two rows): the in-actor throughput figure.
+        seconds = (time.perf_counter() - t0) / 2
+        return pa.table({"split": list(SPLITS), "docs": docs, "seconds": [seconds, seconds],
+                         "ids": pa.LargeListArray.from_arrays(offsets, values)})
+
+
+def default_actors() -> int:
+    """One tokenizer actor per CPU of the Ray cluster."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def actor_cpus(n_actors: int) -> float:
+    """CPU reservation per actor: the pool leaves one CPU of the cluster unreserved.
+
+    Ray Data lists the input files (and repartitions) in tasks that need one CPU; a pool
+    reserving every CPU starts first and those tasks never run (a hang seen with Ray 2.60 on a
+    2-CPU machine). Each actor still runs on a full core; the fraction is Ray's bookkeeping only.
+    """
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 1.0)
+    return max(0.0, min(1.0, (total - 1.0) / n_actors))
+
+
+class StreamPacker:
+    """Per split: token streams in, full rows out to a ShardWriter; the remainder carries over."""
+
+    def __init__(self, out_dir: Path, seq_len: int, dtype, rows_per_shard: int):
+        self.packer = RowPacker(seq_len, dtype)
+        self.writer = ShardWriter(out_dir, "part", seq_len, dtype, rows_per_shard)
+        self.counts: Counter = Counter()
+
+    def add(self, stream, docs: int, seconds: float) -> None:
+        self.counts.update(docs=docs, tokens=len(stream), batches=1, actor_seconds=seconds)
+        self.writer.add(self.packer.add(stream))
+
+    def close(self) -> dict:
+        self.writer.close()
+        self.counts.update(sequences=self.writer.rows, shards=self.writer.shards,
+                           dropped_tail_tokens=len(self.packer.remainder))
+        return dict(self.counts)
+
+
+def tokenize_corpus(data_dir: Path, tokenizer_dir: Path, out_dir: Path, *, seq_len: int, val_fraction: float,
+                    seed: int, batch_size: int, actors: int | None, rows_per_shard: int, log) -> dict:
+    """Write `<out_dir>/train`, `<out_dir>/val` shards; return counts per split (see module doc)."""
+    import ray.data
+    from transformers import AutoTokenizer
+
+    from llmray.tokenization.train import corpus_size, ordered
+
+    hf = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    if hf.eos_token_id is None:
+        raise ValueError(f"tokenizer {tokenizer_dir} has no eos token to separate documents")
+    vocab_size = len(hf)
+    dtype = token_dtype(vocab_size)
+    # No more actors than batches (a tiny corpus would start actors that never get work).
+    n_docs = corpus_size(data_dir)[0]
+    n_actors = max(1, min(actors or default_actors(), -(-n_docs // batch_size)))
+    ds = ray.data.read_parquet(str(data_dir), num_cpus=0).select_columns(["id", "text"])
+    # Blocks of batch_size documents: a Ray Data task takes whole blocks, so one big block would
+    # keep a single actor busy while the others idle.
+    ds = ds.repartition(target_num_rows_per_block=batch_size).map_batches(
+        TokenizeWorker, batch_size=batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=actor_cpus(n_actors),
+        fn_constructor_kwargs={"tokenizer_file": str(Path(tokenizer_dir) / "tokenizer.json"),
+                               "eos_id": int(hf.eos_token_id), "val_fraction": val_fraction, "seed": seed,
+                               "dtype": dtype.name})
+    log.info("tokenizing %s with %d actors, batches of %d docs, seq_len %d, %s", data_dir, n_actors,
+             batch_size, seq_len, dtype.name)
+    packers = {s: StreamPacker(Path(out_dir) / s, seq_len, dtype, rows_per_shard) for s in SPLITS}
+    for s in SPLITS:
+        (Path(out_dir) / s).mkdir(parents=True, exist_ok=True)
+    # Corpus order in, corpus order out: the packing is reproducible.
+    for batch in ordered(ds).iter_batches(batch_size=None, batch_format="pyarrow"):
+        col = batch.column("ids").combine_chunks()
+        values, offsets = np.asarray(col.values), np.asarray(col.offsets)
+        for i, (split, docs, secs) in enumerate(zip(batch.column("split").to_pylist(),
+                                                    batch.column("docs").to_pylist(),
+                                                    batch.column("seconds").to_pylist())):
+            packers[split].add(values[offsets[i]:offsets[i + 1]], docs, secs)
+    counts = {s: packers[s].close() for s in SPLITS}
+    for s in SPLITS:
+        _check_rows(Path(out_dir) / s, counts[s], seq_len)
+    return {"vocab_size": vocab_size, "dtype": dtype.name, "actors": n_actors, "splits": counts}
+
+
+def _check_rows(split_dir: Path, c: dict, seq_len: int) -> None:
+    """Rows on disk must equal rows written, and tokens must add up (nothing lost or doubled)."""
+    on_disk = count_rows(split_dir)
+    if on_disk != c.get("sequences", 0):
+        raise RuntimeError(f"{split_dir}: {on_disk} rows on disk but {c.get('sequences', 0)} written")
+    if c.get("sequences", 0) * seq_len + c.get("dropped_tail_tokens", 0) != c.get("tokens", 0):
+        raise RuntimeError(f"{split_dir}: token counts do not add up: {c.get('sequences', 0)} rows x {seq_len} + "
+                           f"{c.get('dropped_tail_tokens', 0)} dropped != {c.get('tokens', 0)} tokens")
