@@ -167,6 +167,8 @@ class Loop:
         return {
             "algo": self.algo, "engine": self.roles.rollout.engine, "iterations": len(recs),
             "samples_trained": int(sum(r["samples"] for r in recs)),
+            # reward_mean / kl: the final policy's held-out figures, the keys the run report shows
+            "reward_mean": final["reward"], "kl": final["kl"],
             "eval_reward_init": init["reward"], "eval_reward_final": final["reward"],
             "eval_reward_gain": final["reward"] - init["reward"], "eval_kl_final": final["kl"],
             "eval_length_init": init["length"], "eval_length_final": final["length"],
