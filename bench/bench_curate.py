@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -184,7 +185,7 @@ def bench_dedup_curve(workdir: Path, n_pairs: int) -> dict:
     kept = set(pq.read_table(workdir / "curve" / "corpus" / "data").column("id").to_pylist())
     edges = [0.3, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0001]
     rows = []
-    for lo, hi in zip(edges, edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         sel = [p for p in pairs if lo <= p[2] < hi]
         if sel:
             removed = sum(p[1] not in kept for p in sel)

@@ -233,6 +233,43 @@ def eval_sums(batches: list[dict], fn, compute, rank: int, world: int) -> dict:
     return dict(zip(names, total.tolist()))
 
 
+def pair_groups(config: PostTrainConfig) -> list[str]:
+    """Names of the pair kinds that built-in preference data carries (empty for user files)."""
+    if config.data.startswith("builtin:"):
+        from llmray.data.instruct import REJECTIONS
+
+        return list(REJECTIONS)
+    return []
+
+
+def group_index(record: dict, groups: list[str]) -> int:
+    return groups.index(record["group"]) if record.get("group") in groups else -1
+
+
+def group_sums(correct, group, n_groups: int, name: str = "correct") -> dict:
+    """Per-group sums of a 0/1 tensor (`<name>_<g>`, `pairs_<g>`), for eval_sums."""
+    out = {}
+    for g in range(n_groups):
+        sel = (group == g).double()
+        out[f"{name}_{g}"], out[f"pairs_{g}"] = (correct.double() * sel).sum(), sel.sum()
+    return out
+
+
+def group_means(sums: dict, groups: list[str], name: str = "correct") -> dict:
+    """{group name: accuracy} from `group_sums` totals (groups with no pairs left out)."""
+    return {label: sums[f"{name}_{g}"] / sums[f"pairs_{g}"] for g, label in enumerate(groups)
+            if sums.get(f"pairs_{g}")}
+
+
+def group_collate(batch: dict, n: int):
+    """The `group` column of a numpy batch as a LongTensor (-1 when the data has none)."""
+    import torch
+
+    if "group" in batch:
+        return torch.as_tensor(batch["group"], dtype=torch.long)
+    return torch.full((n,), -1, dtype=torch.long)
+
+
 # ---------------------------------------------------------------- models
 
 

@@ -47,6 +47,10 @@ def test_chain_completes_with_metrics(chain):
     assert len(sft["samples"]) == 2 and {"prompt", "reference", "before", "after"} <= set(sft["samples"][0])
     rm = _manifest(run, "rm")["metrics"]
     assert 0 <= rm["heldout_accuracy"] <= 1 and "heldout_margin" in rm and rm["heldout_pairs"] > 0
+    # built-in pairs report accuracy per kind of wrong answer
+    from llmray.data.instruct import REJECTIONS
+
+    assert rm["heldout_accuracy_by_kind"] and set(rm["heldout_accuracy_by_kind"]) <= set(REJECTIONS)
     dpo = _manifest(run, "pref")["metrics"]
     for key in ("heldout_reward_accuracy", "heldout_chosen_reward", "heldout_rejected_reward",
                 "heldout_margin", "init_heldout_accuracy"):

@@ -34,12 +34,15 @@ def test_preference_pairs_have_matched_lengths():
         assert len(pairs) == len(I.instruction_pairs(split))
         assert all(p["chosen"] != p["rejected"] for p in pairs)
         assert 0.45 < I.length_baseline(pairs) < 0.55, split  # "longer wins" says nothing
-        assert {p["rejection"] for p in pairs} == {"other", "scramble", "repeat"}
+        assert {p["rejection"] for p in pairs} == set(I.REJECTIONS)
         for p in pairs:
             head, body = p["chosen"].split("`: ", 1)
             wrong_head, wrong_body = p["rejected"].split("`: ", 1)
             if p["rejection"] == "scramble":  # the right object, the right words, wrong order
                 assert wrong_head == head and sorted(wrong_body.split()) == sorted(body.split())
+            elif p["rejection"] == "typos":  # same length, some words misspelt
+                assert wrong_head == head and len(wrong_body) == len(body)
+                assert sorted(wrong_body) == sorted(body) and wrong_body.split() != body.split()
             elif p["rejection"] == "repeat":  # the right object, its opening words looped
                 assert wrong_head == head and wrong_body.split()[0] == body.split()[0]
                 assert len(set(wrong_body.split())) < len(wrong_body.split())

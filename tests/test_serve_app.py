@@ -255,6 +255,9 @@ def test_load_100_concurrent_chats(served, record_property):
     for _, r in results:
         assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens <= 8
     p50, p95 = statistics.median(lat) * 1000, lat[94] * 1000
+    health = httpx.get(served["url"].removesuffix("/v1") + "/health").json()
+    batching = next(m["batching"] for m in health["models"] if m["id"] == "demo/chat")
+    assert batching["largest_batch"] > 1  # dynamic batching really merged concurrent requests
     record_property("load100_p50_ms", round(p50, 1))
     record_property("load100_p95_ms", round(p95, 1))
-    print(f"\n100 concurrent chats: wall {wall:.2f}s, p50 {p50:.0f} ms, p95 {p95:.0f} ms")
+    print(f"\n100 concurrent chats: wall {wall:.2f}s, p50 {p50:.0f} ms, p95 {p95:.0f} ms; batching {batching}")

@@ -16,7 +16,7 @@ import pytest
 from llmray.config import RayConfig
 from llmray.serve_config import ServeConfig
 
-pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+pytestmark = pytest.mark.vllm
 
 
 def _free_port() -> int:

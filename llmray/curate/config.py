@@ -290,8 +290,12 @@ class NearDedupConfig(StrictModel):
     rows: int | None = Field(None, ge=1, description="Rows per LSH band.")
     target_recall: float = Field(
         0.995, gt=0, lt=1, description="Automatic banding: probability that a pair at `threshold` becomes a candidate.")
-    verify: bool = Field(
-        True, description="Keep a candidate pair only if its estimated Jaccard (full signature) reaches the threshold.")
+    verify: Literal["exact", "estimate"] = Field(
+        "exact",
+        description="How candidate pairs are checked against `threshold`: exact Jaccard of the shingle sets "
+                    "(one extra pass over the candidate documents; precision is then exact), or the MinHash "
+                    "estimate from the full signatures (no extra pass; pairs within a few hundredths of the "
+                    "threshold go either way).")
     hash: Literal["fast", "datasketch"] = Field(
         "fast", description="Shingle hash: vectorized word-hash n-grams, or sha1 of the shingle string "
                             "(signatures bit-identical to datasketch.MinHash.update).")

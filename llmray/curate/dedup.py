@@ -8,9 +8,10 @@ Data flow (each a barrier between two streaming segments of the pipeline):
 2. after the dataset is materialized, the driver asks the shards for the decision:
    - exact: per text hash the smallest `_ord` survives, every other copy is a loser;
    - near: each shard turns its band buckets into candidate edges (bucket minimum -> member, and
-     consecutive members); the driver verifies every candidate by estimated Jaccard on the full
-     signatures, joins verified edges into clusters (min-label propagation), and every member but
-     the cluster's smallest `_ord` is a loser;
+     consecutive members); the driver verifies every candidate -- by the exact Jaccard of the two
+     shingle sets (recomputed in one extra pass over just the candidate documents) or by the MinHash
+     estimate from the full signatures -- joins verified edges into clusters (min-label
+     propagation), and every member but the cluster's smallest `_ord` is a loser;
 3. the losers (`_ord`, survivor `_ord`, similarity) are broadcast and marked in the next segment.
 Decisions depend only on `_ord`s and signatures, never on arrival order or the number of shards.
 Adding the same key twice (a retried task) changes nothing: pairs are de-duplicated first.
@@ -196,7 +197,8 @@ def op_near_keys(batch: dict, shards, p: dict) -> dict:
     calls = []
     for s in range(n):
         bands = list(range(s, p["bands"], n))
-        mine = (ords % n) == s
+        # Full signatures are only kept when the verification uses them.
+        mine = ((ords % n) == s) & (p["verify"] == "estimate")
         calls.append(shards[s].add.remote(ords, keys[:, bands], ords[mine], sig[mine]))
     ray.get(calls)
     return batch
@@ -235,8 +237,7 @@ def _components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         label = new
 
 
-def near_decision(shards, threshold: float, verify: bool, num_perm: int) -> tuple[dict, dict]:
-    """Verified clusters -> losers. Returns (decision, stats)."""
+def candidate_pairs(shards) -> tuple[np.ndarray, np.ndarray]:
     import ray
 
     parts = ray.get([s.candidates.remote() for s in shards])
@@ -245,20 +246,66 @@ def near_decision(shards, threshold: float, verify: bool, num_perm: int) -> tupl
     if len(src):
         pairs = np.unique(np.stack([src, dst], axis=1), axis=0)
         src, dst = pairs[:, 0], pairs[:, 1]
-    stats = {"candidate_pairs": len(src)}
+    return src, dst
+
+
+def _exact_similarity(sets: dict[int, np.ndarray], a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.empty(len(a))
+    for k, (x, y) in enumerate(zip(a.tolist(), b.tolist())):
+        sx, sy = sets[x], sets[y]
+        inter = len(np.intersect1d(sx, sy, assume_unique=True))
+        out[k] = inter / max(len(sx) + len(sy) - inter, 1)
+    return out
+
+
+def near_decision(shards, threshold: float, verify: str, num_perm: int, shingle_sets=None) -> tuple[dict, dict]:
+    """Candidates -> verified edges -> clusters -> losers. Returns (decision, stats).
+
+    `shingle_sets(ords) -> {ord: sorted unique uint32 shingle hashes}` is needed for exact verification."""
+    src, dst = candidate_pairs(shards)
+    stats = {"candidate_pairs": len(src), "verify": verify}
     nodes = np.unique(np.concatenate([src, dst]))
     u, v = np.searchsorted(nodes, src), np.searchsorted(nodes, dst)
-    sigs = _gather_signatures(shards, nodes, num_perm)
-    if verify and len(src):
-        sim = (sigs[u] == sigs[v]).mean(axis=1)
-        ok = sim >= threshold
-        u, v = u[ok], v[ok]
+    if verify == "exact":
+        sets = shingle_sets(nodes) if len(nodes) else {}
+
+        def sim_fn(a, b):
+            return _exact_similarity(sets, nodes[a], nodes[b])
+    else:
+        sigs = _gather_signatures(shards, nodes, num_perm)
+
+        def sim_fn(a, b):
+            return (sigs[a] == sigs[b]).mean(axis=1) if len(a) else np.empty(0)
+    ok = sim_fn(u, v) >= threshold
+    u, v = u[ok], v[ok]
     stats["verified_pairs"] = len(u)
     label = _components(len(nodes), u, v)
     lose = np.flatnonzero(label != np.arange(len(nodes)))
-    sim = (sigs[lose] == sigs[label[lose]]).mean(axis=1) if len(lose) else np.empty(0)
     stats["clusters"] = len(np.unique(label[lose]))
-    return _decision(nodes[lose], nodes[label[lose]], sim.astype(np.float32)), stats
+    # Similarity to the survivor (not necessarily a direct edge: clusters are transitive).
+    return _decision(nodes[lose], nodes[label[lose]], sim_fn(lose, label[lose]).astype(np.float32)), stats
+
+
+def shingle_sets(ds, ords: np.ndarray, p: dict) -> dict[int, np.ndarray]:
+    """One pass over the rows: the sorted unique shingle hashes of the documents in `ords`."""
+    import ray
+
+    ref = ray.put(np.asarray(ords, dtype=np.int64))
+
+    def pick(batch, ref=ref):
+        from llmray.curate.minhash import shingle_hashes
+        from llmray.curate.ops import cached_get
+
+        m = (batch["_drop"] == "") & np.isin(batch["_ord"], cached_get(ref))
+        h, off = shingle_hashes([batch["text"][i] for i in np.flatnonzero(m)], p["ngram"], p["hash"])
+        sets = [np.unique(h[off[k]:off[k + 1]]).tobytes() for k in range(len(off) - 1)]
+        return {"_ord": batch["_ord"][m], "sh": np.array(sets, dtype=object)}
+
+    out: dict[int, np.ndarray] = {}
+    for b in ds.map_batches(pick, batch_format="numpy").iter_batches(batch_format="numpy"):
+        for o, raw in zip(b["_ord"], b["sh"]):
+            out[int(o)] = np.frombuffer(raw, dtype=np.uint32)
+    return out
 
 
 def _gather_signatures(shards, nodes: np.ndarray, num_perm: int) -> np.ndarray:
@@ -291,6 +338,6 @@ def op_mark(batch: dict, op: str, decision_ref, sample_chars: int) -> dict:
         pos = np.minimum(np.searchsorted(d["loser"], ords), len(d["loser"]) - 1)
         for i, p, hit in zip(v.live, pos, d["loser"][pos] == ords):
             if hit:
-                what = "exact_duplicate:" if op == "exact_dedup" else f"near_duplicate: est. Jaccard {d['sim'][p]:.3f}"
+                what = "exact_duplicate:" if op == "exact_dedup" else f"near_duplicate: Jaccard {d['sim'][p]:.3f}"
                 v.reject(i, op, f"{what} of #{int(d['survivor'][p])}")
     return v.done()

@@ -1,7 +1,7 @@
 """The curate stage on Ray Data: read -> operators -> barriers for global decisions -> outputs.
 
 Data flow:
-  read tasks (one per file / module chunk) --map_batches generator--> rows (`sources.py`)
+  a Ray Data datasource, one read task per file / module chunk --> rows (`sources.py`, `readers.py`)
   -> clean -> [boilerplate: line keys to shard actors | materialize | strip frequent lines]
   -> gopher_quality -> gopher_repetition -> c4 -> fineweb -> toxicity (actors) -> quality (actors)
   -> decontaminate -> pii
@@ -10,8 +10,9 @@ Data flow:
   -> mix -> materialize -> outputs (`accounting.py`).
 Between barriers everything streams; a barrier materializes the rows (rejected rows keep only a text
 sample) because a global decision needs all keys first. Ray Data's CPU use is capped at `workers`
-(task concurrency, actor pool sizes and the executor's resource limit), so the stage shares a small
-machine with whatever else runs.
+(the executor's resource limit and each operator's task pool size); the scorer actor pools and the
+shard actors reserve no CPU (see `_actor_map`), so the stage shares a small machine with whatever
+else runs.
 """
 
 from __future__ import annotations
@@ -74,8 +75,6 @@ class Curator:
     def __init__(self, cfg, log):
         self.cfg, self.log = cfg, log
         self.names = [default_source_name(s, i) for i, s in enumerate(cfg.sources)]
-        if len(set(self.names)) != len(self.names):
-            raise ValueError(f"source names must be distinct; got {self.names} (set `name:`)")
         self.sample_chars = cfg.output.sample_chars
         self.info: dict = {}
         self.actors: list = []
@@ -226,10 +225,11 @@ class Curator:
         n = nd.shards or self.cfg.workers
         shards = self._shards(dedup.LSHShard, n, [(list(range(s, bands, n)),) for s in range(n)])
         params = {"num_perm": nd.num_perm, "ngram": nd.ngram, "seed": nd.seed, "hash": nd.hash,
-                  "bands": bands, "rows": rows}
+                  "bands": bands, "rows": rows, "verify": nd.verify}
         t = time.time()
         ds = self._barrier(self._map(ds, dedup.op_near_keys, shards=shards, p=params), "near_dedup")
-        decision, stats = dedup.near_decision(shards, nd.threshold, nd.verify, nd.num_perm)
+        decision, stats = dedup.near_decision(shards, nd.threshold, nd.verify, nd.num_perm,
+                                              lambda ords: dedup.shingle_sets(ds, ords, params))
         stats.update(bands=bands, rows=rows, shards=n, duplicates=len(decision["loser"]),
                      candidate_prob_at_threshold=round(candidate_probability(nd.threshold, bands, rows), 5),
                      seconds=round(time.time() - t, 2))

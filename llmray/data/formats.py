@@ -188,7 +188,11 @@ def load_data(spec: str, use: Use, split: str = "train") -> Loaded:
     if spec.startswith("builtin:"):
         from llmray.data.instruct import load_builtin
 
-        return Loaded(records=[{**NORMALISE[use](r), "id": r["id"]} for r in load_builtin(spec[8:], split)])
+        # `group` (built-in preference pairs: how the wrong answer was made) lets stages report
+        # held-out accuracy per kind of pair.
+        return Loaded(records=[{**NORMALISE[use](r), "id": r["id"],
+                                **({"group": r["rejection"]} if "rejection" in r else {})}
+                               for r in load_builtin(spec[8:], split)])
     return read_jsonl(spec, use)
 
 

@@ -9,12 +9,14 @@ training) -> the sets below, each a list of plain dicts in the canonical forms t
 - `instruction_pairs(split)`: {"id", "messages": [user question, assistant answer]}; the
   answer is the object's signature and the first paragraph of its real docstring.
 - `preference_pairs(split)`: {"id", "prompt": [user], "chosen": str, "rejected": str,
-  "rejection": how the wrong answer was made}, one of three kinds in equal shares:
+  "rejection": how the wrong answer was made}, one of four kinds in equal shares:
   `other`: the answer about ANOTHER object (another module, a few places away in summary
   length: a good answer to some other question); `scramble`: the right object and words in a
   garbled order; `repeat`: the right object, then its opening words looped (the degenerate
-  repetition small models fall into). Lengths are matched, so "the longer answer wins" scores
-  ~0.5 (`length_baseline`).
+  repetition small models fall into); `typos`: the right answer with misspelt words. Lengths
+  are matched, so "the longer answer wins" scores ~0.5 (`length_baseline`). A tiny model learns
+  the last three from the text alone; `other` needs it to match the answer's name to the
+  question's, which it learns only once it can copy names (measured per kind in the note).
 - `rl_prompts(split)`: {"id", "prompt": [user], "reference": answer} for PPO/GRPO.
 - `harmful_requests(split)` / `benign_requests(split)`: the same templated phrasings with
   harmful intents (answer: a refusal) and harmless ones of the same size (answer: a real
@@ -30,10 +32,13 @@ import hashlib
 import random
 import re
 
+# Bump when any built-in set changes: the sft/reward/dpo kinds fold it into their VERSION, so
+# cached stages trained on the old data rerun.
+DATA_VERSION = "2"
 TEST_PERCENT = 20  # share of module buckets held out; ~15% of records land in test
 MAX_SUMMARY_CHARS = 320
 MAX_SIGNATURE_CHARS = 60
-REJECTIONS = ("other", "scramble", "repeat")  # how a preference pair's wrong answer is made
+REJECTIONS = ("other", "scramble", "repeat", "typos")  # how a preference pair's wrong answer is made
 
 QUESTION_TEMPLATES = (
     "What does `{name}` do?",
@@ -164,6 +169,19 @@ def _repeat(text: str) -> str:
     return " ".join(looped) if looped != words else " ".join(reversed(words))
 
 
+def _typos(text: str, rng: random.Random) -> str:
+    """Swap two inner letters in about half the longer words (same length, same words, misspelt)."""
+    words = text.split()
+    long_ones = [i for i, w in enumerate(words) if len(w) >= 4 and w[1:-1].isalpha()]
+    picked = [i for i in long_ones if rng.random() < 0.5] or long_ones[:2]
+    for i in picked:
+        w = words[i]
+        j = rng.randrange(1, len(w) - 2)
+        words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:]
+    out = " ".join(words)
+    return out if out != text else _scramble(text, rng)
+
+
 def _swap_partner(e: dict, pool: list[dict]) -> dict:
     """An entry from ANOTHER module, a few places away in length order (deterministic).
 
@@ -191,6 +209,8 @@ def preference_pairs(split: str = "train") -> list[dict]:
             wrong = answer(_swap_partner(e, pool))
         elif how == "repeat":
             wrong = answer(e, _repeat(e["summary"]))
+        elif how == "typos":
+            wrong = answer(e, _typos(e["summary"], rng))
         else:
             wrong = answer(e, _scramble(e["summary"], rng))
         out.append({"id": f"pref:{e['name']}", "prompt": [{"role": "user", "content": question(e)}],

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from llmray.config import StageConfig
 from llmray.curate.config import (
@@ -33,6 +33,7 @@ from llmray.curate.config import (
     QualityConfig,
     SourceConfig,
     ToxicityConfig,
+    default_source_name,
 )
 
 VERSION = "1"
@@ -65,6 +66,14 @@ class Config(StageConfig):
     near_dedup: NearDedupConfig = Field(
         default_factory=NearDedupConfig, description="MinHash LSH near-deduplication.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Output files and audit samples.")
+
+    @model_validator(mode="after")
+    def _distinct_sources(self):
+        names = [default_source_name(s, i) for i, s in enumerate(self.sources)]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"source names must be distinct; {dup} repeats (set `name:` on the sources)")
+        return self
 
 
 def run(config: Config, ctx):

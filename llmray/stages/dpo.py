@@ -21,11 +21,12 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from llmray.data.instruct import DATA_VERSION
 from llmray.posttrain import PostTrainConfig
 from llmray.train.config import TrainConfig
 from llmray.train.task import BaseTask
 
-VERSION = "1"
+VERSION = f"1+data{DATA_VERSION}"  # built-in data sets are part of the output
 
 
 class Config(PostTrainConfig):
@@ -56,10 +57,10 @@ class DpoTask(BaseTask):
     """DPO loss with a per-worker frozen reference (a `llmray.train.task.TrainTask`)."""
 
     def __init__(self, model_dir: Path, train_dir: str, val_dir: str, pad_id: int, beta: float,
-                 loss_type: str, label_smoothing: float, lora=None):
+                 loss_type: str, label_smoothing: float, lora=None, groups: list[str] = ()):
         self.model_dir, self.train_dir, self.val_dir = Path(model_dir), train_dir, val_dir
         self.pad_id, self.beta, self.loss_type, self.label_smoothing = pad_id, beta, loss_type, label_smoothing
-        self.lora = lora
+        self.lora, self.groups = lora, list(groups)
         self._ref = None  # built lazily on the worker, on the batch's device
 
     def __getstate__(self):
@@ -88,11 +89,11 @@ class DpoTask(BaseTask):
 
     def collate(self, batch: dict) -> dict:
         """Chosen rows first, then rejected rows, padded together, with the reply masks."""
-        from llmray.posttrain import pad_batch
+        from llmray.posttrain import group_collate, pad_batch
 
         seqs = list(batch["chosen_ids"]) + list(batch["rejected_ids"])
         masks = list(batch["chosen_mask"]) + list(batch["rejected_mask"])
-        return pad_batch(seqs, self.pad_id, masks)
+        return {**pad_batch(seqs, self.pad_id, masks), "group": group_collate(batch, len(batch["chosen_ids"]))}
 
     def logps(self, model, batch: dict):
         """(chosen, rejected) sequence log-probs of the reply tokens under `model`."""
@@ -127,14 +128,18 @@ class DpoTask(BaseTask):
         """Held-out means over all evaluated pairs (ties in reward count as wrong)."""
         import torch
 
-        from llmray.posttrain import eval_sums
+        from llmray.posttrain import eval_sums, group_sums
+
+        n_groups = len(self.groups)
 
         def sums(batch):
             losses, cr, rr, pc, pr = self.pair_stats(model, batch)
             return {"loss": losses.sum(), "reward_accuracy": (cr > rr).sum().double(),
                     "chosen_reward": cr.sum(), "rejected_reward": rr.sum(), "margin": (cr - rr).sum(),
                     "logp_accuracy": (pc > pr).sum().double(),
-                    "pairs": torch.tensor(float(cr.shape[0]), device=cr.device)}
+                    "pairs": torch.tensor(float(cr.shape[0]), device=cr.device),
+                    **group_sums(cr > rr, batch["group"], n_groups, "reward"),
+                    **group_sums(pc > pr, batch["group"], n_groups, "logp")}
 
         was_training = model.training
         model.eval()
@@ -142,8 +147,14 @@ class DpoTask(BaseTask):
         model.train(was_training)
         if not s:
             return {}
+        from llmray.posttrain import group_means
+
+        per_group = {f"val_reward_accuracy_{k}": v for k, v in group_means(s, self.groups, "reward").items()}
+        per_group.update({f"val_logp_accuracy_{k}": v for k, v in group_means(s, self.groups, "logp").items()})
         n = max(s.pop("pairs"), 1.0)
-        return {**{f"val_{k}": v / n for k, v in s.items()}, "val_pairs": n}
+        totals = {k: v / n for k, v in s.items() if not k.startswith(("reward_", "logp_", "pairs_"))
+                  or k in ("reward_accuracy", "logp_accuracy")}
+        return {**{f"val_{k}": v for k, v in totals.items()}, "val_pairs": n, **per_group}
 
     def save(self, model, out_dir: Path) -> None:
         from transformers import AutoTokenizer
@@ -155,17 +166,18 @@ class DpoTask(BaseTask):
 
 
 def run(config: Config, ctx):
-    from llmray.posttrain import init_dir, load_tokenizer, prepare
+    from llmray.posttrain import init_dir, load_tokenizer, pair_groups, prepare
     from llmray.stages.base import StageResult
     from llmray.stages.reward import encode_pair_rows
     from llmray.train.loop import fit
 
     start = init_dir(config, ctx)
     tok = load_tokenizer(start)
-    data = prepare(config, ctx, "pref", lambda rec: encode_pair_rows(tok, rec, with_masks=True))
+    groups = pair_groups(config)
+    data = prepare(config, ctx, "pref", lambda rec: encode_pair_rows(tok, rec, with_masks=True, groups=groups))
     ctx.log.info("dpo data: %s", data)
     task = DpoTask(start, data["train_dir"], data["val_dir"], tok.pad_token_id, config.beta, config.loss_type,
-                   config.label_smoothing, config.lora)
+                   config.label_smoothing, config.lora, groups)
     result = fit(task, config.train, config.resources, ctx)
     first, last = result.metrics.get("first_eval", {}), result.metrics.get("final_eval", {})
     metrics = {k: v for k, v in result.metrics.items() if k not in ("first_eval", "final_eval")}
@@ -177,6 +189,10 @@ def run(config: Config, ctx):
     metrics["heldout_pairs"] = last.get("val_pairs")
     # The init model's preference accuracy: its own log-prob ranking (its implicit reward is 0).
     metrics["init_heldout_accuracy"] = first.get("val_logp_accuracy")
+    metrics["heldout_reward_accuracy_by_kind"] = {g: last[f"val_reward_accuracy_{g}"] for g in groups
+                                                  if f"val_reward_accuracy_{g}" in last}
+    metrics["init_heldout_accuracy_by_kind"] = {g: first[f"val_logp_accuracy_{g}"] for g in groups
+                                                if f"val_logp_accuracy_{g}" in first}
     ctx.log.info("dpo: held-out implicit-reward accuracy %s (init model's log-prob accuracy %s)",
                  metrics.get("heldout_reward_accuracy"), metrics["init_heldout_accuracy"])
     return StageResult(metrics=metrics, outputs={"model": "model"})

@@ -18,11 +18,12 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from llmray.data.instruct import DATA_VERSION
 from llmray.posttrain import PostTrainConfig
 from llmray.train.config import TrainConfig
 from llmray.train.task import BaseTask
 
-VERSION = "1"
+VERSION = f"1+data{DATA_VERSION}"  # built-in data sets are part of the output
 
 
 class Config(PostTrainConfig):
@@ -38,11 +39,13 @@ class Config(PostTrainConfig):
                                description="Optimisation, logging, checkpoints.")
 
 
-def encode_pair_rows(tokenizer, record: dict, with_masks: bool = False) -> dict:
-    """A canonical preference record -> chosen/rejected token ids (and assistant masks)."""
+def encode_pair_rows(tokenizer, record: dict, with_masks: bool = False, groups: list[str] = ()) -> dict:
+    """A canonical preference record -> chosen/rejected token ids (and assistant masks), and the
+    index of its kind in `groups` (-1: none)."""
     from llmray.chat import encode_chat
+    from llmray.posttrain import group_index
 
-    row, length = {}, 0
+    row, length = {"group": group_index(record, list(groups))}, 0
     for side in ("chosen", "rejected"):
         ids, mask = encode_chat(tokenizer, record["prompt"] + [{"role": "assistant", "content": record[side]}])
         if not any(mask):
@@ -58,9 +61,10 @@ def encode_pair_rows(tokenizer, record: dict, with_masks: bool = False) -> dict:
 class RewardTask(BaseTask):
     """Bradley-Terry loss on (chosen, rejected) rows (a `llmray.train.task.TrainTask`)."""
 
-    def __init__(self, model_dir: Path, train_dir: str, val_dir: str, pad_id: int, lora=None):
+    def __init__(self, model_dir: Path, train_dir: str, val_dir: str, pad_id: int, lora=None,
+                 groups: list[str] = ()):
         self.model_dir, self.train_dir, self.val_dir = Path(model_dir), train_dir, val_dir
-        self.pad_id, self.lora = pad_id, lora
+        self.pad_id, self.lora, self.groups = pad_id, lora, list(groups)
 
     def datasets(self) -> dict:
         from llmray.posttrain import rows_dataset
@@ -72,10 +76,10 @@ class RewardTask(BaseTask):
 
     def collate(self, batch: dict) -> dict:
         """Chosen rows first, then rejected rows, padded together: one forward scores both."""
-        from llmray.posttrain import pad_batch
+        from llmray.posttrain import group_collate, pad_batch
 
         chosen, rejected = list(batch["chosen_ids"]), list(batch["rejected_ids"])
-        return pad_batch(chosen + rejected, self.pad_id)
+        return {**pad_batch(chosen + rejected, self.pad_id), "group": group_collate(batch, len(chosen))}
 
     def scores(self, model, batch: dict):
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
@@ -96,13 +100,14 @@ class RewardTask(BaseTask):
         import torch
 
         from llmray.losses import bradley_terry_loss
-        from llmray.posttrain import eval_sums
+        from llmray.posttrain import eval_sums, group_means, group_sums
 
         def sums(batch):
             rc, rr = self.scores(model, batch)
             return {"correct": (rc > rr).sum().double(), "margin": (rc - rr).sum().double(),
                     "loss": bradley_terry_loss(rc, rr).sum().double(),
-                    "pairs": torch.tensor(float(rc.shape[0]), device=rc.device)}
+                    "pairs": torch.tensor(float(rc.shape[0]), device=rc.device),
+                    **group_sums(rc > rr, batch["group"], len(self.groups))}
 
         was_training = model.training
         model.eval()
@@ -111,8 +116,10 @@ class RewardTask(BaseTask):
         if not s:
             return {}
         n = max(s["pairs"], 1.0)
-        return {"val_accuracy": s["correct"] / n, "val_margin": s["margin"] / n, "val_loss": s["loss"] / n,
-                "val_pairs": s["pairs"]}
+        out = {"val_accuracy": s["correct"] / n, "val_margin": s["margin"] / n, "val_loss": s["loss"] / n,
+               "val_pairs": s["pairs"]}
+        out.update({f"val_accuracy_{k}": v for k, v in group_means(s, self.groups).items()})
+        return out
 
     def save(self, model, out_dir: Path) -> None:
         from transformers import AutoTokenizer
@@ -145,15 +152,16 @@ def build_reward_model(model_dir: Path, pad_id: int, lora=None):
 
 
 def run(config: Config, ctx):
-    from llmray.posttrain import init_dir, load_tokenizer, prepare
+    from llmray.posttrain import init_dir, load_tokenizer, pair_groups, prepare
     from llmray.stages.base import StageResult
     from llmray.train.loop import fit
 
     start = init_dir(config, ctx)
     tok = load_tokenizer(start)
-    data = prepare(config, ctx, "pref", lambda rec: encode_pair_rows(tok, rec))
+    groups = pair_groups(config)
+    data = prepare(config, ctx, "pref", lambda rec: encode_pair_rows(tok, rec, groups=groups))
     ctx.log.info("reward data: %s", data)
-    task = RewardTask(start, data["train_dir"], data["val_dir"], tok.pad_token_id, config.lora)
+    task = RewardTask(start, data["train_dir"], data["val_dir"], tok.pad_token_id, config.lora, groups)
     result = fit(task, config.train, config.resources, ctx)
     first, last = result.metrics.get("first_eval", {}), result.metrics.get("final_eval", {})
     metrics = {k: v for k, v in result.metrics.items() if k not in ("first_eval", "final_eval")}
@@ -163,6 +171,7 @@ def run(config: Config, ctx):
             metrics[f"heldout_{key}_before"] = first.get(f"val_{key}")
             metrics[f"heldout_{key}"] = last[f"val_{key}"]
     metrics["heldout_pairs"] = last.get("val_pairs")
+    metrics["heldout_accuracy_by_kind"] = {g: last[f"val_accuracy_{g}"] for g in groups if f"val_accuracy_{g}" in last}
     ctx.log.info("reward: held-out accuracy %s, margin %s", metrics.get("heldout_accuracy"),
                  metrics.get("heldout_margin"))
     return StageResult(metrics=metrics, outputs={"model": "model"})

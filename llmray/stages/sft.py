@@ -19,11 +19,12 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from llmray.data.instruct import DATA_VERSION
 from llmray.posttrain import PostTrainConfig
 from llmray.train.config import TrainConfig
 from llmray.train.task import BaseTask
 
-VERSION = "1"
+VERSION = f"1+data{DATA_VERSION}"  # built-in data sets are part of the output
 
 
 class Config(PostTrainConfig):

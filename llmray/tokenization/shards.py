@@ -47,21 +47,22 @@ class TokenizeWorker:
     def __call__(self, batch):
         import pyarrow as pa
 
-        t0 = time.perf_counter()
+        t0 = time.time()
         ids = batch.column("id").to_pylist()
         texts = [t or "" for t in batch.column("text").to_pylist()]
-        is_val = val_mask(ids, self.val_fraction, self.seed)
+        is_val = val_mask(ids, self.val_fraction, self.seed).tolist()
+        encoded = [e.ids for e in self.tok.encode_batch_fast(texts, add_special_tokens=False)] if texts else []
         streams, docs = [], []
-        for mask in (~is_val, is_val):
-            chosen = [t for t, m in zip(texts, mask) if m]
-            encodings = self.tok.encode_batch_fast(chosen, add_special_tokens=False) if chosen else []
-            streams.append(join_with_eos([e.ids for e in encodings], self.eos_id, self.dtype))
+        for want in (False, True):  # train, val
+            chosen = [doc for doc, v in zip(encoded, is_val) if v == want]
+            streams.append(join_with_eos(chosen, self.eos_id, self.dtype))
             docs.append(len(chosen))
         offsets = pa.array(np.cumsum([0] + [len(s) for s in streams], dtype=np.int64))
         values = pa.array(np.concatenate(streams))
-        # Busy seconds of this call (split over its two rows): the in-actor throughput figure.
-        seconds = (time.perf_counter() - t0) / 2
-        return pa.table({"split": list(SPLITS), "docs": docs, "seconds": [seconds, seconds],
+        # When this call ran: busy seconds give the in-actor throughput, the span of all calls the
+        # steady-state throughput (both leave out Ray Data's start-up).
+        t1 = time.time()
+        return pa.table({"split": list(SPLITS), "docs": docs, "start": [t0, t0], "end": [t1, t1],
                          "ids": pa.LargeListArray.from_arrays(offsets, values)})
 
 
@@ -93,8 +94,8 @@ class StreamPacker:
         self.writer = ShardWriter(out_dir, "part", seq_len, dtype, rows_per_shard)
         self.counts: Counter = Counter()
 
-    def add(self, stream, docs: int, seconds: float) -> None:
-        self.counts.update(docs=docs, tokens=len(stream), batches=1, actor_seconds=seconds)
+    def add(self, stream, docs: int) -> None:
+        self.counts.update(docs=docs, tokens=len(stream), batches=1)
         self.writer.add(self.packer.add(stream))
 
     def close(self) -> dict:
@@ -134,18 +135,20 @@ def tokenize_corpus(data_dir: Path, tokenizer_dir: Path, out_dir: Path, *, seq_l
     packers = {s: StreamPacker(Path(out_dir) / s, seq_len, dtype, rows_per_shard) for s in SPLITS}
     for s in SPLITS:
         (Path(out_dir) / s).mkdir(parents=True, exist_ok=True)
+    calls: set[tuple[float, float]] = set()  # (start, end) of each actor call (its two rows share it)
     # Corpus order in, corpus order out: the packing is reproducible.
     for batch in ordered(ds).iter_batches(batch_size=None, batch_format="pyarrow"):
         col = batch.column("ids").combine_chunks()
         values, offsets = np.asarray(col.values), np.asarray(col.offsets)
-        for i, (split, docs, secs) in enumerate(zip(batch.column("split").to_pylist(),
-                                                    batch.column("docs").to_pylist(),
-                                                    batch.column("seconds").to_pylist())):
-            packers[split].add(values[offsets[i]:offsets[i + 1]], docs, secs)
+        for i, (split, docs) in enumerate(zip(batch.column("split").to_pylist(), batch.column("docs").to_pylist())):
+            packers[split].add(values[offsets[i]:offsets[i + 1]], docs)
+        calls.update(zip(batch.column("start").to_pylist(), batch.column("end").to_pylist()))
     counts = {s: packers[s].close() for s in SPLITS}
     for s in SPLITS:
         _check_rows(Path(out_dir) / s, counts[s], seq_len)
-    return {"vocab_size": vocab_size, "dtype": dtype.name, "actors": n_actors, "splits": counts}
+    timing = {"actor_busy_s": round(sum(e - s for s, e in calls), 3),
+              "actor_window_s": round(max(e for _, e in calls) - min(s for s, _ in calls), 3) if calls else 0.0}
+    return {"vocab_size": vocab_size, "dtype": dtype.name, "actors": n_actors, "splits": counts, **timing}
 
 
 def _check_rows(split_dir: Path, c: dict, seq_len: int) -> None:
