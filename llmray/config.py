@@ -105,13 +105,25 @@ def _pipeline_class(kinds: tuple[str, ...]):
         """A whole pipeline file."""
 
         name: str = Field(description="Pipeline name; the run directory is <workdir>/<name>.", pattern=NAME_RE)
-        workdir: str = Field("runs", description="Folder (or pyarrow.fs URI) holding run directories.")
+        workdir: str = Field("runs", description="Folder holding run directories: a local or mounted path (on a "
+                                                 "cluster, storage every node mounts, e.g. /mnt/shared/runs). "
+                                                 "URIs (s3://, gs://, file://) are refused.")
         seed: int = Field(0, description="Default seed, recorded in pipeline.resolved.yaml.")
         ray: RayConfig = Field(default_factory=RayConfig, description="Ray connection settings.")
         stages: dict[str, stage_type] = Field(  # type: ignore[valid-type]
             description="Stage name -> stage config; `kind` picks the implementation."
         )
         serve: ServeConfig | None = Field(None, description="What `llmray serve` exposes.")
+
+        @field_validator("workdir")
+        @classmethod
+        def _local_workdir(cls, workdir: str) -> str:
+            # The runner, Ray Train's storage_path and every stage write the run directory with plain
+            # file operations (rename for atomic completion); an object store has neither folders nor rename.
+            if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", workdir):
+                raise ValueError("workdir must be a local or mounted folder, not a URI; mount the bucket on every "
+                                 "node (e.g. mountpoint-s3 or a shared filesystem) and give its path")
+            return workdir
 
         @field_validator("stages")
         @classmethod

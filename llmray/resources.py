@@ -1,11 +1,18 @@
-"""The `resources:` block of a training stage, and its one translation into Ray Train's ScalingConfig.
+"""Where stages run: a training stage's `resources:` block (-> Ray Train's ScalingConfig) and a data
+stage's `placement:` block (-> the node labels every Ray Data task and actor of the stage requires).
 
-Nothing else in the code base builds a ScalingConfig: a stage moves from a laptop to a
-GPU cluster by changing this block only.
+Nothing else in the code base builds a ScalingConfig or sets a Ray Data label selector: a pipeline
+moves from a laptop to a GPU cluster by changing these blocks only. On a cluster whose nodes carry
+labels (`ray start --labels node-group=cpu`, the launcher's `labels:`, KubeRay's `rayStartParams`),
+`placement: {labels: {node-group: cpu}}` keeps curation and tokenization on CPU nodes, and
+`resources: {use_gpu: true, custom: {gpu_node: 0.01}}` keeps trainers on the nodes advertising `gpu_node`.
+Placement never enters a stage's fingerprint (see runner.NOT_FINGERPRINTED): where work runs does not
+change what it produces.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -42,3 +49,27 @@ def scaling_config(res: Resources):
     if res.use_gpu:
         per_worker["GPU"] = res.gpus_per_worker
     return ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=per_worker)
+
+
+class DataPlacement(StrictModel):
+    """Which nodes a data stage's Ray Data tasks and actors may run on."""
+
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Node labels every Ray Data task and actor of the stage requires, e.g. "
+                                          "{node-group: cpu} (empty: any node; an unmatched label leaves the work "
+                                          "pending).")
+
+
+@contextlib.contextmanager
+def data_placement(placement: DataPlacement | None):
+    """Scope Ray Data to the labelled nodes while a data stage runs (Datasets created inside copy it)."""
+    from ray.data import DataContext
+
+    opts = DataContext.get_current().execution_options
+    saved = opts.label_selector
+    if placement is not None and placement.labels:
+        opts.label_selector = dict(placement.labels)
+    try:
+        yield
+    finally:
+        opts.label_selector = saved

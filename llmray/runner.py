@@ -33,7 +33,8 @@ from llmray.graph import ancestors, topo_order
 from llmray.stages import get_stage
 from llmray.stages.base import StageContext, StageOutput, StageResult
 
-NOT_FINGERPRINTED = {"description"}
+# Neither changes what a stage produces: free text, and which nodes do the work.
+NOT_FINGERPRINTED = {"description", "placement"}
 
 
 class StageFailed(RuntimeError):

@@ -50,6 +50,35 @@ def check_kuberay(path: Path, doc: dict) -> None:
         _require(path, spec, ["entrypoint"], "spec.")
         if not any(c in spec["entrypoint"] for c in ("llmray run ", "llmray.cli run ")):
             raise ValueError(f"{path}: spec.entrypoint should run `llmray run <pipeline>`")
+        check_pipeline_reference(path, spec["entrypoint"], "spec.entrypoint")
+
+
+def _repo_root(path: Path) -> Path:
+    for parent in path.resolve().parents:
+        if (parent / "pyproject.toml").exists():
+            return parent
+    return path.resolve().parent
+
+
+def check_pipeline_reference(path: Path, command: str, where: str) -> None:
+    """The pipeline file a shipped `llmray run <file>` command names exists in the repo and validates
+    (with the command's own dotted overrides), so a cluster file never points at a missing pipeline."""
+    import shlex
+
+    from llmray.config import ConfigError, load_pipeline
+
+    argv = shlex.split(command)
+    i = argv.index("run") + 1 if "run" in argv else len(argv)
+    if i >= len(argv):
+        raise ValueError(f"{path}: {where}: `llmray run` names no pipeline file")
+    target = _repo_root(path) / argv[i]
+    if not target.exists():
+        raise ValueError(f"{path}: {where} runs {argv[i]!r}, which the repo does not ship")
+    overrides = [a for a in argv[i + 1:] if "=" in a and not a.startswith("-")]
+    try:
+        load_pipeline(target, overrides)
+    except ConfigError as e:
+        raise ValueError(f"{path}: {where} runs {argv[i]!r}, which does not validate:\n{e}") from None
 
 
 def check_yaml_file(path: Path, docs: list) -> str:

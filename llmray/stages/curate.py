@@ -35,6 +35,7 @@ from llmray.curate.config import (
     ToxicityConfig,
     default_source_name,
 )
+from llmray.resources import DataPlacement
 
 VERSION = "1"
 
@@ -66,6 +67,8 @@ class Config(StageConfig):
     near_dedup: NearDedupConfig = Field(
         default_factory=NearDedupConfig, description="MinHash LSH near-deduplication.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Output files and audit samples.")
+    placement: DataPlacement = Field(
+        default_factory=DataPlacement, description="Nodes this stage's Ray Data work may use (node labels).")
 
     @model_validator(mode="after")
     def _distinct_sources(self):
@@ -77,6 +80,13 @@ class Config(StageConfig):
 
 
 def run(config: Config, ctx):
+    from llmray.resources import data_placement
+
+    with data_placement(config.placement):  # every Dataset the stage builds inherits the label selector
+        return _run(config, ctx)
+
+
+def _run(config: Config, ctx):
     from llmray.curate.pipeline import run_curate
 
     return run_curate(config, ctx)

@@ -17,6 +17,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from llmray.config import StageConfig
+from llmray.resources import DataPlacement
 
 VERSION = "1"
 
@@ -36,9 +37,18 @@ class Config(StageConfig):
     batch_size: int = Field(1024, ge=1, description="Documents per Ray Data batch sent to a tokenizer actor.")
     actors: int | None = Field(None, ge=1, description="Tokenizer actors in the pool (none: one per cluster CPU).")
     rows_per_shard: int = Field(8192, ge=1, description="Rows (packed sequences) per parquet shard file.")
+    placement: DataPlacement = Field(
+        default_factory=DataPlacement, description="Nodes this stage's Ray Data work may use (node labels).")
 
 
 def run(config: Config, ctx):
+    from llmray.resources import data_placement
+
+    with data_placement(config.placement):  # every Dataset the stage builds inherits the label selector
+        return _run(config, ctx)
+
+
+def _run(config: Config, ctx):
     import shutil
     import time
     from pathlib import Path

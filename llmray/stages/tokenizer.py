@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from llmray.config import StageConfig
+from llmray.resources import DataPlacement
 
 VERSION = "1"
 
@@ -50,6 +51,8 @@ class Config(StageConfig):
     eval_docs: int = Field(2000, ge=1, description="At most this many held-out documents are measured.")
     split_seed: int = Field(0, description="Seed of the document-id hash; keep equal to tokenize.split_seed.")
 
+    placement: DataPlacement = Field(
+        default_factory=DataPlacement, description="Nodes this stage's Ray Data work may use (node labels).")
     @model_validator(mode="after")
     def _source(self):
         if self.from_ is None and self.data is None:
@@ -63,6 +66,13 @@ class Config(StageConfig):
 
 
 def run(config: Config, ctx):
+    from llmray.resources import data_placement
+
+    with data_placement(config.placement):  # every Dataset the stage builds inherits the label selector
+        return _run(config, ctx)
+
+
+def _run(config: Config, ctx):
     from pathlib import Path
 
     from llmray.stages.base import StageResult
