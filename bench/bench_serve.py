@@ -20,7 +20,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -38,14 +37,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def fake_run(model_dir: Path, workdir: Path) -> None:
@@ -153,6 +144,7 @@ def main() -> int:
     from llmray.config import RayConfig
     from llmray.serve.launch import start_serving
     from llmray.serve_config import ServeConfig
+    from llmray.testing import free_port
 
     port = free_port()
     pipe = types.SimpleNamespace(

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Compute:
-    device: "object"  # torch.device
-    dtype: "object"  # autocast dtype, or None for fp32
+    device: object  # torch.device
+    dtype: object  # autocast dtype, or None for fp32
     is_cuda: bool
 
 

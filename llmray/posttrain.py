@@ -80,6 +80,15 @@ class PostTrainConfig(StageConfig):
         return self
 
 
+class PrefConfig(PostTrainConfig):
+    """Fields of the kinds that train on preference pairs (reward, dpo)."""
+
+    USE: ClassVar[str] = "pref"
+
+    data: str = Field("builtin:prefs", description="Preference pairs: `builtin:<name>` or JSONL files with "
+                                                   "prompt/chosen/rejected (strings or message lists).")
+
+
 def init_dir(config: PostTrainConfig, ctx) -> Path:
     """The HF folder training starts from."""
     return ctx.input("init").path("model") if config.init else Path(config.from_).expanduser()
@@ -206,9 +215,19 @@ def pad_batch(seqs, pad_id: int, masks=None) -> dict:
     return out
 
 
-def eval_sums(batches: list[dict], fn, compute, rank: int, world: int) -> dict:
+def eval_sums(model, batches: list[dict], fn, compute, rank: int, world: int) -> dict:
     """Sum `fn(batch) -> {name: scalar tensor}` over held-out batches split round-robin across
-    ranks, all-reduced. Every rank runs the same number of forwards (zero-weight repeats)."""
+    ranks, all-reduced, with `model` in eval mode (its mode is restored after). Every rank runs
+    the same number of forwards (zero-weight repeats)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return _eval_sums(batches, fn, compute, rank, world)
+    finally:
+        model.train(was_training)
+
+
+def _eval_sums(batches: list[dict], fn, compute, rank: int, world: int) -> dict:
     import math
 
     import torch

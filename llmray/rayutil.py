@@ -21,12 +21,23 @@ def init_ray(cfg=None) -> None:
         return
     host = cfg.host if cfg else "127.0.0.1"
     if host in ("127.0.0.1", "localhost"):
-        # Ray 2.60 binds the machine's interface address by default; this switch keeps a
-        # single-node Ray on loopback (see STACK-NOTES).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        _loopback_only()
     kwargs = {"include_dashboard": False, "runtime_env": runtime_env}
     if cfg and cfg.num_cpus:
         kwargs["num_cpus"] = cfg.num_cpus
     if cfg and cfg.object_store_mb:
         kwargs["object_store_memory"] = cfg.object_store_mb * 2**20
     ray.init(**kwargs)
+
+
+def _loopback_only() -> None:
+    """Keep a new single-node Ray on 127.0.0.1 (Ray 2.60 binds the machine's interface address).
+
+    Ray reads this switch once, when `ray` is first imported (see STACK-NOTES), and by now this
+    process has imported it; so the module constant is set too, and the environment variable
+    carries the switch to every process Ray starts."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False

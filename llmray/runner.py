@@ -44,7 +44,8 @@ class StageFailed(RuntimeError):
 
 
 def run_dir(pipe) -> Path:
-    return Path(pipe.workdir).expanduser() / pipe.name
+    # Absolute: Ray Train's storage_path (and any actor with another cwd) needs a full path.
+    return Path(pipe.workdir).expanduser().absolute() / pipe.name
 
 
 def fingerprints(pipe) -> dict[str, str]:
@@ -100,7 +101,7 @@ def plan(pipe) -> list[PlanItem]:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _write_json(path: Path, obj: dict) -> None:

@@ -4,6 +4,7 @@ randomly initialised Llama models saved in HF format (no hub downloads)."""
 from __future__ import annotations
 
 import pydoc
+import socket
 from pathlib import Path
 
 
@@ -56,3 +57,10 @@ def tiny_model_dir(out_dir: Path, kind: str = "causal", vocab_size: int = 1024, 
         model = LlamaForSequenceClassification(cfg)
     save_model(model, tok, out_dir)
     return out_dir
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (for test servers on loopback)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

@@ -36,7 +36,6 @@ def build_bpe_model():
 def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2):
     """Train on an iterator of strings; returns a transformers PreTrainedTokenizerFast."""
     from tokenizers import pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = build_bpe_model()
     trainer = trainers.BpeTrainer(

@@ -124,9 +124,11 @@ def test_gate_status_reads_manifests_and_distrusts_stale_ones(tmp_path):
 
     _manifest(run / "strict", fps["strict"], {"a": {"status": "blocked", "reasons": ["unsafe_rate 0.9 > 0.2"]},
                                               "b": {"status": "passed", "reasons": []}})
-    _manifest(run / "loose", fps["loose"], {"a": {"status": "passed", "reasons": []}})
+    _manifest(run / "loose", fps["loose"], {"a": {"status": "passed", "reasons": [],
+                                                  "basis": "with the guardrail in front"}})
     status = gate_status(run, pipe)
-    assert status["b"] == {"status": "passed", "reasons": [], "align": ["strict"]}
+    assert status["b"] == {"status": "passed", "reasons": [], "align": ["strict"], "needs_guardrail": False}
+    assert status["a"]["needs_guardrail"] is True  # "loose" passed it only with its guardrail in front
     assert status["a"]["status"] == "blocked" and status["a"]["reasons"] == ["strict: unsafe_rate 0.9 > 0.2"]
     assert sorted(status["a"]["align"]) == ["loose", "strict"]
     assert guardrail_dir(run, pipe) == run / "loose" / "guardrail"  # the last align stage in pipeline order

@@ -72,9 +72,9 @@ def test_config_errors_exit_2_and_name_the_field(tmp_path, capsys, edit, expect)
 def test_wrong_kind_of_input_is_refused(tmp_path, monkeypatch):
     from typing import Literal
 
+    import probe_stage
     from pydantic import Field
 
-    import probe_stage
     from llmray.config import StageConfig
 
     class Other(StageConfig):

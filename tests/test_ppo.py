@@ -88,7 +88,7 @@ def test_ppo_survives_a_killed_rollout_actor(engine, ray_local, tiny_causal_dir,
     from llmray.stages import ppo
 
     if engine == "vllm":
-        pytest.importorskip("vllm")
+        import vllm  # noqa: F401 - installed by `make setup`; fail loudly if not
     name = f"ppo_kill_{engine}"
     ctx = make_ctx(tmp_path, name, "ppo", tiny_causal_dir, tiny_reward_dir)
     cfg = config("ppo", prompts_file, rollout={"engine": engine})
@@ -140,7 +140,8 @@ def test_ppo_resumes_from_checkpoint(ray_local, tiny_causal_dir, tiny_reward_dir
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_grpo_on_vllm(ray_local, tiny_causal_dir, tiny_reward_dir, prompts_file, tmp_path):
-    pytest.importorskip("vllm")
+    import vllm  # noqa: F401 - installed by `make setup`; fail loudly if not
+
     from llmray.stages import grpo
 
     ctx = make_ctx(tmp_path, "grpo_vllm", "grpo", tiny_causal_dir, tiny_reward_dir)

@@ -73,3 +73,11 @@ def test_readme_examples_run(cmd, tmp_path):
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()
+
+
+def test_lint_is_clean():
+    """`make lint` (ruff with pyproject's rule set) passes on everything the repo ships."""
+    ruff = Path(sys.executable).parent / "ruff"
+    proc = subprocess.run([str(ruff), "check", "llmray", "tests", "bench"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:]

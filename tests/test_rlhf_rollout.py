@@ -102,5 +102,5 @@ def test_hf_engine_weight_sync(ray_local, tiny_causal_dir, model_b, tmp_path):
 
 @pytest.mark.vllm
 def test_vllm_engine_weight_sync_matches_trainer(ray_local, tiny_causal_dir, model_b, tmp_path):
-    pytest.importorskip("vllm")
+    import vllm  # noqa: F401 - installed by `make setup`; fail loudly if not
     _sync_check("vllm", ray_local, tiny_causal_dir, model_b, tmp_path)

@@ -95,3 +95,18 @@ def test_stages_and_force(tmp_path, ray_local):
     assert states == {"a": "completed", "b": "cached"}  # same fingerprint: dependents stay valid
     with pytest.raises(KeyError, match="zz"):
         run_pipeline(pipe, stages=["zz"], echo=lambda m: None)
+
+
+def test_a_local_ray_started_by_llmray_stays_on_loopback():
+    """`llmray run` without a cluster starts Ray on 127.0.0.1 even though `ray` was imported first
+    (Ray reads its loopback switch at import). Run in a fresh process: the session's Ray is untouched."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import ray\nfrom llmray.rayutil import init_ray\ninit_ray()\n"
+            "print('NODES', sorted(n['NodeManagerAddress'] for n in ray.nodes()))\nray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env,
+                          check=False)
+    assert "NODES ['127.0.0.1']" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import time
 import types
@@ -24,17 +23,12 @@ import pytest
 
 from llmray.config import RayConfig
 from llmray.serve_config import ServeConfig
+from llmray.testing import free_port
 
 KEY = "test-key-123"
 KEY_ENV = "LLMRAY_TEST_SERVE_KEY"
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def _fake_run(workdir, pipeline: str, stages: dict, model_dir) -> None:
@@ -63,7 +57,7 @@ def served(ray_local, tmp_path_factory, tiny_causal_dir):
     _fake_run(workdir, "demo", {"base": {}, "chat": {}, "gated": gate}, tiny_causal_dir)
     _fake_run(workdir, "guarded", {"chat": {}}, tiny_causal_dir)
     os.environ[KEY_ENV] = KEY
-    port = _free_port()
+    port = free_port()
     common = {"port": port, "engine": "hf", "num_cpus": 0.25, "ingress_num_cpus": 0.05}
     demo = _pipe("demo", workdir, models=["base", "chat", "gated"], api_key_env=KEY_ENV, max_tokens=64,
                  max_prompt_tokens=200, max_body_bytes=8192, **common)

@@ -8,29 +8,23 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import types
 
 import pytest
 
 from llmray.config import RayConfig
 from llmray.serve_config import ServeConfig
+from llmray.testing import free_port
 
 pytestmark = pytest.mark.vllm
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_vllm_engine_serves_chat_stream_and_completions(ray_local, tmp_path, tiny_causal_dir):
-    pytest.importorskip("vllm")
     import httpx
     import openai
+    import vllm  # noqa: F401 - installed by `make setup`; fail loudly if not
     from ray import serve
 
     from llmray.serve.launch import start_serving, stop_serving
@@ -41,7 +35,7 @@ def test_vllm_engine_serves_chat_stream_and_completions(ray_local, tmp_path, tin
         {"name": "chat", "kind": "sft", "status": "completed", "outputs": {"model": "model"}, "metrics": {}}))
     pipe = types.SimpleNamespace(
         name="vl", workdir=str(tmp_path), ray=RayConfig(), stages={},
-        serve=ServeConfig(models=["chat"], port=_free_port(), engine="vllm", num_cpus=0.25,
+        serve=ServeConfig(models=["chat"], port=free_port(), engine="vllm", num_cpus=0.25,
                           ingress_num_cpus=0.05, max_tokens=32))
     info = start_serving(pipe, echo=lambda m: None)
     try:

@@ -83,7 +83,7 @@ def test_lora_without_peft_is_a_clear_config_error(monkeypatch, tiny_causal_dir)
 
 
 def test_lora_adapters_merge_into_a_plain_model(tiny_causal_dir):
-    pytest.importorskip("peft")
+    import peft  # noqa: F401 - installed by `make setup`; fail loudly if not
     import torch
     from transformers import AutoModelForCausalLM
 

@@ -49,7 +49,7 @@ def _files(rows: _Rows, task: dict, clean_cfg) -> Iterator[None]:
             return
         last = 0
         try:
-            for last in reader(rows, uri, rel, task, clean_cfg):
+            for last in reader(rows, uri, rel, task, clean_cfg):  # noqa: B007 - read in the except
                 yield
                 if rows.done:
                     return

@@ -59,6 +59,19 @@ def _minibatches(n: int, size: int, epochs: int, seed: int):
             yield perm[i: i + size]
 
 
+def _optimizer_steps(batch: dict, o: dict, seed: int, device):
+    """Per optimiser step (a shuffled minibatch), its micro-batches as (tensors, token weight).
+
+    The weights of one minibatch sum to 1, so accumulating `loss * weight` gives the token mean
+    over the whole minibatch whatever the micro-batch split."""
+    from llmray.rlhf.batch import chunks
+
+    for mb in _minibatches(len(batch["input_ids"]), o["minibatch_size"], o["epochs"], seed):
+        total = float(batch["response_mask"][mb].sum()) or 1.0
+        parts = (_tensors(batch, mb[p], device) for p in chunks(len(mb), o["micro_batch_size"]))
+        yield ((t, float(t["response_mask"].sum()) / total) for t in parts)
+
+
 def _mean_stats(rows: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
 
@@ -160,16 +173,12 @@ class PolicyWorker(_Trainable):
         GRPO adds kl_coef * KL_k3(pi || ref) (per-token, needs `ref_logprobs`) to the loss.
         """
         from llmray.rlhf.algos import clipped_policy_loss, entropy_from_logits, kl_per_token, masked_mean
-        from llmray.rlhf.batch import chunks
 
         o, stats = self.optim, []
-        for mb in _minibatches(len(batch["input_ids"]), o["minibatch_size"], o["epochs"], self.seed + iteration):
-            total_tokens = float(batch["response_mask"][mb].sum()) or 1.0
+        for parts in _optimizer_steps(batch, o, self.seed + iteration, self.compute.device):
             rows = []
-            for part in chunks(len(mb), o["micro_batch_size"]):
-                t = _tensors(batch, mb[part], self.compute.device)
+            for t, weight in parts:
                 mask = t["response_mask"]
-                weight = float(mask.sum()) / total_tokens
                 logits = self._logits(t)
                 logp = self._token_logp(logits, t)
                 pg = clipped_policy_loss(logp, t["old_logprobs"], t["advantages"], mask, o["clip"])
@@ -298,17 +307,14 @@ class ValueWorker(_Trainable):
     def train(self, batch: dict, iteration: int = 0) -> dict:
         """Minibatch epochs of the clipped value loss towards `returns`."""
         from llmray.rlhf.algos import clipped_value_loss
-        from llmray.rlhf.batch import chunks
 
         o, stats = self.optim, []
-        for mb in _minibatches(len(batch["input_ids"]), o["minibatch_size"], o["epochs"], self.seed + iteration):
-            total_tokens = float(batch["response_mask"][mb].sum()) or 1.0
+        for parts in _optimizer_steps(batch, o, self.seed + iteration, self.compute.device):
             rows = []
-            for part in chunks(len(mb), o["micro_batch_size"]):
-                t = _tensors(batch, mb[part], self.compute.device)
-                mask = t["response_mask"]
-                vl = clipped_value_loss(self._values(t), t["old_values"], t["returns"], mask, self.value_clip)
-                (vl.loss * float(mask.sum()) / total_tokens).backward()
+            for t, weight in parts:
+                vl = clipped_value_loss(self._values(t), t["old_values"], t["returns"], t["response_mask"],
+                                        self.value_clip)
+                (vl.loss * weight).backward()
                 rows.append({"value_loss": vl.loss.item(), "value_clip_frac": vl.clip_frac})
             stats.append({**_mean_stats(rows), "critic_grad_norm": self._step()})
         return _mean_stats(stats)

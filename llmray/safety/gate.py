@@ -20,11 +20,14 @@ import json
 from pathlib import Path
 
 
+GUARDED_BASIS = "with the guardrail in front"
+
+
 def decide(row: dict, by_category: dict, max_unsafe_rate: float | None, max_over_refusal: float | None,
            guarded: bool, max_category_unsafe_rate: float | None = None) -> dict:
     """{"status", "reasons", "basis"} for one model. A figure that cannot be measured fails its check."""
     suffix = "_guarded" if guarded else ""
-    basis = "with the guardrail in front" if guarded else "without the guardrail"
+    basis = GUARDED_BASIS if guarded else "without the guardrail"
     reasons = []
     checks = [(f"unsafe_rate{suffix}", max_unsafe_rate, "max_unsafe_rate", "harmful"),
               (f"over_refusal{suffix}", max_over_refusal, "max_over_refusal", "benign")]
@@ -66,15 +69,18 @@ def _current_manifest(run_dir: Path, pipe, name: str, fps: dict) -> tuple[dict |
 
 
 def gate_status(run_dir, pipe) -> dict[str, dict]:
-    """{stage: {"status": "passed"|"blocked", "reasons": [...], "align": [...]}} over every align stage."""
+    """{stage: {"status": "passed"|"blocked", "reasons": [...], "align": [...], "needs_guardrail": bool}}
+    over every align stage. `needs_guardrail`: some align stage judged the model with its guardrail
+    in front (`gate.guarded`), so the pass holds only while that guardrail screens the responses."""
     from llmray.runner import fingerprints
 
     fps = fingerprints(pipe)
     out: dict[str, dict] = {}
 
-    def merge(stage: str, align: str, status: str, reasons: list[str]) -> None:
-        cur = out.setdefault(stage, {"status": "passed", "reasons": [], "align": []})
+    def merge(stage: str, align: str, status: str, reasons: list[str], guarded: bool = False) -> None:
+        cur = out.setdefault(stage, {"status": "passed", "reasons": [], "align": [], "needs_guardrail": False})
         cur["align"].append(align)
+        cur["needs_guardrail"] = cur["needs_guardrail"] or guarded
         cur["reasons"].extend(f"{align}: {r}" for r in reasons)
         if status != "passed":
             cur["status"] = "blocked"
@@ -93,7 +99,8 @@ def gate_status(run_dir, pipe) -> dict[str, dict]:
             if res is None:
                 merge(stage, name, "blocked", ["no gate result recorded for this model"])
             else:
-                merge(stage, name, res.get("status", "blocked"), list(res.get("reasons", [])))
+                merge(stage, name, res.get("status", "blocked"), list(res.get("reasons", [])),
+                      res.get("basis") == GUARDED_BASIS)
     return out
 
 

@@ -58,7 +58,7 @@ def _created(manifest: dict) -> int:
         return 0
 
 
-def _served_model(pipe, root: Path, stage: str, gates: dict) -> dict:
+def _served_model(pipe, root: Path, stage: str, gates: dict, screened: bool) -> dict:
     from llmray.runner import read_manifest
 
     man = read_manifest(root / stage)
@@ -76,6 +76,11 @@ def _served_model(pipe, root: Path, stage: str, gates: dict) -> dict:
     align = gates.get(stage)
     if align and align["status"] != "passed":
         blocked, reasons = True, reasons + list(align["reasons"])
+    elif align and align.get("needs_guardrail") and not screened:
+        # The gate passed the model only with the align guardrail in front of it.
+        blocked, reasons = True, reasons + [
+            f"{', '.join(align['align'])}: passed with the guardrail in front (gate.guarded), but "
+            "serve.guardrail does not screen with the align stage's guardrail"]
     gate = "blocked" if blocked else ("passed" if align or (man.get("metrics") or {}).get("gate") else None)
     return {"id": f"{pipe.name}/{stage}", "stage": stage, "kind": man.get("kind"), "dir": str(folder),
             "created": _created(man), "blocked": blocked, "gate": gate, "gate_reasons": reasons}
@@ -145,7 +150,9 @@ def resolve_spec(pipe, allow_blocked: bool = False, engine: str | None = None) -
     cfg = pipe.serve
     root = run_dir(pipe)
     gates = align_gates(pipe, root)
-    models = [_served_model(pipe, root, s, gates) for s in cfg.models]
+    guardrail = _guardrail(pipe, root)
+    screened = bool(guardrail and guardrail["folder"])
+    models = [_served_model(pipe, root, s, gates, screened) for s in cfg.models]
     return {
         "pipeline": pipe.name,
         "run_dir": str(root.resolve()),
@@ -154,5 +161,5 @@ def resolve_spec(pipe, allow_blocked: bool = False, engine: str | None = None) -
         "engine": engine or cfg.engine,
         "settings": cfg.model_dump(mode="json", exclude={"guardrail"}),
         "api_key_sha256": api_key_hash(cfg.api_key_env),
-        "guardrail": _guardrail(pipe, root),
+        "guardrail": guardrail,
     }

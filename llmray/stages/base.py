@@ -62,7 +62,7 @@ class StageContext:
     def has_input(self, field_name: str) -> bool:
         return bool(self.inputs.get(field_name))
 
-    def metrics_writer(self, filename: str = "metrics.jsonl") -> "MetricsWriter":
+    def metrics_writer(self, filename: str = "metrics.jsonl") -> MetricsWriter:
         return MetricsWriter(self.out_dir / filename)
 
 

@@ -22,22 +22,19 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from llmray.data.instruct import DATA_VERSION
-from llmray.posttrain import PostTrainConfig
+from llmray.posttrain import PrefConfig
 from llmray.train.config import TrainConfig
 from llmray.train.task import BaseTask
 
 VERSION = f"1+data{DATA_VERSION}"  # built-in data sets are part of the output
 
 
-class Config(PostTrainConfig):
+class Config(PrefConfig):
     """Align a causal LM (`init:` an sft stage, usually) to preference pairs with DPO."""
 
-    USE: ClassVar[str] = "pref"
     INPUTS: ClassVar[dict[str, tuple[str, ...]]] = {"init": ("sft", "pretrain", "dpo")}
 
     kind: Literal["dpo"] = Field("dpo", description="Selects this stage kind.")
-    data: str = Field("builtin:prefs", description="Preference pairs: `builtin:<name>` or JSONL files with "
-                                                   "prompt/chosen/rejected (strings or message lists).")
     beta: float = Field(0.1, gt=0, description="Strength of the KL tie to the reference (DPO beta).")
     loss_type: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid: DPO (Rafailov et al.); "
                                                                         "ipo: IPO (Azar et al.).")
@@ -141,10 +138,7 @@ class DpoTask(BaseTask):
                     **group_sums(cr > rr, batch["group"], n_groups, "reward"),
                     **group_sums(pc > pr, batch["group"], n_groups, "logp")}
 
-        was_training = model.training
-        model.eval()
-        s = eval_sums(val_sets.get("val", []), sums, compute, rank, world)
-        model.train(was_training)
+        s = eval_sums(model, val_sets.get("val", []), sums, compute, rank, world)
         if not s:
             return {}
         from llmray.posttrain import group_means

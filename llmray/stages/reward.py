@@ -19,22 +19,19 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from llmray.data.instruct import DATA_VERSION
-from llmray.posttrain import PostTrainConfig
+from llmray.posttrain import PrefConfig
 from llmray.train.config import TrainConfig
 from llmray.train.task import BaseTask
 
 VERSION = f"1+data{DATA_VERSION}"  # built-in data sets are part of the output
 
 
-class Config(PostTrainConfig):
+class Config(PrefConfig):
     """Train a reward model (`init:` an sft, pretrain or reward stage) on preference pairs."""
 
-    USE: ClassVar[str] = "pref"
     INPUTS: ClassVar[dict[str, tuple[str, ...]]] = {"init": ("sft", "pretrain", "reward")}
 
     kind: Literal["reward"] = Field("reward", description="Selects this stage kind.")
-    data: str = Field("builtin:prefs", description="Preference pairs: `builtin:<name>` or JSONL files with "
-                                                   "prompt/chosen/rejected (strings or message lists).")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=5e-5, warmup_steps=10),
                                description="Optimisation, logging, checkpoints.")
 
@@ -109,10 +106,7 @@ class RewardTask(BaseTask):
                     "pairs": torch.tensor(float(rc.shape[0]), device=rc.device),
                     **group_sums(rc > rr, batch["group"], len(self.groups))}
 
-        was_training = model.training
-        model.eval()
-        s = eval_sums(val_sets.get("val", []), sums, compute, rank, world)
-        model.train(was_training)
+        s = eval_sums(model, val_sets.get("val", []), sums, compute, rank, world)
         if not s:
             return {}
         n = max(s["pairs"], 1.0)

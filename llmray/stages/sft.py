@@ -85,10 +85,7 @@ class SftTask(BaseTask):
             loss, n = self.loss(model, batch)[0], batch["loss_mask"][:, 1:].sum()
             return {"loss_sum": loss * n, "tokens": n}
 
-        was_training = model.training
-        model.eval()
-        s = eval_sums(val_sets.get("val", []), sums, compute, rank, world)
-        model.train(was_training)
+        s = eval_sums(model, val_sets.get("val", []), sums, compute, rank, world)
         if not s:
             return {}
         loss = s["loss_sum"] / max(s["tokens"], 1.0)
