@@ -133,8 +133,12 @@ class LSHShard:
 def make_actors(cls, n: int, *args_per_actor):
     """`n` detached-from-CPU actors (num_cpus=0: they mostly wait; the work runs in Data tasks)."""
     import ray
+    from ray.data import DataContext
 
-    remote = ray.remote(num_cpus=0, max_restarts=0)(cls)
+    # Not launched by a Dataset, so Ray Data's label selector does not reach them: pass the stage's
+    # `placement:` labels (set on the DataContext by llmray.resources.data_placement) ourselves.
+    labels = DataContext.get_current().execution_options.label_selector
+    remote = ray.remote(num_cpus=0, max_restarts=0, **({"label_selector": dict(labels)} if labels else {}))(cls)
     if args_per_actor:
         return [remote.remote(*a) for a in args_per_actor[0]]
     return [remote.remote() for _ in range(n)]
