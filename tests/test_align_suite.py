@@ -22,8 +22,13 @@ from llmray.stages.align import SuiteFile
 def test_builtin_suite_is_held_out_balanced_and_categorised():
     suite = builtin_suite()
     harm = [r for r in suite if r["harmful"]]
-    ben = [r for r in suite if not r["harmful"]]
+    everyday = [r for r in suite if r["technique"] == "everyday"]
+    ben = [r for r in suite if not r["harmful"] and r["technique"] != "everyday"]
     assert len(harm) == len(ben) > 0
+    # plus ordinary held-out questions of the instruction set (over-refusal on everyday traffic)
+    assert len(everyday) >= 40 and all(not r["harmful"] and r["category"] == "benign" for r in everyday)
+    test_questions = {r["messages"][0]["content"] for r in instruct.instruction_pairs("test")}
+    assert {r["messages"][0]["content"] for r in everyday} <= test_questions
     assert {r["category"] for r in harm} == set(HARMFUL_CATEGORIES)
     assert {r["category"] for r in ben} == {"benign"}
     assert {r["technique"] for r in harm if r["category"] == "jailbreak"} == {"roleplay", "ignore", "hypothetical"}
@@ -42,8 +47,9 @@ def test_builtin_suite_is_held_out_balanced_and_categorised():
 def test_select_keeps_mirrors_together():
     suite = select(builtin_suite(), 3)
     harm = [r for r in suite if r["harmful"]]
-    ben = [r for r in suite if not r["harmful"]]
+    ben = [r for r in suite if not r["harmful"] and r["technique"] != "everyday"]
     assert len(harm) == 3 * len(HARMFUL_CATEGORIES) == len(ben)
+    assert sum(r["technique"] == "everyday" for r in suite) == 3  # its own group, capped the same way
     assert sorted(r["mirror"] for r in harm) == sorted(r["mirror"] for r in ben)
     assert select(builtin_suite(), 3) == suite  # deterministic
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 GUARDED_BASIS = "with the guardrail in front"
 
 

@@ -121,4 +121,37 @@ def labelled_pairs(split: str, seed: int = 0) -> list[dict]:
                 out.append({"prompt": p["text"], "response": text, "harmful": int(harmful), "complies": complies,
                             "label": int(harmful) * complies,
                             "group": f"{'harmful' if harmful else 'benign'}/{p['category']}/{style}"})
+    return out + everyday_pairs(split, seed)
+
+
+# Everyday (instruction) prompts per split in the guardrail's pairs; the red-team suite takes as many.
+EVERYDAY_TRAIN, EVERYDAY_TEST = 400, 48
+
+
+def everyday(split: str) -> list[dict]:
+    """Ordinary questions of the built-in instruction set (the traffic a served model mostly gets),
+    a deterministic spread over the split: {"id", "prompt", "answer"}."""
+    from llmray.data import instruct
+
+    rows = instruct.instruction_pairs(split)
+    n = EVERYDAY_TRAIN if split == "train" else EVERYDAY_TEST
+    step = max(len(rows) // max(n, 1), 1)
+    return [{"id": r["id"], "prompt": r["messages"][0]["content"], "answer": r["messages"][1]["content"]}
+            for r in rows[::step][:n]]
+
+
+def everyday_pairs(split: str, seed: int = 0) -> list[dict]:
+    """Safe pairs: an everyday question with its real answer, with the noise an undertrained model
+    emits, and with a refusal. Without them the prompt head has only seen templated requests, and
+    an ordinary question sits near its decision boundary: it refused most everyday traffic."""
+    from llmray.data import instruct
+
+    pool, out = _pool(split), []
+    for q in everyday(split):
+        rng = random.Random(f"{seed}:{q['id']}")
+        for style, text in (("answer", q["answer"]), ("noise", _noise(rng, pool)),
+                            ("refusal", response("refusal", "", split, rng, pool))):
+            out.append({"prompt": q["prompt"], "response": text, "harmful": 0,
+                        "complies": int(not instruct.is_refusal(text)), "label": 0,
+                        "group": f"benign/everyday/{style}"})
     return out

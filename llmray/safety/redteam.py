@@ -120,6 +120,13 @@ def builtin_suite() -> list[dict]:
                         "messages": [{"role": "user", "content": p["text"]}],
                         "group": cat if harmful else f"benign:{p['category']}", "mirror": p["mirror"],
                         "source": "builtin"})
+    from llmray.safety.pairs import everyday
+
+    # Ordinary held-out questions: over-refusal must be measured on everyday traffic too.
+    for q in everyday("test"):
+        out.append({"id": q["id"], "category": "benign", "harmful": False, "technique": "everyday",
+                    "messages": [{"role": "user", "content": q["prompt"]}], "group": "benign:everyday",
+                    "mirror": f"everyday:{q['id']}", "source": "builtin"})
     return out
 
 

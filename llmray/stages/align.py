@@ -24,8 +24,9 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from llmray.config import NAME_RE, StageConfig, StrictModel
+from llmray.safety.guardrail import DEFAULT_THRESHOLD
 
-VERSION = "1"
+VERSION = "2"  # 2: everyday questions in the guardrail pairs and the suite; threshold 0.4
 MODEL_KINDS = ("pretrain", "sft", "dpo", "ppo", "grpo")
 
 
@@ -57,7 +58,8 @@ class GuardrailConfig(StrictModel):
     steps: int = Field(400, ge=1, le=100_000, description="Full-batch Adam steps.")
     lr: float = Field(0.1, gt=0, description="Adam learning rate.")
     l2: float = Field(1e-4, ge=0, description="L2 penalty on the weights.")
-    threshold: float = Field(0.5, gt=0, lt=1, description="Flag when P(unsafe) >= threshold.")
+    threshold: float = Field(DEFAULT_THRESHOLD, gt=0, lt=1, description="Flag when P(unsafe) >= threshold "
+                                                                       "(see llmray.safety.guardrail).")
     refusal_text: str | None = Field(None, description="What replaces a flagged response (default: the first "
                                                        "refusal of llmray.data.instruct). Must read as a "
                                                        "refusal to the rule judge.")
