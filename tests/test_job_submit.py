@@ -63,7 +63,6 @@ def ray_head(tmp_path):
         log.close()
 
 
-@pytest.mark.slow
 def test_ray_job_submit_runs_the_pipeline(ray_head, tmp_path):
     env, dashboard, gcs = ray_head
     pipe = tmp_path / "submitted.yaml"

@@ -36,7 +36,6 @@ def multinode(tmp_path_factory):
     return out, result
 
 
-@pytest.mark.slow
 def test_stages_spread_over_nodes_by_placement(multinode):
     _, res = multinode
     head, workers = res["head"], set(res["worker_nodes"])
@@ -60,7 +59,6 @@ def test_stages_spread_over_nodes_by_placement(multinode):
     assert len({head, *trainers}) >= 3  # work on three distinct nodes, four with the replacement
 
 
-@pytest.mark.slow
 def test_lost_node_resumes_from_checkpoint(multinode):
     out, res = multinode
     run = out / "runs" / "multinode"

@@ -117,7 +117,6 @@ def _kill_rank_when(root: Path, rank: int, min_step: int, fired: list) -> thread
     return t
 
 
-@pytest.mark.slow
 def test_killed_worker_resumes_from_latest_checkpoint(tmp_path, shards, ray_local, monkeypatch):
     """SIGKILL one of the two workers mid-run: Ray Train restarts the group from the latest
     checkpoint, at most one checkpoint interval is redone, and the redone steps reproduce the
