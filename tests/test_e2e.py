@@ -33,6 +33,11 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert base["inputs"] == {"tokens": json.loads((run / "tokens" / "manifest.json").read_text())["fingerprint"]}
     assert (run / "base" / "metrics.jsonl").read_text().count("\n") >= 2
     assert (run / "report.html").exists() and "corpus" in (run / "report.html").read_text()
+    # The report of this real run (every stage kind), rendered in headless Chromium and checked
+    # against the run directory: statuses, funnel, tiles, curve point counts, sample answers.
+    from test_report_browser import check_report_in_browser
+
+    assert check_report_in_browser(run, tmp_path).exists()
     assert "wall time" in proc.stdout
 
     # The same file again: everything cached, nothing reruns.

@@ -22,6 +22,7 @@ import pytest
 from test_report import build_run, num, parse
 
 from llmray.report import playground_html, render_report, write_report
+from llmray.report.html import sample_answer, sample_column
 
 
 def chromium() -> str:
@@ -130,10 +131,11 @@ def check_report_in_browser(run: Path, tmp_path: Path) -> Path:
             assert int(g.attrs["data-n"]) == counts[g.attrs["data-series"]], (name, g.attrs["data-series"])
         plotted = {g.attrs["data-series"] for g in series}
         assert set(counts) & MUST_PLOT <= plotted, f"{name}: not plotted {set(counts) & MUST_PLOT - plotted}"
-        for i, sample in enumerate(metrics.get("samples") or []):
-            row = doc.find("section", id="samples").find("tr", data_prompt_index=str(i))
-            assert row.find("th").text == sample["prompt"]
-            assert row.find("td", data_stage=name).text == sample["response"]
+        rows = {r.find("th").text: r for r in doc.find("section", id="samples").find_all("tr")[1:]} \
+            if metrics.get("samples") else {}
+        for sample in metrics.get("samples") or []:
+            got = rows[sample["prompt"]].find("td", data_stage=sample_column(name, sample)).text
+            assert got == sample_answer(sample)[:2000], (name, got, sample_answer(sample)[:2000])
     shot = tmp_path / "report.png"
     run_chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2400", url)
     assert png_size(shot) == (1280, 2400)

@@ -345,16 +345,25 @@ def overview(run: RunView) -> str:
     )
 
 
+def sample_answer(x: dict) -> str:
+    """A stage's answer in its `samples`: `response` (ppo, align) or `after` (sft: the tuned model)."""
+    return str(x.get("response", x.get("after", "")))
+
+
+def sample_column(stage: str, x: dict) -> str:
+    """The column of a sample: its stage, or `<align stage>:<model>` for an align stage's samples of
+    the models it red-teamed."""
+    model = x.get("stage")
+    return f"{stage}:{model}" if model and model != stage else stage
+
+
 def samples(run: RunView) -> str:
     """Answers of every stage to the same prompts: one row per prompt, one column per stage."""
-    by_stage = {
-        s.name: {
-            str(x.get("prompt")): str(x.get("response", ""))
-            for x in s.metrics.get("samples") or []
-            if isinstance(x, dict)
-        }
-        for s in run.stages
-    }
+    by_stage: dict[str, dict[str, str]] = {}
+    for s in run.stages:
+        for x in s.metrics.get("samples") or []:
+            if isinstance(x, dict):
+                by_stage.setdefault(sample_column(s.name, x), {})[str(x.get("prompt"))] = sample_answer(x)
     by_stage = {k: v for k, v in by_stage.items() if v}
     if not by_stage:
         return ""
