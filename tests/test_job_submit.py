@@ -41,6 +41,11 @@ def ray_head(tmp_path):
              "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
              "--include-dashboard", "true", "--object-store-memory", str(300 * 2**20), "--temp-dir", str(temp),
              "--disable-usage-stats"]
+    # Ports of its own for every agent: the defaults (e.g. the dashboard agent's 52365) are taken by
+    # the test session's Ray, and an agent that cannot bind leaves the head with no job agent.
+    for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+                 "--runtime-env-agent-port", "--ray-client-server-port"):
+        start += [flag, str(free_port())]
     log = open(tmp_path / "head.log", "w")
     head = subprocess.Popen(start, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
