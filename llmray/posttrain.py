@@ -189,7 +189,9 @@ def rows_dataset(folder: str):
     files = sorted(Path(folder).glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"no parquet rows in {folder}")
-    return ray.data.from_arrow([pq.read_table(f) for f in files])
+    ds = ray.data.from_arrow([pq.read_table(f) for f in files])
+    ds.context.enable_progress_bars = False  # bars drawn in the Train workers flood the driver's output
+    return ds
 
 
 # ---------------------------------------------------------------- workers: batches

@@ -39,6 +39,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
 
     assert check_report_in_browser(run, tmp_path).exists()
     assert "wall time" in proc.stdout
+    assert "row/s]" not in proc.stdout + proc.stderr  # no Ray Data progress bars relayed from workers
 
     # The same file again: everything cached, nothing reruns.
     again = _llmray("run", str(TINY), f"workdir={tmp_path}")
