@@ -62,13 +62,17 @@ class DataPlacement(StrictModel):
 
 @contextlib.contextmanager
 def data_placement(placement: DataPlacement | None):
-    """Scope Ray Data to the labelled nodes while a data stage runs (Datasets created inside copy it)."""
+    """Scope Ray Data to the labelled nodes while a data stage runs (Datasets created inside copy it).
+
+    The runner wraps every stage run in it with the stage's `placement` (None for kinds without one)."""
+    if placement is None or not placement.labels:
+        yield
+        return
     from ray.data import DataContext
 
     opts = DataContext.get_current().execution_options
     saved = opts.label_selector
-    if placement is not None and placement.labels:
-        opts.label_selector = dict(placement.labels)
+    opts.label_selector = dict(placement.labels)
     try:
         yield
     finally:

@@ -30,6 +30,7 @@ import yaml
 
 from llmray.config import dump_resolved
 from llmray.graph import ancestors, topo_order
+from llmray.resources import data_placement
 from llmray.stages import get_stage
 from llmray.stages.base import StageContext, StageOutput, StageResult
 
@@ -157,7 +158,9 @@ def run_stage(pipe, name: str, fp: str, fps: dict[str, str], echo=print) -> dict
         ctx = StageContext(name=name, kind=cfg.kind, fingerprint=fp, run_dir=root, out_dir=staging,
                            work_dir=work, inputs=_inputs(pipe, name, root), pipeline=pipe, log=log)
         log.info("stage %s (%s) fingerprint %s", name, cfg.kind, fp)
-        result = get_stage(cfg.kind).run(cfg, ctx)
+        # Data stages' `placement` scopes every Ray Data Dataset the stage builds to labelled nodes.
+        with data_placement(getattr(cfg, "placement", None)):
+            result = get_stage(cfg.kind).run(cfg, ctx)
         if not isinstance(result, StageResult):
             raise TypeError(f"{cfg.kind}.run returned {type(result).__name__}, expected StageResult")
         for key, rel in result.outputs.items():

@@ -80,13 +80,6 @@ class Config(StageConfig):
 
 
 def run(config: Config, ctx):
-    from llmray.resources import data_placement
-
-    with data_placement(config.placement):  # every Dataset the stage builds inherits the label selector
-        return _run(config, ctx)
-
-
-def _run(config: Config, ctx):
     from llmray.curate.pipeline import run_curate
 
     return run_curate(config, ctx)

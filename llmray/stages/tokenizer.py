@@ -53,6 +53,7 @@ class Config(StageConfig):
 
     placement: DataPlacement = Field(
         default_factory=DataPlacement, description="Nodes this stage's Ray Data work may use (node labels).")
+
     @model_validator(mode="after")
     def _source(self):
         if self.from_ is None and self.data is None:
@@ -66,13 +67,6 @@ class Config(StageConfig):
 
 
 def run(config: Config, ctx):
-    from llmray.resources import data_placement
-
-    with data_placement(config.placement):  # every Dataset the stage builds inherits the label selector
-        return _run(config, ctx)
-
-
-def _run(config: Config, ctx):
     from pathlib import Path
 
     from llmray.stages.base import StageResult
