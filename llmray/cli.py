@@ -47,9 +47,9 @@ def cmd_validate(pipe, args) -> int:
 
 
 def cmd_plan(pipe, args) -> int:
-    from llmray.runner import plan, run_dir
+    from llmray.runner import plan, run_store
 
-    print(f"run directory: {run_dir(pipe)}")
+    print(f"run directory: {run_store(pipe).describe()}")
     for i, item in enumerate(plan(pipe), 1):
         deps = f" <- {', '.join(item.deps)}" if item.deps else ""
         print(f"{i:2d}. {item.name:<14} {item.kind:<10} {item.state:<9} {item.fingerprint[:12]}{deps}")
@@ -80,9 +80,9 @@ def cmd_run(pipe, args) -> int:
 
 
 def cmd_status(pipe, args) -> int:
-    from llmray.runner import run_dir, status_table
+    from llmray.runner import run_store, status_table
 
-    print(f"run directory: {run_dir(pipe)}")
+    print(f"run directory: {run_store(pipe).describe()}")
     for row in status_table(pipe):
         el = f"{row['elapsed_s']:.1f}s" if row["elapsed_s"] is not None else "-"
         err = f"  {row['error']}" if row["error"] else ""
@@ -132,7 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         print(e.render(), file=sys.stderr)
         return 2
     _, fn = _resolve(COMMANDS[args.command])
-    return int(fn(pipe, args) or 0)
+    from llmray.storage import StorageError
+
+    try:
+        return int(fn(pipe, args) or 0)
+    except StorageError as e:  # the store behind a URI workdir: unreachable, no credentials, ...
+        print(f"[llmray] {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

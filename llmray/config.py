@@ -105,9 +105,17 @@ def _pipeline_class(kinds: tuple[str, ...]):
         """A whole pipeline file."""
 
         name: str = Field(description="Pipeline name; the run directory is <workdir>/<name>.", pattern=NAME_RE)
-        workdir: str = Field("runs", description="Folder holding run directories: a local or mounted path (on a "
-                                                 "cluster, storage every node mounts, e.g. /mnt/shared/runs). "
-                                                 "URIs (s3://, gs://, file://) are refused.")
+        workdir: str = Field("runs", description="Where run directories live: a local or mounted path (on a "
+                                                 "cluster, storage every node mounts, e.g. /mnt/shared/runs), or "
+                                                 "an object-store URI opened with pyarrow.fs (s3://bucket/prefix, "
+                                                 "gs://..., S3-compatible stores with ?endpoint_override=host:port"
+                                                 "&scheme=http). With a URI, stages work in `mirror_dir`, each "
+                                                 "completed stage is uploaded (manifest.json last) and Ray Train "
+                                                 "checkpoints go straight to the store.")
+        mirror_dir: str = Field(".llmray-cache", description="Local working copy when `workdir` is a URI: stages "
+                                                             "read and write <mirror_dir>/<name>; completed inputs "
+                                                             "missing there are downloaded from the store. Relative "
+                                                             "to the current directory. Unused for a local workdir.")
         seed: int = Field(0, description="Default seed, recorded in pipeline.resolved.yaml.")
         ray: RayConfig = Field(default_factory=RayConfig, description="Ray connection settings.")
         stages: dict[str, stage_type] = Field(  # type: ignore[valid-type]
@@ -117,13 +125,20 @@ def _pipeline_class(kinds: tuple[str, ...]):
 
         @field_validator("workdir")
         @classmethod
-        def _local_workdir(cls, workdir: str) -> str:
-            # The runner, Ray Train's storage_path and every stage write the run directory with plain
-            # file operations (rename for atomic completion); an object store has neither folders nor rename.
-            if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", workdir):
-                raise ValueError("workdir must be a local or mounted folder, not a URI; mount the bucket on every "
-                                 "node (e.g. mountpoint-s3 or a shared filesystem) and give its path")
-            return workdir
+        def _workdir(cls, workdir: str) -> str:
+            # A local path as is; a URI must name a scheme pyarrow.fs opens and parse (no network here).
+            from llmray.storage import check_workdir
+
+            return check_workdir(workdir)
+
+        @field_validator("mirror_dir")
+        @classmethod
+        def _local_mirror(cls, mirror_dir: str) -> str:
+            from llmray.storage import is_uri
+
+            if is_uri(mirror_dir):
+                raise ValueError("mirror_dir is the local working copy of the run directory: give a local path")
+            return mirror_dir
 
         @field_validator("stages")
         @classmethod

@@ -11,6 +11,11 @@ For each stage in dependency order:
     (training checkpoints); it is removed once the stage completes.
 Changing one stage's config changes its fingerprint and so its dependents' fingerprints:
 exactly that stage and what reads from it run again.
+
+With `workdir: s3://...` (llmray.storage.RunStore) `<run>` above is the local mirror; manifests
+for caching are read from the store, inputs are downloaded into the mirror before a stage runs,
+a completed (or failed) stage is uploaded with manifest.json last, and Ray Train checkpoints
+live in `.work/` on the store.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from llmray.graph import ancestors, topo_order
 from llmray.resources import data_placement
 from llmray.stages import get_stage
 from llmray.stages.base import StageContext, StageOutput, StageResult
+from llmray.storage import RunStore, report_files
 
 # Neither changes what a stage produces: free text, and which nodes do the work.
 NOT_FINGERPRINTED = {"description", "placement"}
@@ -44,9 +50,14 @@ class StageFailed(RuntimeError):
         super().__init__(f"stage {name!r} failed: {error}")
 
 
+def run_store(pipe) -> RunStore:
+    """The run directory: local folder (the mirror for a URI workdir) + the store's copy."""
+    return RunStore(pipe)
+
+
 def run_dir(pipe) -> Path:
-    # Absolute: Ray Train's storage_path (and any actor with another cwd) needs a full path.
-    return Path(pipe.workdir).expanduser().absolute() / pipe.name
+    """The local run directory (for a URI workdir: its mirror, `<mirror_dir>/<name>`)."""
+    return run_store(pipe).local
 
 
 def fingerprints(pipe) -> dict[str, str]:
@@ -81,22 +92,22 @@ class PlanItem:
     deps: list[str]
 
 
+def _state(man: dict | None, fp: str) -> str:
+    if man is None:
+        return "run"
+    if man.get("status") == "completed":
+        return "cached" if man.get("fingerprint") == fp else "stale"
+    return man.get("status", "run")
+
+
 def plan(pipe) -> list[PlanItem]:
-    """What `run` would do now, without doing it."""
+    """What `run` would do now, without doing it (manifests read from the durable copy)."""
     fps = fingerprints(pipe)
-    root = run_dir(pipe)
+    store = run_store(pipe)
     items = []
     for name in topo_order(pipe):
-        man = read_manifest(root / name)
-        if man is None:
-            state = "run"
-        elif man.get("status") == "completed" and man.get("fingerprint") == fps[name]:
-            state = "cached"
-        elif man.get("status") == "completed":
-            state = "stale"
-        else:
-            state = man.get("status", "run")
         deps = [r for refs in pipe.stages[name].input_refs().values() for r in refs]
+        state = _state(store.manifest(name), fps[name])
         items.append(PlanItem(name, pipe.stages[name].kind, fps[name], state, deps))
     return items
 
@@ -123,15 +134,19 @@ def _stage_logger(name: str, logfile: Path) -> logging.Logger:
     return log
 
 
-def _inputs(pipe, name: str, root: Path) -> dict[str, list[StageOutput]]:
+def _inputs(pipe, name: str, store: RunStore, fps: dict[str, str]) -> dict[str, list[StageOutput]]:
+    """The completed input stages, present in the local run directory (downloaded if need be)."""
     out: dict[str, list[StageOutput]] = {}
     for field, refs in pipe.stages[name].input_refs().items():
         outs = []
         for ref in refs:
-            man = read_manifest(root / ref)
+            man = store.fetch(ref)
             if not man or man.get("status") != "completed":
                 raise StageFailed(name, f"input stage {ref!r} has no completed output")
-            outs.append(StageOutput(ref, man["kind"], root / ref, man))
+            if man.get("fingerprint") != fps[ref]:
+                raise StageFailed(name, f"input stage {ref!r} is stale (fingerprint {man.get('fingerprint')}, "
+                                        f"config says {fps[ref]})")
+            outs.append(StageOutput(ref, man["kind"], store.local / ref, man))
         out[field] = outs
     return out
 
@@ -139,9 +154,11 @@ def _inputs(pipe, name: str, root: Path) -> dict[str, list[StageOutput]]:
 def run_stage(pipe, name: str, fp: str, fps: dict[str, str], echo=print) -> dict:
     """Run one stage to completion (or a `failed` manifest). Returns the manifest."""
     cfg = pipe.stages[name]
-    root = run_dir(pipe)
+    store = run_store(pipe)
+    root = store.local
     final, staging = root / name, root / ".staging" / name
-    work = root / ".work" / f"{name}-{fp[:12]}"
+    work_name = f"{name}-{fp[:12]}"
+    work = root / ".work" / work_name
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     work.mkdir(parents=True, exist_ok=True)
@@ -155,8 +172,10 @@ def run_stage(pipe, name: str, fp: str, fps: dict[str, str], echo=print) -> dict
     t0 = time.time()
     echo(f"[llmray] ▶ {name} ({cfg.kind}) started")
     try:
+        store.begin(name, manifest)
         ctx = StageContext(name=name, kind=cfg.kind, fingerprint=fp, run_dir=root, out_dir=staging,
-                           work_dir=work, inputs=_inputs(pipe, name, root), pipeline=pipe, log=log)
+                           work_dir=work, inputs=_inputs(pipe, name, store, fps), pipeline=pipe, log=log,
+                           work_remote=store.work_remote(work_name))
         log.info("stage %s (%s) fingerprint %s", name, cfg.kind, fp)
         # Data stages' `placement` scopes every Ray Data Dataset the stage builds to labelled nodes.
         with data_placement(getattr(cfg, "placement", None)):
@@ -166,30 +185,60 @@ def run_stage(pipe, name: str, fp: str, fps: dict[str, str], echo=print) -> dict
         for key, rel in result.outputs.items():
             if not (staging / rel).exists():
                 raise FileNotFoundError(f"declared output {key!r} -> {rel} was not written")
+        _close_log(log)
+        manifest.update(status="completed", finished=_now(), elapsed_s=round(time.time() - t0, 2),
+                        metrics=result.metrics, outputs=result.outputs)
+        _complete(store, name, staging, manifest, echo)
     except BaseException as e:  # noqa: BLE001 - KeyboardInterrupt must also leave a failed manifest
-        err = f"{type(e).__name__}: {e}"
-        log.error("failed: %s\n%s", err, traceback.format_exc())
-        manifest.update(status="failed", finished=_now(), error=err, elapsed_s=round(time.time() - t0, 2),
-                        traceback=traceback.format_exc()[-4000:])
-        _write_json(final / "manifest.json", manifest)
-        shutil.copy(staging / "log.txt", final / "log.txt")
-        echo(f"[llmray] ✗ {name} failed after {time.time() - t0:.1f}s: {err}")
+        _fail(store, name, e, manifest, t0, log, echo)
         if isinstance(e, KeyboardInterrupt):
             raise
-        raise StageFailed(name, err) from e
+        raise StageFailed(name, f"{type(e).__name__}: {e}") from e
     finally:
-        for h in list(log.handlers):
-            log.removeHandler(h)
-            h.close()
-    elapsed = time.time() - t0
-    manifest.update(status="completed", finished=_now(), elapsed_s=round(elapsed, 2),
-                    metrics=result.metrics, outputs=result.outputs)
+        _close_log(log)
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        store.drop_work(work_name)
+    except Exception as e:  # noqa: BLE001 - completed is completed; leftover checkpoints only cost space
+        echo(f"[llmray]   {name}: could not delete its checkpoints on the store: {e}")
+    echo(f"[llmray] ✓ {name} ({cfg.kind}) completed in {manifest['elapsed_s']:.1f}s")
+    return manifest
+
+
+def _close_log(log: logging.Logger) -> None:
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+
+
+def _complete(store: RunStore, name: str, staging: Path, manifest: dict, echo) -> None:
+    """Outputs in place with the completed manifest: on the store first (manifest last), then locally."""
+    if store.remote is not None:
+        store.publish(name, staging, manifest)
+        up = manifest["upload"]
+        echo(f"[llmray]   {name}: uploaded {up['bytes'] / 2**20:.1f} MiB to {store.uri}/{name} in {up['seconds']:.1f}s")
     _write_json(staging / "manifest.json", manifest)
+    final = store.local / name
     shutil.rmtree(final)
     staging.rename(final)
-    shutil.rmtree(work, ignore_errors=True)
-    echo(f"[llmray] ✓ {name} ({cfg.kind}) completed in {elapsed:.1f}s")
-    return manifest
+
+
+def _fail(store: RunStore, name: str, e: BaseException, manifest: dict, t0: float, log, echo) -> None:
+    err = f"{type(e).__name__}: {e}"
+    log.error("failed: %s\n%s", err, traceback.format_exc())
+    _close_log(log)
+    final, staging = store.local / name, store.local / ".staging" / name
+    manifest.update(status="failed", finished=_now(), error=err, elapsed_s=round(time.time() - t0, 2),
+                    traceback=traceback.format_exc()[-4000:])
+    final.mkdir(parents=True, exist_ok=True)
+    _write_json(final / "manifest.json", manifest)
+    if (staging / "log.txt").exists():
+        shutil.copy(staging / "log.txt", final / "log.txt")
+    try:
+        store.publish_failed(name, final, manifest)
+    except Exception as up:  # noqa: BLE001 - the store may be what failed; the local manifest stands
+        echo(f"[llmray]   {name}: could not record the failure on the store: {up}")
+    echo(f"[llmray] ✗ {name} failed after {time.time() - t0:.1f}s: {err}")
 
 
 def run_pipeline(pipe, stages: list[str] | None = None, force: list[str] | None = None, echo=print) -> dict:
@@ -197,9 +246,11 @@ def run_pipeline(pipe, stages: list[str] | None = None, force: list[str] | None 
     for n in (stages or []) + (force or []):
         if n not in pipe.stages:
             raise KeyError(f"no stage named {n!r}; stages are {list(pipe.stages)}")
-    root = run_dir(pipe)
+    store = run_store(pipe)
+    root = store.local
     root.mkdir(parents=True, exist_ok=True)
     (root / "pipeline.resolved.yaml").write_text(dump_resolved(pipe))
+    store.put_file("pipeline.resolved.yaml")
     fps = fingerprints(pipe)
     wanted = ancestors(pipe, stages) if stages else set(pipe.stages)
     force = set(force or [])
@@ -208,30 +259,44 @@ def run_pipeline(pipe, stages: list[str] | None = None, force: list[str] | None 
     for name in topo_order(pipe):
         if name not in wanted:
             continue
-        man = read_manifest(root / name)
-        if name not in force and man and man.get("status") == "completed" and man.get("fingerprint") == fps[name]:
+        man = store.manifest(name)
+        if name not in force and _state(man, fps[name]) == "cached":
             echo(f"[llmray] = {name} ({pipe.stages[name].kind}) cached ({fps[name][:12]})")
             states[name] = "cached"
+            if store.remote is not None:
+                store.fetch(name, only=report_files)  # what the run report shows of it
             continue
         ensure_ray(pipe)
         try:
             run_stage(pipe, name, fps[name], fps, echo)
         finally:
-            _refresh_report(pipe, root)
+            _refresh_report(pipe, store)
         states[name] = "completed"
     echo(f"[llmray] pipeline {pipe.name}: {len(states)} stages "
-         f"({sum(s == 'completed' for s in states.values())} ran) in {time.time() - t0:.1f}s -> {root}")
+         f"({sum(s == 'completed' for s in states.values())} ran) in {time.time() - t0:.1f}s -> {store.describe()}")
     return states
 
 
-def _refresh_report(pipe, root: Path) -> None:
+def _refresh_report(pipe, store: RunStore) -> None:
     """Rewrite <run>/report.html so the page follows the run. A report bug must not fail a run."""
     try:
         from llmray.report import write_report
 
-        write_report(root, pipe)
+        write_report(store.local, pipe)
+        store.put_file("report.html")
     except Exception as e:  # noqa: BLE001
         logging.getLogger("llmray").warning("could not refresh report.html: %s", e)
+
+
+def sync_local(pipe, stages=None, only=None) -> Path:
+    """For commands that read the run directory (serve, compare, report): with a URI workdir, bring
+    the named stages' (default: all) completed copies from the store into the mirror, whole or
+    just the files `only` accepts. Returns the local run directory."""
+    store = run_store(pipe)
+    if store.remote is not None:
+        for name in stages if stages is not None else topo_order(pipe):
+            store.fetch(name, only=only)
+    return store.local
 
 
 def ensure_ray(pipe) -> None:
@@ -243,9 +308,9 @@ def ensure_ray(pipe) -> None:
 def status_table(pipe) -> list[dict]:
     """One row per stage: state, fingerprint, elapsed, key metrics."""
     rows = []
-    root = run_dir(pipe)
+    store = run_store(pipe)
     for item in plan(pipe):
-        man = read_manifest(root / item.name) or {}
+        man = store.manifest(item.name) or {}
         rows.append({"stage": item.name, "kind": item.kind, "state": item.state,
                      "fingerprint": item.fingerprint[:12], "elapsed_s": man.get("elapsed_s"),
                      "error": man.get("error")})

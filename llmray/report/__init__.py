@@ -53,12 +53,13 @@ def add_arguments_report(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_report(pipe, args) -> int:
-    from llmray.runner import run_dir
+    from llmray.runner import sync_local
+    from llmray.storage import report_files
 
-    root = run_dir(pipe)
     out = getattr(args, "out", None)
     watch = getattr(args, "watch", 0) or 0
     while True:
+        root = sync_local(pipe, only=report_files)  # a URI workdir: manifests, metrics, logs from the store
         path, run = write_report(root, pipe, Path(out) if out else None)
         counts = ", ".join(f"{n} {k}" for k, n in sorted(run.counts().items()))
         print(f"[llmray] report: {path} ({counts})", flush=True)

@@ -1,6 +1,6 @@
 """What gets served: a validated pipeline + its run directory -> a plain, picklable serve spec.
 
-pipe.serve.models --for each stage: <run>/<stage>/manifest.json must be `completed` and declare
+pipe.serve.models --(URI workdir: downloaded from the store into the mirror)--> for each stage: <run>/<stage>/manifest.json must be `completed` and declare
 outputs.model--> model id `<pipeline>/<stage>` + the absolute model folder (paths only ever come
 from manifests, never from requests) --align gate--> which model may be the default.
 
@@ -143,12 +143,17 @@ def api_key_hash(env_name: str | None) -> str | None:
 
 def resolve_spec(pipe, allow_blocked: bool = False, engine: str | None = None) -> dict:
     """The serve spec: everything the Serve application needs, as plain data."""
-    from llmray.runner import run_dir
+    from llmray.runner import sync_local
 
     if pipe.serve is None:
         raise ServeError("this pipeline has no `serve:` section (add serve.models: [<stage>, ...])")
     cfg = pipe.serve
-    root = run_dir(pipe)
+    # A URI workdir: the served models and the align stages (gate, guardrail) come down from the store.
+    # The report page the app shows needs every stage's manifest and metrics.
+    from llmray.storage import report_files
+
+    sync_local(pipe, only=report_files)
+    root = sync_local(pipe, [*cfg.models, *_align_stages(pipe)])
     gates = align_gates(pipe, root)
     guardrail = _guardrail(pipe, root)
     screened = bool(guardrail and guardrail["folder"])

@@ -2,8 +2,9 @@
 
 The runner builds the context: a fresh staging folder for outputs (renamed into place
 only after success), a work folder that survives a failed attempt of the same
-fingerprint (checkpoints, so a rerun resumes), the completed input stages, and a logger
-that writes to the console and to `<stage>/log.txt`.
+fingerprint (checkpoints, so a rerun resumes; on the object store when `workdir` is a URI:
+`work_remote`), the completed input stages, and a logger that writes to the console and to
+`<stage>/log.txt`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class StageContext:
     pipeline: Any
     log: logging.Logger
     extra: dict = field(default_factory=dict)
+    # With an object-store workdir: the work folder on the store (llmray.storage.Remote: fs + path),
+    # where Ray Train keeps checkpoints so any machine can resume them. None: work_dir is the place.
+    work_remote: Any = None
 
     def input(self, field_name: str) -> StageOutput:
         """The single stage referenced by a config field."""

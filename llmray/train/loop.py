@@ -2,8 +2,11 @@
 
 Driver (`fit`): task.datasets() -> TorchTrainer(scaling from `resources`, "train*" datasets
 split across workers in a fixed order, "val*" datasets given whole to each worker) with
-storage under `ctx.work_dir/ray_train` (so a rerun of the same stage fingerprint resumes from
-the latest checkpoint), FailureConfig(max_failures) (a dead worker restarts the group from
+storage under `ctx.work_dir/ray_train`, or on the object store when the run directory is a URI
+(`ctx.work_remote`: RunConfig(storage_path=<path on the store>, storage_filesystem=<pyarrow fs>)).
+Ray Train reloads its checkpoint list from that storage when a run of the same name starts, so a
+rerun of the same stage fingerprint, on this machine or another, resumes from the latest
+checkpoint. FailureConfig(max_failures) (a dead worker restarts the group from
 the latest checkpoint), and a small metrics actor on the driver node that appends the
 records rank 0 sends to `ctx.out_dir/metrics.jsonl`. After training, the final checkpoint's
 `model/` (the HF export) is copied to `ctx.out_dir/model`.
@@ -38,7 +41,8 @@ class FitResult:
     metrics: dict  # rank 0's final record: first/final evaluation, throughput, steps
     model_dir: Path  # ctx.out_dir / "model"
     metrics_path: Path  # ctx.out_dir / "metrics.jsonl"
-    checkpoint_dir: Path  # the final checkpoint on storage (train_state.pt, meta.json, model/)
+    checkpoint_dir: Path  # the final checkpoint on storage (train_state.pt, meta.json, model/); a path on
+    # the store (no scheme) when the run directory is a URI
 
 
 # ------------------------------------------------------------------------------- driver side
@@ -87,7 +91,7 @@ def fit(task, train_cfg, resources, ctx, name: str = "train") -> FitResult:
         raise ValueError(f"task.datasets() must include 'train'; got {sorted(datasets)}")
     metrics_path = Path(ctx.out_dir) / "metrics.jsonl"
     sink = _metrics_actor(metrics_path)
-    storage = Path(ctx.work_dir) / "ray_train"
+    storage_path, storage_fs = _storage(ctx)
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"task": task, "cfg": train_cfg, "strategy": resources.strategy, "sink": sink,
@@ -95,7 +99,7 @@ def fit(task, train_cfg, resources, ctx, name: str = "train") -> FitResult:
         scaling_config=scaling_config(resources),
         datasets=datasets,
         dataset_config=_data_config(datasets),
-        run_config=RunConfig(name=name, storage_path=str(storage),
+        run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
                              failure_config=FailureConfig(max_failures=resources.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=train_cfg.keep_checkpoints)),
     )
@@ -110,6 +114,14 @@ def fit(task, train_cfg, resources, ctx, name: str = "train") -> FitResult:
         shutil.copytree(Path(d) / "model", model_dir, dirs_exist_ok=True)
     return FitResult(metrics=dict(result.metrics), model_dir=model_dir, metrics_path=metrics_path,
                      checkpoint_dir=Path(result.checkpoint.path))
+
+
+def _storage(ctx) -> tuple[str, object]:
+    """(storage_path, storage_filesystem) for RunConfig: the store's work folder, or the local one."""
+    remote = getattr(ctx, "work_remote", None)
+    if remote is not None:
+        return remote.join("ray_train"), remote.fs
+    return str(Path(ctx.work_dir) / "ray_train"), None
 
 
 # ------------------------------------------------------------------------------- worker side
