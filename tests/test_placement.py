@@ -1,5 +1,6 @@
-"""Placement from the pipeline file: data stages' `placement:` labels, the workdir rule, cluster files
-pointing at pipelines that exist. No Ray needed except the DataContext the label scope sets."""
+"""Placement from the pipeline file: data stages' `placement:` labels, the workdir rule (a local path or a
+URI pyarrow.fs opens), cluster files pointing at pipelines that exist. No Ray needed except the
+DataContext the label scope sets."""
 
 from __future__ import annotations
 
@@ -18,14 +19,23 @@ def _pipe(**over):
     return parse_pipeline(raw, "tiny.yaml", overrides=[f"{k}={v}" for k, v in over.items()])
 
 
-def test_workdir_uri_is_refused_naming_the_field():
+def test_workdir_uris_pyarrow_opens_are_accepted_others_refused_naming_the_field():
     from llmray.config import ConfigError
 
-    with pytest.raises(ConfigError) as e:
-        _pipe(workdir="s3://bucket/runs")
-    assert e.value.items[0][0] == "workdir" and e.value.items[0][2] == "s3://bucket/runs"
-    assert "mount" in e.value.items[0][1]
+    # Opened by pyarrow.fs (checked offline: no region lookup, no connection).
+    for uri in ("s3://bucket/runs", "gs://bucket/runs", "file:///tmp/llmray-runs",
+                "s3://bucket/runs?endpoint_override=127.0.0.1:9000&scheme=http"):
+        assert _pipe(workdir=uri).workdir == uri
     assert _pipe(workdir="/mnt/shared/runs").workdir == "/mnt/shared/runs"
+    for uri, why in (("ftp://host/runs", "unsupported URI scheme"), ("s3:///runs", "names no bucket"),
+                     ("s3://bucket/runs?endpoint=x", "pyarrow.fs cannot open")):
+        with pytest.raises(ConfigError) as e:
+            _pipe(workdir=uri)
+        assert e.value.items[0][0] == "workdir" and e.value.items[0][2] == uri, e.value.items
+        assert why in e.value.items[0][1], e.value.items
+    with pytest.raises(ConfigError) as e:
+        _pipe(workdir="s3://bucket/runs", mirror_dir="s3://bucket/mirror")
+    assert e.value.items[0][0] == "mirror_dir"
 
 
 def test_placement_validates_and_does_not_change_fingerprints():
