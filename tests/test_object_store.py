@@ -261,3 +261,25 @@ def test_probe_failure_is_recorded_on_the_store_and_status_reads_it(store, tmp_p
     states = run_pipeline(parse_pipeline(json.loads(json.dumps(raw))), echo=lambda *_: None)
     assert states == {"a": "cached", "b": "completed"}
     assert json.loads((tmp_path / "m" / "probe" / "b" / "sum.json").read_text())["sum"] == 3 + 10
+
+
+def test_serve_and_report_read_a_fresh_mirror_from_the_store(store, first_run, tmp_path):
+    """`llmray serve` (its spec) and `llmray report` on a machine that never ran the pipeline: the
+    served model comes down whole, the other stages only as far as the report reads them."""
+    import argparse
+
+    from llmray.report import cmd_report
+    from llmray.serve.spec import resolve_spec
+
+    uri, _ = store
+    mirror = tmp_path / "fresh"
+    pipe = _pipe(uri, mirror, "serve.models=[base]")
+    spec = resolve_spec(pipe)
+    run = mirror / "objstore"
+    assert [m["id"] for m in spec["models"]] == ["objstore/base"]
+    assert Path(spec["models"][0]["dir"]) == (run / "base" / "model").resolve()
+    assert (run / "base" / "model" / "model.safetensors").stat().st_size > 100_000
+    assert (run / "corpus" / "manifest.json").exists() and not (run / "corpus" / "data").exists()
+    assert cmd_report(pipe, argparse.Namespace(out=None, watch=0)) == 0
+    html = (run / "report.html").read_text()
+    assert all(stage in html for stage in STAGES) and "completed" in html
