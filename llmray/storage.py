@@ -8,9 +8,9 @@ stages work in a local mirror, `<mirror_dir>/<name>` (pipeline field `mirror_dir
 
   plan, caching, status   read each stage's manifest.json from the store (`RunStore.manifest`);
   before a stage runs     its completed input stages are made present in the mirror (`fetch`): a
-                          missing copy, or one with another fingerprint, is downloaded whole
-                          (into `.pull/<stage>`, then renamed into place); a copy with the same
-                          fingerprint gets only the files it lacks;
+                          missing copy, or one of another completion (fingerprint, finish time),
+                          is downloaded whole (into `.pull/<stage>`, then renamed into place); a
+                          copy of the same completion gets only the files it lacks;
   stage start             the store's stale copy of the stage is deleted and a `running`
                           manifest put there (`begin`);
   stage completed         every output file is uploaded, then manifest.json LAST (`publish`):
@@ -171,8 +171,9 @@ class RunStore:
         if not man or man.get("status") != "completed":
             return None
         here = self.local / stage
-        mine = _read_local(here)
-        if mine is None or mine.get("status") != "completed" or mine.get("fingerprint") != man.get("fingerprint"):
+        mine = _read_local(here) or {}
+        # Another fingerprint, or the same one completed again (--force): the local copy is not this one.
+        if any(mine.get(k) != man.get(k) for k in ("status", "fingerprint", "finished")):
             if only is None:
                 self._download_whole(stage)
                 _empty_outputs(here, man)
