@@ -40,8 +40,9 @@ The core, per worker: seed, build, activation checkpointing/compile, DDP or FSDP
 (`fully_shard` per `_no_split_modules` block), AdamW (no decay on norms/biases/embeddings) with
 warmup + cosine, resume from the latest Ray Train checkpoint (model, optimizer, scheduler,
 data position, RNG), then `llmray.train.step.train_step` per step (grad accumulation, autocast,
-clipping); Ray Train checkpoints every `checkpoint_every` steps under ctx.work_dir (a rerun of
-the same fingerprint resumes; FailureConfig(max_failures) restarts dead workers from there).
+clipping); Ray Train checkpoints every `checkpoint_every` steps under ctx.work_dir, or on the
+object store (ctx.work_remote) when the run directory is a URI (a rerun of the same fingerprint
+resumes; FailureConfig(max_failures) restarts dead workers from there).
 
 `train_step(model, micro_batches, optimizer, scheduler, loss_fn, compute, grad_clip)` in
 llmray.train.step imports no Ray: benchmarks and GPU checks call it on a bare model.
