@@ -224,3 +224,23 @@ def test_pipeline_curate_tokenizer_tokenize(ray_local, fake_curate, tmp_path):
     assert count_rows(run / "tokens" / "train") == man["metrics"]["train_sequences"]
     # unchanged config: everything cached
     assert set(run_pipeline(parse_pipeline(raw), echo=lambda *_: None).values()) == {"cached"}
+
+
+@pytest.mark.parametrize("n_docs,actors", [(1, 2), (7, 2), (5000, 2), (50720, 2), (50720, 3), (1_000_003, 16)])
+def test_automatic_batches_are_balanced_over_the_pool(n_docs, actors):
+    from llmray.tokenization.shards import MAX_AUTO_BATCH, batch_plan
+
+    size = batch_plan(n_docs, actors, None)
+    batches = -(-n_docs // size)
+    assert 1 <= size <= MAX_AUTO_BATCH
+    # Every actor gets the same number of batches (or, for a tiny corpus, one batch per doc at most).
+    assert batches % actors == 0 or batches == n_docs
+    # And no more batches than needed: one fewer round would exceed the cap.
+    rounds = -(-batches // actors)
+    assert rounds == 1 or -(-n_docs // ((rounds - 1) * actors)) > MAX_AUTO_BATCH
+
+
+def test_a_given_batch_size_is_used_as_is():
+    from llmray.tokenization.shards import batch_plan
+
+    assert batch_plan(50720, 2, 1000) == 1000

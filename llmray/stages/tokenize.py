@@ -34,7 +34,9 @@ class Config(StageConfig):
     val_fraction: float = Field(
         0.01, ge=0, lt=0.5, description="Share of documents (by id hash, deterministic) in the val split.")
     split_seed: int = Field(0, description="Seed of the document-id hash; keep equal to tokenizer.split_seed.")
-    batch_size: int = Field(1024, ge=1, description="Documents per Ray Data batch sent to a tokenizer actor.")
+    batch_size: int | None = Field(
+        None, ge=1, description="Documents per Ray Data batch sent to a tokenizer actor (none: automatic, the "
+                                "fewest batches of <= 4096 docs whose count is a multiple of the pool size).")
     actors: int | None = Field(None, ge=1, description="Tokenizer actors in the pool (none: one per cluster CPU).")
     rows_per_shard: int = Field(8192, ge=1, description="Rows (packed sequences) per parquet shard file.")
     placement: DataPlacement = Field(
@@ -67,7 +69,8 @@ def run(config: Config, ctx):
 def _metrics(res: dict, seq_len: int, elapsed: float) -> dict:
     """Flat metrics: totals, then per split (tokens = tokens in rows; corpus_tokens adds the dropped tail)."""
     sp = res["splits"]
-    m = {"seq_len": seq_len, "vocab_size": res["vocab_size"], "dtype": res["dtype"], "actors": res["actors"]}
+    m = {"seq_len": seq_len, "vocab_size": res["vocab_size"], "dtype": res["dtype"], "actors": res["actors"],
+         "batch_size": res["batch_size"], "startup_s": res["startup_s"]}
     for s in ("train", "val"):
         rows = sp[s].get("sequences", 0)
         m.update({f"{s}_docs": sp[s].get("docs", 0), f"{s}_sequences": rows, f"{s}_tokens": rows * seq_len,
