@@ -21,6 +21,9 @@ stages work in a local mirror, `<mirror_dir>/<name>` (pipeline field `mirror_dir
                           store (`work_remote` -> RunConfig(storage_path, storage_filesystem)),
                           so a rerun of the same fingerprint on any machine resumes from them;
                           deleted once the stage completes (`drop_work`);
+  other checkpoints       PPO/GRPO save outside Ray Train: each checkpoint folder is pushed as
+                          `.work/<stage>-<fp>/ckpt-<iteration>/`, then `latest.json` points at
+                          it (`push_checkpoint`); a rerun with no local checkpoint pulls it;
   serve / report          `fetch` what they read first (whole served stages; report files only).
 
 Only pyarrow.fs is used (`FileSystem.from_uri`, `copy_files`, `get_file_info`,
@@ -302,6 +305,62 @@ class RunStore:
     def drop_work(self, work_name: str) -> None:
         if self.remote is not None:
             self._delete(self.remote.join(".work", work_name))
+
+
+# ---------------------------------------------------------------- versioned checkpoint folders
+
+LATEST = "latest.json"
+
+
+def push_checkpoint(remote: Remote, folder: Path, tag: str, keep_local_name: str = "ckpt") -> int:
+    """Upload a complete local checkpoint folder as `<remote>/<keep_local_name>-<tag>/`, then point
+    `<remote>/latest.json` at it (LAST: a crash mid-upload leaves the previous pointer and folder
+    intact), then delete older versions. For stages that checkpoint outside Ray Train (PPO/GRPO)."""
+    name = f"{keep_local_name}-{tag}"
+    files = [p for p in sorted(Path(folder).rglob("*")) if p.is_file()]
+
+    def send(p: Path) -> int:
+        RunStore._copy(None, str(p), remote.fs, remote.join(name, p.relative_to(folder).as_posix()))
+        return p.stat().st_size
+
+    with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+        sent = sum(pool.map(send, files))
+    try:
+        with remote.fs.open_output_stream(remote.join(LATEST)) as f:
+            f.write(json.dumps({"folder": name, "files": len(files), "bytes": sent}).encode())
+    except OSError as e:
+        raise StorageError(f"cannot write {remote.join(LATEST)}: {e}") from e
+    _drop_versions(remote, f"{keep_local_name}-", keep=name)
+    return sent
+
+
+def pull_checkpoint(remote: Remote, dest: Path) -> bool:
+    """Download the folder `<remote>/latest.json` points at into `dest` (absent before; filled via a
+    temporary folder renamed into place). False when the store holds no checkpoint."""
+    latest = _read_json(remote.fs, remote.join(LATEST))
+    if not latest:
+        return False
+    from pyarrow.fs import FileSelector, FileType
+
+    src = remote.join(latest["folder"])
+    infos = remote.fs.get_file_info(FileSelector(src, recursive=True, allow_not_found=True))
+    files = [i.path[len(src) + 1:] for i in infos if i.type == FileType.File]
+    if len(files) != latest.get("files", len(files)):
+        raise StorageError(f"{src}: {len(files)} files on the store, latest.json says {latest['files']}")
+    tmp = Path(dest).with_name(Path(dest).name + ".pull")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for rel in files:
+        RunStore._copy(remote.fs, posixpath.join(src, rel), None, str(tmp / rel))
+    tmp.rename(dest)
+    return True
+
+
+def _drop_versions(remote: Remote, prefix: str, keep: str) -> None:
+    from pyarrow.fs import FileSelector, FileType
+
+    for info in remote.fs.get_file_info(FileSelector(remote.path, allow_not_found=True)):
+        if info.type == FileType.Directory and info.base_name.startswith(prefix) and info.base_name != keep:
+            remote.fs.delete_dir(info.path)
 
 
 def report_files(rel: str) -> bool:

@@ -13,6 +13,11 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on 127.0.0.1
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# Ray workers (Ray Train's, PPO's trainers) that write checkpoints to the tests' S3 server inherit
+# the environment of the session's Ray: dummy credentials, and no EC2 metadata lookups.
+for _k, _v in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+               ("AWS_EC2_METADATA_DISABLED", "true")):
+    os.environ.setdefault(_k, _v)
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +57,22 @@ def tiny_reward_dir(tmp_path_factory, tiny_tokenizer_dir):
     from llmray.testing import tiny_model_dir
 
     return tiny_model_dir(tmp_path_factory.mktemp("reward"), "reward", tokenizer_dir=tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """("127.0.0.1:<port>", pyarrow S3FileSystem) of a real S3-compatible server (moto's), offline."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+    from pyarrow.fs import S3FileSystem
+
+    from llmray.testing import free_port
+
+    port = free_port()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"127.0.0.1:{port}", S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http",
+                                            region="us-east-1", allow_bucket_creation=True)
+    server.stop()

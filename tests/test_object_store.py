@@ -10,7 +10,6 @@ checkpoint on the store. The probe kind checks the failure path quickly.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
@@ -21,33 +20,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-# Ray workers (Ray Train's, which write checkpoints to the store) inherit the environment of the
-# session's Ray, started after collection: dummy credentials, and no EC2 metadata lookups.
-for _k, _v in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-               ("AWS_EC2_METADATA_DISABLED", "true")):
-    os.environ.setdefault(_k, _v)
-
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("corpus", "bpe", "tokens", "base")
 
 
 @pytest.fixture(scope="module")
-def store():
-    """(workdir URI, pyarrow S3FileSystem) of a bucket on a moto server on 127.0.0.1."""
-    from moto.server import ThreadedMotoServer
-    from pyarrow.fs import S3FileSystem
-
-    from llmray.testing import free_port
-
-    port = free_port()
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    fs = S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
-                      allow_bucket_creation=True)
+def store(s3_endpoint):
+    """(workdir URI, pyarrow S3FileSystem) of a bucket on the session's moto server."""
+    endpoint, fs = s3_endpoint
     fs.create_dir("bucket")
-    yield f"s3://bucket/runs?endpoint_override=127.0.0.1:{port}&scheme=http", fs
-    server.stop()
+    return f"s3://bucket/runs?endpoint_override={endpoint}&scheme=http", fs
 
 
 def _raw(uri: str, mirror: Path) -> dict:
@@ -283,3 +265,30 @@ def test_serve_and_report_read_a_fresh_mirror_from_the_store(store, first_run, t
     assert cmd_report(pipe, argparse.Namespace(out=None, watch=0)) == 0
     html = (run / "report.html").read_text()
     assert all(stage in html for stage in STAGES) and "completed" in html
+
+
+def test_checkpoint_versions_on_the_store_latest_pointer_last(store, tmp_path):
+    """push_checkpoint: folder first, latest.json last, older versions deleted; pull_checkpoint
+    fetches what latest.json points at, and ignores a newer folder whose upload never finished."""
+    from llmray.storage import Remote, pull_checkpoint, push_checkpoint
+
+    _, fs = store
+    remote = Remote(fs, "bucket/ckpt-test/.work/ppo-abc")
+    assert pull_checkpoint(remote, tmp_path / "none") is False
+    for it in (1, 2):
+        ck = tmp_path / f"local{it}"
+        (ck / "sub").mkdir(parents=True)
+        (ck / "state.json").write_text(json.dumps({"iteration": it}))
+        (ck / "sub" / "weights.bin").write_bytes(os.urandom(1000 * it))
+        assert push_checkpoint(remote, ck, f"{it:06d}") == 1000 * it + len(json.dumps({"iteration": it}))
+    assert sorted(p for p in _files(fs, remote.path)) == ["ckpt-000002/state.json", "ckpt-000002/sub/weights.bin",
+                                                          "latest.json"]
+    # An upload cut off before its pointer: the store still resumes from iteration 2.
+    with fs.open_output_stream(remote.join("ckpt-000003", "state.json")) as f:
+        f.write(b'{"iteration": 3}')
+    dest = tmp_path / "fresh" / "ckpt"
+    dest.parent.mkdir()
+    assert pull_checkpoint(remote, dest) is True
+    assert json.loads((dest / "state.json").read_text()) == {"iteration": 2}
+    assert (dest / "sub" / "weights.bin").read_bytes() == (tmp_path / "local2" / "sub" / "weights.bin").read_bytes()
+    assert not (dest.parent / "ckpt.pull").exists()

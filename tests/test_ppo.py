@@ -117,6 +117,36 @@ def test_ppo_survives_a_killed_rollout_actor(engine, ray_local, tiny_causal_dir,
     assert model.config.architectures == ["LlamaForCausalLM"]
 
 
+def test_ppo_resumes_on_another_machine_from_the_object_store(ray_local, tiny_causal_dir, tiny_reward_dir,
+                                                              prompts_file, tmp_path, s3_endpoint):
+    """With a URI workdir the checkpoint goes to the store too: a first attempt stops after 2
+    iterations; a rerun with an empty local work dir (another machine) downloads the store's
+    latest checkpoint and starts at iteration 2 with the saved state."""
+    import dataclasses
+
+    from llmray.stages import ppo
+    from llmray.storage import Remote
+
+    _, fs = s3_endpoint
+    fs.create_dir("ppo-store")
+    remote = Remote(fs, "ppo-store/runs/x/.work/ppo-abc")
+    ctx_a = dataclasses.replace(make_ctx(tmp_path / "a", "ppo_store", "ppo", tiny_causal_dir, tiny_reward_dir),
+                                work_remote=remote)
+    first = ppo.run(config("ppo", prompts_file, iterations=2, checkpoint_every=1), ctx_a)
+    assert first.metrics["resumed_from"] is None
+    with fs.open_input_stream(remote.join("latest.json")) as f:
+        assert json.loads(f.read())["folder"] == "ckpt-000001"
+    ctx_b = dataclasses.replace(make_ctx(tmp_path / "b", "ppo_store", "ppo", tiny_causal_dir, tiny_reward_dir),
+                                work_remote=remote)
+    assert not (ctx_b.work_dir / "ckpt").exists()
+    second = ppo.run(config("ppo", prompts_file, iterations=3, checkpoint_every=1), ctx_b)
+    assert second.metrics["resumed_from"] == 1
+    assert json.loads((ctx_b.work_dir / "ckpt" / "state.json").read_text())["iteration"] == 2
+    records = [json.loads(line) for line in (ctx_b.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [0, 1, 2]
+    assert second.metrics["eval_reward_init"] == pytest.approx(first.metrics["eval_reward_init"])
+
+
 @pytest.mark.slow
 def test_ppo_resumes_from_checkpoint(ray_local, tiny_causal_dir, tiny_reward_dir, prompts_file, tmp_path):
     """A first attempt stops after 2 iterations (its checkpoint stays in work_dir); a rerun of a

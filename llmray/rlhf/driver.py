@@ -13,7 +13,8 @@ policy trainer, and for PPO a critic trainer. One iteration:
   sync      policy weights (safetensors bytes, one object) -> every engine; version checked
 Then beta adapts to the measured KL, one metrics.jsonl record is written, and every
 `checkpoint_every` iterations the trainers' weights, optimizers, beta and the prompt cursor
-go to `ctx.work_dir/ckpt` so a rerun after a driver crash resumes there. Held-out prompts are
+go to `ctx.work_dir/ckpt` (and, with a URI workdir, to the store: `storage.push_checkpoint`) so a
+rerun after a driver crash resumes there, on this machine or another. Held-out prompts are
 scored for the init policy before training and for the final policy after it.
 """
 
@@ -323,10 +324,23 @@ class Loop:
         tmp.rename(self.ckpt)
         shutil.rmtree(old, ignore_errors=True)
         self.ctx.log.info("checkpoint at iteration %d -> %s", state.iteration, self.ckpt)
+        remote = getattr(self.ctx, "work_remote", None)
+        if remote is not None:  # a URI workdir: the checkpoint must outlive this machine
+            from llmray.storage import push_checkpoint
+
+            sent = push_checkpoint(remote, self.ckpt, f"{state.iteration:06d}")
+            self.ctx.log.info("checkpoint at iteration %d uploaded (%d bytes)", state.iteration, sent)
 
     def _resume(self) -> State | None:
         """Load ckpt/ if a previous attempt left one: trainers, beta, cursor, metrics so far."""
         path = self.ckpt / "state.json"
+        remote = getattr(self.ctx, "work_remote", None)
+        if not path.exists() and remote is not None:  # another machine's attempt left it on the store
+            from llmray.storage import pull_checkpoint
+
+            shutil.rmtree(self.ckpt, ignore_errors=True)
+            if pull_checkpoint(remote, self.ckpt):
+                self.ctx.log.info("checkpoint downloaded from the store")
         if not path.exists():
             return None
         raw = json.loads(path.read_text())
