@@ -29,7 +29,7 @@ def multinode(tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run([sys.executable, str(HERE / "multinode_cluster.py"), str(out)], env=env,
-                          capture_output=True, text=True, timeout=900, cwd=HERE.parent)
+                          capture_output=True, text=True, timeout=480, cwd=HERE.parent)
     assert (out / "result.json").exists(), proc.stdout[-3000:] + proc.stderr[-5000:]
     result = json.loads((out / "result.json").read_text())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

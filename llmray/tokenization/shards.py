@@ -67,24 +67,32 @@ class TokenizeWorker:
                          "ids": pa.LargeListArray.from_arrays(offsets, values)})
 
 
-def default_actors() -> int:
-    """One tokenizer actor per CPU of the Ray cluster."""
+def stage_cpus() -> float:
+    """CPUs of the alive nodes this stage's Ray Data work may use: every node, or with a data
+    `placement` (the DataContext's label selector, set by the runner) only the labelled ones."""
     import ray
+    from ray.data import DataContext
 
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+    selector = DataContext.get_current().execution_options.label_selector or {}
+    total = sum(n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes()
+                if n.get("Alive") and all((n.get("Labels") or {}).get(k) == v for k, v in selector.items()))
+    return total or 1.0
+
+
+def default_actors() -> int:
+    """One tokenizer actor per CPU the stage may use."""
+    return max(1, int(stage_cpus()))
 
 
 def actor_cpus(n_actors: int) -> float:
-    """CPU reservation per actor: the pool leaves one CPU of the cluster unreserved.
+    """CPU reservation per actor: the pool leaves one CPU of the stage's nodes unreserved.
 
     Ray Data lists the input files (and repartitions) in tasks that need one CPU; a pool
     reserving every CPU starts first and those tasks never run (a hang seen with Ray 2.60 on a
-    2-CPU machine). Each actor still runs on a full core; the fraction is Ray's bookkeeping only.
+    2-CPU machine, and on a labelled 2-CPU head when the count was of the whole cluster's CPUs).
+    Each actor still runs on a full core; the fraction is Ray's bookkeeping only.
     """
-    import ray
-
-    total = ray.cluster_resources().get("CPU", 1.0)
-    return max(0.0, min(1.0, (total - 1.0) / n_actors))
+    return max(0.0, min(1.0, (stage_cpus() - 1.0) / n_actors))
 
 
 # Largest automatic batch: a few MB of text per call keeps Ray's per-call overhead (scheduling,
