@@ -89,7 +89,8 @@ def attempt(args, compute, micro_batch: int, compile_model: bool) -> dict:
             b["input_ids"] = b["input_ids"].pin_memory()
 
     def step(i):
-        return train_step(model, [batches[i % len(batches)]], optimizer, scheduler, causal_lm_loss, compute, 1.0)
+        return train_step(model, [batches[i % len(batches)]], optimizer, scheduler, causal_lm_loss, compute, 1.0,
+                          args.attention)
 
     t_start = time.perf_counter()
     for i in range(args.warmup):
@@ -111,7 +112,7 @@ def attempt(args, compute, micro_batch: int, compile_model: bool) -> dict:
     peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(compute.device)
     out = {
         "preset": args.preset, "params": sum(p.numel() for p in model.parameters()), "vocab": args.vocab,
-        "seq_len": args.seq, "micro_batch": micro_batch, "compile": compile_model,
+        "seq_len": args.seq, "micro_batch": micro_batch, "compile": compile_model, "attention": args.attention,
         "activation_checkpointing": args.activation_checkpointing, "warmup_steps": args.warmup,
         "timed_steps": steps, "warmup_s": round(warm_s, 2), "step_time_s": elapsed / steps,
         "tokens_per_s": tps, "flops_per_token": fpt, "achieved_tflops": tps * fpt / 1e12,
@@ -139,6 +140,31 @@ def _free():
         torch.cuda.reset_peak_memory_stats()
 
 
+def _measure(args, compute) -> tuple[dict | None, list[dict]]:
+    """One kernel: the first micro-batch that fits (halved on OOM), compiled unless compile fails."""
+    import torch
+
+    use_compile = args.compile == "on" or (args.compile == "auto" and compute.is_cuda)
+    tried, mb = [], args.micro_batch
+    while mb >= 1 and time.time() < args.deadline:
+        try:
+            return attempt(args, compute, mb, use_compile), tried
+        except torch.OutOfMemoryError:
+            tried.append({"attention": args.attention, "micro_batch": mb, "error": "out of memory"})
+            mb //= 2
+        except Exception as e:  # a compile failure must not lose the measurement
+            if not use_compile:
+                tried.append({"attention": args.attention, "micro_batch": mb, "compile": False,
+                              "error": f"{type(e).__name__}: {e}"[:500]})
+                return None, tried
+            tried.append({"attention": args.attention, "micro_batch": mb, "compile": True,
+                          "error": f"{type(e).__name__}: {e}"[:500]})
+            use_compile = False
+        finally:
+            _free()
+    return None, tried
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="1b")
@@ -151,9 +177,14 @@ def main(argv=None) -> dict:
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="auto: on for CUDA")
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device's bf16 peak")
-    p.add_argument("--budget-s", type=float, default=270, help="stop retrying / trim steps past this")
+    p.add_argument("--budget-s", type=float, default=270, help="stop retrying / trim steps past this "
+                                                                   "(split evenly across --attention kernels)")
+    p.add_argument("--attention", default="auto",
+                   help="SDPA kernel(s) of the training step, comma-separated to compare in one run: "
+                        "auto,cudnn,flash,efficient,math (llmray.device.attention_kernel)")
     args = p.parse_args(argv)
-    args.deadline = time.time() + args.budget_s
+    kernels = args.attention.split(",")
+    share = args.budget_s / len(kernels)
 
     import torch
 
@@ -164,24 +195,20 @@ def main(argv=None) -> dict:
         compute = Compute(device=torch.device("cpu"), dtype=None, is_cuda=False)
     if args.device == "cuda" and not compute.is_cuda:
         raise SystemExit("--device cuda but torch sees no CUDA device")
-    use_compile = args.compile == "on" or (args.compile == "auto" and compute.is_cuda)
     env = {"device": torch.cuda.get_device_name(0) if compute.is_cuda else "cpu", "torch": torch.__version__,
            "transformers": __import__("transformers").__version__}
-    tried, result, mb = [], None, args.micro_batch
-    while mb >= 1 and time.time() < args.deadline:
-        try:
-            result = attempt(args, compute, mb, use_compile)
-            break
-        except torch.OutOfMemoryError:
-            tried.append({"micro_batch": mb, "compile": use_compile, "error": "out of memory"})
-            mb //= 2
-        except Exception as e:  # a compile failure must not lose the measurement
-            if not use_compile:
-                raise
-            tried.append({"micro_batch": mb, "compile": True, "error": f"{type(e).__name__}: {e}"[:500]})
-            use_compile = False
-        finally:
-            _free()
+    runs, tried = [], []
+    for kernel in kernels:
+        args.attention, args.deadline = kernel, time.time() + share
+        result, failed = _measure(args, compute)
+        tried += failed
+        if result:
+            runs.append(result)
+    best = max(runs, key=lambda r: r.get("mfu") or r["tokens_per_s"], default=None)
+    if len(kernels) > 1:
+        env["runs"] = [{k: r.get(k) for k in ("attention", "micro_batch", "compile", "tokens_per_s", "mfu")}
+                       for r in runs]
+    result = best
     report = {**env, **(result or {"error": "no configuration ran"}), "attempts_failed": tried}
     text = json.dumps(report, indent=2)
     print(text)

@@ -39,6 +39,26 @@ def compute_init(in_ray_train: bool | None = None) -> Compute:
     return Compute(device=device, dtype=torch.bfloat16 if is_cuda else None, is_cuda=is_cuda)
 
 
+ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+
+
+def attention_kernel(backend: str):
+    """The SDPA kernel a training step uses: `auto` lets torch pick (FlashAttention-2 for bf16 on
+    recent GPUs); `cudnn` (cuDNN's fused attention, fastest on Hopper in our reading), `flash`,
+    `efficient` or `math` force one. A forced kernel the device lacks (cudnn on a CPU) raises
+    torch's "No viable backend" error at the first step rather than running something else."""
+    import contextlib
+
+    if backend == "auto":
+        return contextlib.nullcontext()
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention backend {backend!r}: one of {ATTENTION_BACKENDS}")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([{"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                         "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[backend]])
+
+
 def autocast(compute: Compute):
     """bf16 autocast on GPU, a no-op context on CPU (fp32)."""
     import contextlib

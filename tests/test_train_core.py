@@ -191,6 +191,47 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
     assert "ray" not in proc.stdout
 
 
+def test_a_forced_attention_kernel_is_used_and_a_missing_one_fails_loudly(tiny_tokenizer_dir):
+    """train_step(attention=...): the math kernel computes the same step as torch's pick; cuDNN's,
+    which a CPU lacks, raises instead of quietly running another kernel."""
+    losses = {}
+    for kernel in ("auto", "math"):
+        model = _model(tiny_tokenizer_dir)
+        cfg = TrainConfig(steps=10, warmup_steps=1, attention=kernel)
+        opt = build_optimizer(model, cfg)
+        stats = [train_step(model, [_batch()], opt, build_scheduler(opt, cfg), causal_lm_loss, CPU, 1.0,
+                            cfg.attention) for _ in range(2)]
+        losses[kernel] = [float(s["loss"]) for s in stats]
+    assert losses["math"] == pytest.approx(losses["auto"], rel=1e-4)
+    model = _model(tiny_tokenizer_dir)
+    opt = build_optimizer(model, TrainConfig(steps=10, warmup_steps=1))
+    with pytest.raises(RuntimeError, match="No viable backend|No available kernel"):
+        train_step(model, [_batch()], opt, None, causal_lm_loss, CPU, 1.0, "cudnn")
+    with pytest.raises(ValueError, match="attention"):
+        TrainConfig(attention="flash3")
+
+
+def test_gpu_check_compares_attention_kernels_in_one_run(tmp_path):
+    """--attention auto,math,cudnn on a CPU: two measured runs, cuDNN's failure recorded, not fatal."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**__import__("os").environ, "OUT": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--preset", "tiny", "--steps", "1", "--device",
+                           "cpu", "--seq", "64", "--micro-batch", "2", "--warmup", "1", "--vocab", "1024",
+                           "--attention", "auto,math,cudnn"],
+                          check=False, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [r["attention"] for r in report["runs"]] == ["auto", "math"]
+    assert report["attention"] in ("auto", "math") and report["tokens_per_s"] > 0
+    assert [f["attention"] for f in report["attempts_failed"]] == ["cudnn"]
+    assert "No viable backend" in report["attempts_failed"][0]["error"]
+
+
 def test_gpu_check_presets_without_pydantic_match_the_module():
     """The AST fallback (GPU boxes without pydantic) reads the same presets as llmray.models."""
     import sys

@@ -9,6 +9,8 @@ Counts are in optimizer steps; one optimizer step consumes, per worker,
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from llmray.config import StrictModel
@@ -41,6 +43,10 @@ class TrainConfig(StrictModel):
     activation_checkpointing: bool = Field(False, description="Recompute activations in backward to save "
                                                               "memory (gradient checkpointing).")
     compile: bool = Field(False, description="torch.compile the model (worth it on GPU; slow to start on CPU).")
+    attention: Literal["auto", "flash", "cudnn", "efficient", "math"] = Field(
+        "auto", description="SDPA kernel for training steps: auto (torch picks; FlashAttention-2 in bf16 on "
+                            "GPU) or one forced (cudnn: cuDNN fused attention for Hopper GPUs). A kernel the "
+                            "device lacks fails the first step.")
     data_cpus: float = Field(0.0, ge=0, description="CPUs each Ray Data read task reserves. 0 lets reads run "
                                                     "beside Train workers that hold every CPU (2-core laptop); "
                                                     "raise it on clusters with spare CPUs.")

@@ -357,7 +357,8 @@ def _worker(config: dict) -> None:
         t_data = time.perf_counter()
         micro = [next(stream) for _ in range(cfg.grad_accum)]
         meter.data_s += time.perf_counter() - t_data
-        meter.add(train_step(model, micro, optimizer, scheduler, task.loss, compute, cfg.grad_clip))
+        meter.add(train_step(model, micro, optimizer, scheduler, task.loss, compute, cfg.grad_clip,
+                             cfg.attention))
         step += 1
         record = {}
         if step % cfg.log_every == 0 or step == cfg.steps:

@@ -1,6 +1,6 @@
 """One optimizer step, with no Ray in sight: the function every training loop and benchmark calls.
 
-    stats = train_step(model, micro_batches, optimizer, scheduler, loss_fn, compute, grad_clip)
+    stats = train_step(model, micro_batches, optimizer, scheduler, loss_fn, compute, grad_clip, attention)
 
 For each micro-batch: move it to the device, `loss, metrics = loss_fn(model, batch)` under
 autocast (bf16 on GPU, fp32 on CPU), backward `loss / n` (gradient sync across data-parallel
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 
-from llmray.device import autocast
+from llmray.device import attention_kernel, autocast
 
 
 def causal_lm_loss(model, batch: dict):
@@ -61,10 +61,12 @@ def grad_norm_clip(model, max_norm: float):
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
-def train_step(model, micro_batches, optimizer, scheduler, loss_fn, compute, grad_clip: float = 1.0) -> dict:
+def train_step(model, micro_batches, optimizer, scheduler, loss_fn, compute, grad_clip: float = 1.0,
+               attention: str = "auto") -> dict:
     """One optimizer step over `micro_batches` (a list of dict batches). Returns tensors and numbers:
     loss (mean over micro-batches), grad_norm (before clipping), lr (used for this step), tokens,
-    plus the mean of every metric `loss_fn` reported."""
+    plus the mean of every metric `loss_fn` reported. `attention`: the SDPA kernel
+    (llmray.device.attention_kernel), applied to forward and backward."""
     import torch
 
     n = len(micro_batches)
@@ -74,7 +76,7 @@ def train_step(model, micro_batches, optimizer, scheduler, loss_fn, compute, gra
     lr = optimizer.param_groups[0]["lr"]
     for i, batch in enumerate(micro_batches):
         batch = to_device(batch, compute.device)
-        with _no_grad_sync(model, last=i == n - 1):
+        with _no_grad_sync(model, last=i == n - 1), attention_kernel(attention):
             with autocast(compute):
                 loss, metrics = loss_fn(model, batch)
             (loss / n).backward()
