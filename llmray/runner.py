@@ -38,7 +38,7 @@ from llmray.graph import ancestors, topo_order
 from llmray.resources import data_placement
 from llmray.stages import get_stage
 from llmray.stages.base import StageContext, StageOutput, StageResult
-from llmray.storage import RunStore, report_files
+from llmray.storage import RunStore, read_manifest, report_files  # noqa: F401 - read_manifest re-exported
 
 # Neither changes what a stage produces: free text, and which nodes do the work.
 NOT_FINGERPRINTED = {"description", "placement"}
@@ -74,13 +74,6 @@ def fingerprints(pipe) -> dict[str, str]:
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         fps[name] = hashlib.sha256(blob.encode()).hexdigest()[:20]
     return fps
-
-
-def read_manifest(stage_dir: Path) -> dict | None:
-    try:
-        return json.loads((stage_dir / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 @dataclass

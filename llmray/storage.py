@@ -112,7 +112,8 @@ class Remote:
         return Remote(self.fs, self.join(*parts))
 
 
-def _read_json(fs, path: str) -> dict | None:
+def read_json(fs, path: str) -> dict | None:
+    """A JSON object on a pyarrow filesystem; None when absent or unreadable as JSON."""
     try:
         with fs.open_input_stream(path) as f:
             return json.loads(f.read())
@@ -124,7 +125,8 @@ def _read_json(fs, path: str) -> dict | None:
         raise StorageError(f"cannot read {path}: {e}") from e
 
 
-def _read_local(stage_dir: Path) -> dict | None:
+def read_manifest(stage_dir: Path) -> dict | None:
+    """A local stage folder's manifest.json; None when absent or unreadable."""
     try:
         return json.loads((stage_dir / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
@@ -136,6 +138,51 @@ def _empty_outputs(stage_dir: Path, manifest: dict) -> None:
     for rel in (manifest.get("outputs") or {}).values():
         if not (stage_dir / rel).exists():
             (stage_dir / rel).mkdir(parents=True, exist_ok=True)
+
+
+def _copy(src_fs, src: str, dst_fs, dst: str) -> None:
+    """One file between filesystems (None: local)."""
+    import pyarrow.fs as pafs
+
+    local = pafs.LocalFileSystem()
+    if dst_fs is None:
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pafs.copy_files(src, dst, source_filesystem=src_fs or local, destination_filesystem=dst_fs or local)
+    except OSError as e:
+        raise StorageError(f"cannot copy {src} -> {dst}: {e}") from e
+
+
+def _list_files(remote: Remote, folder: str) -> dict[str, int]:
+    """Relative path -> size of every file under `<remote>/<folder>`."""
+    import pyarrow.fs as pafs
+
+    root = remote.join(folder)
+    try:
+        infos = remote.fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    except OSError as e:
+        raise StorageError(f"cannot list {root}: {e}") from e
+    return {posixpath.relpath(i.path, root): i.size for i in infos if i.type == pafs.FileType.File}
+
+
+def _upload_tree(remote: Remote, folder: Path, dest: str, skip: tuple[str, ...] = ()) -> tuple[int, int]:
+    """Every file under local `folder` to `<remote>/<dest>/` (in parallel); (files, bytes) sent."""
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).as_posix() not in skip]
+
+    def send(p: Path) -> int:
+        _copy(None, str(p), remote.fs, remote.join(dest, p.relative_to(folder).as_posix()))
+        return p.stat().st_size
+
+    with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+        return len(files), sum(pool.map(send, files))
+
+
+def _put_json(remote: Remote, rel: str, obj: dict) -> None:
+    try:
+        with remote.fs.open_output_stream(remote.join(rel)) as f:
+            f.write(json.dumps(obj, indent=2, default=str).encode())
+    except OSError as e:
+        raise StorageError(f"cannot write {remote.join(rel)}: {e}") from e
 
 
 class RunStore:
@@ -162,19 +209,19 @@ class RunStore:
     def manifest(self, stage: str) -> dict | None:
         """The durable manifest of `stage`: on the store for a URI workdir, else the local one."""
         if self.remote is None:
-            return _read_local(self.local / stage)
-        return _read_json(self.remote.fs, self.remote.join(stage, MANIFEST))
+            return read_manifest(self.local / stage)
+        return read_json(self.remote.fs, self.remote.join(stage, MANIFEST))
 
     def fetch(self, stage: str, only: Callable[[str], bool] | None = None) -> dict | None:
         """Make `<local>/<stage>` hold the store's completed copy (all files, or those whose
         relative path passes `only`). Returns the store's manifest, None if not completed there."""
         if self.remote is None:
-            return _read_local(self.local / stage)
+            return read_manifest(self.local / stage)
         man = self.manifest(stage)
         if not man or man.get("status") != "completed":
             return None
         here = self.local / stage
-        mine = _read_local(here) or {}
+        mine = read_manifest(here) or {}
         # Another fingerprint, or the same one completed again (--force): the local copy is not this one.
         if any(mine.get(k) != man.get(k) for k in ("status", "fingerprint", "finished")):
             if only is None:
@@ -186,16 +233,6 @@ class RunStore:
         if only is None:
             _empty_outputs(here, man)
         return man
-
-    def _remote_files(self, folder: str) -> dict[str, int]:
-        """Relative path -> size of every file under a remote folder."""
-        import pyarrow.fs as pafs
-
-        try:
-            infos = self.remote.fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
-        except OSError as e:
-            raise StorageError(f"cannot list {folder}: {e}") from e
-        return {posixpath.relpath(i.path, folder): i.size for i in infos if i.type == pafs.FileType.File}
 
     def _download_whole(self, stage: str) -> None:
         import pyarrow.fs as pafs
@@ -216,27 +253,15 @@ class RunStore:
     def _download_missing(self, stage: str, only: Callable[[str], bool] | None) -> None:
         """Files absent locally (or of another size), the manifest last."""
         here = self.local / stage
-        wanted = {rel: size for rel, size in self._remote_files(self.remote.join(stage)).items()
+        wanted = {rel: size for rel, size in _list_files(self.remote, stage).items()
                   if only is None or only(rel)}
         todo = [rel for rel, size in wanted.items()
                 if not (here / rel).is_file() or (here / rel).stat().st_size != size]
         todo.sort(key=lambda rel: rel == MANIFEST)
         for rel in todo:
-            self._copy(self.remote.fs, self.remote.join(stage, rel), None, str(here / rel))
+            _copy(self.remote.fs, self.remote.join(stage, rel), None, str(here / rel))
 
     # ------------------------------------------------------------------ writing
-
-    @staticmethod
-    def _copy(src_fs, src: str, dst_fs, dst: str) -> None:
-        import pyarrow.fs as pafs
-
-        local = pafs.LocalFileSystem()
-        if dst_fs is None:
-            Path(dst).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            pafs.copy_files(src, dst, source_filesystem=src_fs or local, destination_filesystem=dst_fs or local)
-        except OSError as e:
-            raise StorageError(f"cannot copy {src} -> {dst}: {e}") from e
 
     def _delete(self, path: str) -> None:
         import pyarrow.fs as pafs
@@ -247,35 +272,17 @@ class RunStore:
         except OSError as e:
             raise StorageError(f"cannot delete {path}: {e}") from e
 
-    def _upload_tree(self, folder: Path, stage: str, skip: tuple[str, ...] = ()) -> int:
-        """Upload every file under `folder` to `<remote>/<stage>/` (in parallel); returns bytes sent."""
-        files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).as_posix() not in skip]
-
-        def send(p: Path) -> int:
-            self._copy(None, str(p), self.remote.fs, self.remote.join(stage, p.relative_to(folder).as_posix()))
-            return p.stat().st_size
-
-        with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
-            return sum(pool.map(send, files))
-
-    def put_json(self, rel: str, obj: dict) -> None:
-        try:
-            with self.remote.fs.open_output_stream(self.remote.join(rel)) as f:
-                f.write(json.dumps(obj, indent=2, default=str).encode())
-        except OSError as e:
-            raise StorageError(f"cannot write {self.uri}/{rel}: {e}") from e
-
     def put_file(self, rel: str) -> None:
         """Upload one file of the local run directory (pipeline.resolved.yaml, report.html)."""
         if self.remote is not None and (self.local / rel).is_file():
-            self._copy(None, str(self.local / rel), self.remote.fs, self.remote.join(rel))
+            _copy(None, str(self.local / rel), self.remote.fs, self.remote.join(rel))
 
     def begin(self, stage: str, manifest: dict) -> None:
         """A stage starts: the store's stale copy goes, a `running` manifest takes its place."""
         if self.remote is None:
             return
         self._delete(self.remote.join(stage))
-        self.put_json(f"{stage}/{MANIFEST}", manifest)
+        _put_json(self.remote, f"{stage}/{MANIFEST}", manifest)
 
     def publish(self, stage: str, folder: Path, manifest: dict) -> None:
         """Upload a completed stage: outputs first, then manifest.json, with `upload` = {bytes, seconds}
@@ -284,17 +291,17 @@ class RunStore:
             return
         t0 = time.perf_counter()
         self._delete(self.remote.join(stage))  # the `running` manifest and any stale objects
-        sent = self._upload_tree(folder, stage, skip=(MANIFEST,))
+        _, sent = _upload_tree(self.remote, folder, stage, skip=(MANIFEST,))
         manifest["upload"] = {"bytes": sent, "seconds": round(time.perf_counter() - t0, 3)}
-        self.put_json(f"{stage}/{MANIFEST}", manifest)
+        _put_json(self.remote, f"{stage}/{MANIFEST}", manifest)
 
     def publish_failed(self, stage: str, folder: Path, manifest: dict) -> None:
         """Upload a failed stage's log and its `failed` manifest (last)."""
         if self.remote is None:
             return
         self._delete(self.remote.join(stage))
-        self._upload_tree(folder, stage, skip=(MANIFEST,))
-        self.put_json(f"{stage}/{MANIFEST}", manifest)
+        _upload_tree(self.remote, folder, stage, skip=(MANIFEST,))
+        _put_json(self.remote, f"{stage}/{MANIFEST}", manifest)
 
     # ------------------------------------------------------------------ resumable work
 
@@ -312,45 +319,32 @@ class RunStore:
 LATEST = "latest.json"
 
 
-def push_checkpoint(remote: Remote, folder: Path, tag: str, keep_local_name: str = "ckpt") -> int:
-    """Upload a complete local checkpoint folder as `<remote>/<keep_local_name>-<tag>/`, then point
+def push_checkpoint(remote: Remote, folder: Path, tag: str, prefix: str = "ckpt") -> int:
+    """Upload a complete local checkpoint folder as `<remote>/<prefix>-<tag>/`, then point
     `<remote>/latest.json` at it (LAST: a crash mid-upload leaves the previous pointer and folder
-    intact), then delete older versions. For stages that checkpoint outside Ray Train (PPO/GRPO)."""
-    name = f"{keep_local_name}-{tag}"
-    files = [p for p in sorted(Path(folder).rglob("*")) if p.is_file()]
-
-    def send(p: Path) -> int:
-        RunStore._copy(None, str(p), remote.fs, remote.join(name, p.relative_to(folder).as_posix()))
-        return p.stat().st_size
-
-    with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
-        sent = sum(pool.map(send, files))
-    try:
-        with remote.fs.open_output_stream(remote.join(LATEST)) as f:
-            f.write(json.dumps({"folder": name, "files": len(files), "bytes": sent}).encode())
-    except OSError as e:
-        raise StorageError(f"cannot write {remote.join(LATEST)}: {e}") from e
-    _drop_versions(remote, f"{keep_local_name}-", keep=name)
+    intact), then delete older versions. For stages that checkpoint outside Ray Train (PPO/GRPO).
+    Returns the bytes sent."""
+    name = f"{prefix}-{tag}"
+    files, sent = _upload_tree(remote, Path(folder), name)
+    _put_json(remote, LATEST, {"folder": name, "files": files, "bytes": sent})
+    _drop_versions(remote, f"{prefix}-", keep=name)
     return sent
 
 
 def pull_checkpoint(remote: Remote, dest: Path) -> bool:
     """Download the folder `<remote>/latest.json` points at into `dest` (absent before; filled via a
     temporary folder renamed into place). False when the store holds no checkpoint."""
-    latest = _read_json(remote.fs, remote.join(LATEST))
+    latest = read_json(remote.fs, remote.join(LATEST))
     if not latest:
         return False
-    from pyarrow.fs import FileSelector, FileType
-
-    src = remote.join(latest["folder"])
-    infos = remote.fs.get_file_info(FileSelector(src, recursive=True, allow_not_found=True))
-    files = [i.path[len(src) + 1:] for i in infos if i.type == FileType.File]
+    files = _list_files(remote, latest["folder"])
     if len(files) != latest.get("files", len(files)):
-        raise StorageError(f"{src}: {len(files)} files on the store, latest.json says {latest['files']}")
+        raise StorageError(f"{remote.join(latest['folder'])}: {len(files)} files on the store, "
+                           f"latest.json says {latest['files']}")
     tmp = Path(dest).with_name(Path(dest).name + ".pull")
     shutil.rmtree(tmp, ignore_errors=True)
     for rel in files:
-        RunStore._copy(remote.fs, posixpath.join(src, rel), None, str(tmp / rel))
+        _copy(remote.fs, remote.join(latest["folder"], rel), None, str(tmp / rel))
     tmp.rename(dest)
     return True
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llmray.storage import read_json
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("corpus", "bpe", "tokens", "base")
 
@@ -52,14 +54,6 @@ def _files(fs, path: str) -> dict[str, object]:
 
     infos = fs.get_file_info(FileSelector(path, recursive=True, allow_not_found=True))
     return {i.path[len(path) + 1:]: i for i in infos if i.type == FileType.File}
-
-
-def _manifest(fs, path: str) -> dict | None:
-    try:
-        with fs.open_input_stream(path) as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        return None
 
 
 class _CheckpointWatch:
@@ -113,7 +107,7 @@ def test_pipeline_on_the_store_completes_with_manifests_models_and_checkpoints(s
     assert first_run["states"] == {s: "completed" for s in STAGES}, first_run["lines"][-10:]
     objects = _files(fs, "bucket/runs/objstore")
     for stage in STAGES:
-        man = _manifest(fs, f"bucket/runs/objstore/{stage}/manifest.json")
+        man = read_json(fs, f"bucket/runs/objstore/{stage}/manifest.json")
         assert man["status"] == "completed" and man["fingerprint"] == fps[stage], (stage, man)
         for rel in man["outputs"].values():  # every declared output is on the store (an empty folder cannot be)
             local = first_run["mirror"] / "objstore" / stage / rel
@@ -125,7 +119,7 @@ def test_pipeline_on_the_store_completes_with_manifests_models_and_checkpoints(s
         assert "upload" in man and man["upload"]["bytes"] > 0
     assert objects["base/model/model.safetensors"].size > 100_000
     assert "pipeline.resolved.yaml" in objects and "report.html" in objects
-    assert _manifest(fs, "bucket/runs/objstore/tokens/manifest.json")["inputs"] == {
+    assert read_json(fs, "bucket/runs/objstore/tokens/manifest.json")["inputs"] == {
         "corpus": fps["corpus"], "bpe": fps["bpe"]}
     # Ray Train wrote its checkpoints straight to the store (never into the local mirror) ...
     seen = first_run["watch"].seen
@@ -134,7 +128,7 @@ def test_pipeline_on_the_store_completes_with_manifests_models_and_checkpoints(s
     assert not first_run["watch"].local_ckpts
     # ... and the completed stage removed them there.
     assert not any(k.startswith(".work/") for k in objects)
-    up = {s: _manifest(fs, f"bucket/runs/objstore/{s}/manifest.json")["upload"] for s in STAGES}
+    up = {s: read_json(fs, f"bucket/runs/objstore/{s}/manifest.json")["upload"] for s in STAGES}
     print(f"\nupload per stage (bytes, s): {up}; pipeline wall time {first_run['elapsed']:.1f}s")
 
 
@@ -153,7 +147,7 @@ def test_fresh_mirror_sees_the_store_and_reruns_only_the_changed_stage(store, fi
     # pretrain's input came down whole; the stages it does not read only as far as the report needs.
     assert (run / "tokens" / "train").is_dir() and any((run / "tokens" / "train").iterdir())
     assert (run / "corpus" / "manifest.json").exists() and not (run / "corpus" / "data").exists()
-    man = _manifest(fs, "bucket/runs/objstore/base/manifest.json")
+    man = read_json(fs, "bucket/runs/objstore/base/manifest.json")
     assert man["status"] == "completed" and man["fingerprint"] == fingerprints(changed)["base"]
     assert man["metrics"]["steps"] == 20
     assert {i.state for i in plan(changed)} == {"cached"}
@@ -194,7 +188,7 @@ def test_killed_pretrain_resumes_on_a_fresh_machine_from_the_store(store, first_
     with pytest.raises(StageFailed):
         run_pipeline(pipe, echo=lambda *_: None)
     assert fired, "the worker was never killed"
-    man = _manifest(fs, "bucket/runs/objstore/base/manifest.json")
+    man = read_json(fs, "bucket/runs/objstore/base/manifest.json")
     assert man["status"] == "failed" and man["fingerprint"] == fingerprints(pipe)["base"]
     assert "log.txt" in _files(fs, "bucket/runs/objstore/base")
     assert any(k.endswith("train_state.pt") for k in _files(fs, f"bucket/runs/objstore/.work/{work}"))
@@ -208,7 +202,7 @@ def test_killed_pretrain_resumes_on_a_fresh_machine_from_the_store(store, first_
     assert len(resumed) == 1 and resumed[0]["step"] >= 10 and resumed[0]["step"] % 10 == 0, resumed
     assert not any(r.get("step") == 0 for r in recs if "event" not in r)  # no step-0 evaluation again
     print(f"\nkilled after step {fired[0]}; resumed from the store's step-{resumed[0]['step']} checkpoint")
-    man = _manifest(fs, "bucket/runs/objstore/base/manifest.json")
+    man = read_json(fs, "bucket/runs/objstore/base/manifest.json")
     assert man["status"] == "completed" and man["metrics"]["steps"] == 50
     assert not _files(fs, f"bucket/runs/objstore/.work/{work}")  # checkpoints removed once completed
 
@@ -228,8 +222,8 @@ def test_probe_failure_is_recorded_on_the_store_and_status_reads_it(store, tmp_p
     monkeypatch.setenv("PROBE_FAIL_B", "1")
     with pytest.raises(StageFailed, match="injected failure in b"):
         run_pipeline(parse_pipeline(json.loads(json.dumps(raw))), echo=lambda *_: None)
-    assert _manifest(fs, "bucket/runs/probe/a/manifest.json")["status"] == "completed"
-    man = _manifest(fs, "bucket/runs/probe/b/manifest.json")
+    assert read_json(fs, "bucket/runs/probe/a/manifest.json")["status"] == "completed"
+    man = read_json(fs, "bucket/runs/probe/b/manifest.json")
     assert man["status"] == "failed" and "injected failure" in man["error"]
     assert set(_files(fs, "bucket/runs/probe/b")) == {"manifest.json", "log.txt"}  # no half-written output
     p = tmp_path / "p.yaml"

@@ -1,8 +1,9 @@
 """What gets served: a validated pipeline + its run directory -> a plain, picklable serve spec.
 
-pipe.serve.models --(URI workdir: downloaded from the store into the mirror)--> for each stage: <run>/<stage>/manifest.json must be `completed` and declare
-outputs.model--> model id `<pipeline>/<stage>` + the absolute model folder (paths only ever come
-from manifests, never from requests) --align gate--> which model may be the default.
+pipe.serve.models --(URI workdir: downloaded from the store into the mirror)--> for each stage:
+<run>/<stage>/manifest.json must be `completed` and declare outputs.model--> model id
+`<pipeline>/<stage>` + the absolute model folder (paths only ever come from manifests, never from
+requests) --align gate--> which model may be the default.
 
 The align gate: a served model is blocked when either
   - an align stage of the pipeline blocked it: `llmray.safety.gate.gate_status(run, pipe)`, which

@@ -79,20 +79,15 @@ def stage_cpus() -> float:
     return total or 1.0
 
 
-def default_actors() -> int:
-    """One tokenizer actor per CPU the stage may use."""
-    return max(1, int(stage_cpus()))
-
-
-def actor_cpus(n_actors: int) -> float:
-    """CPU reservation per actor: the pool leaves one CPU of the stage's nodes unreserved.
+def actor_cpus(cpus: float, n_actors: int) -> float:
+    """CPU reservation per actor: the pool leaves one of the stage's `cpus` unreserved.
 
     Ray Data lists the input files (and repartitions) in tasks that need one CPU; a pool
     reserving every CPU starts first and those tasks never run (a hang seen with Ray 2.60 on a
     2-CPU machine, and on a labelled 2-CPU head when the count was of the whole cluster's CPUs).
     Each actor still runs on a full core; the fraction is Ray's bookkeeping only.
     """
-    return max(0.0, min(1.0, (stage_cpus() - 1.0) / n_actors))
+    return max(0.0, min(1.0, (cpus - 1.0) / n_actors))
 
 
 # Largest automatic batch: a few MB of text per call keeps Ray's per-call overhead (scheduling,
@@ -144,17 +139,18 @@ def tokenize_corpus(data_dir: Path, tokenizer_dir: Path, out_dir: Path, *, seq_l
         raise ValueError(f"tokenizer {tokenizer_dir} has no eos token to separate documents")
     vocab_size = len(hf)
     dtype = token_dtype(vocab_size)
-    # No more actors than batches (a tiny corpus would start actors that never get work).
     n_docs = corpus_size(data_dir)[0]
-    n_actors = actors or default_actors()
+    cpus = stage_cpus()
+    n_actors = actors or max(1, int(cpus))  # default: one tokenizer actor per CPU the stage may use
     batch_size = batch_plan(n_docs, n_actors, batch_size)
+    # No more actors than batches (a tiny corpus would start actors that never get work).
     n_actors = max(1, min(n_actors, -(-n_docs // batch_size)))
     ds = ray.data.read_parquet(str(data_dir), num_cpus=0).select_columns(["id", "text"])
     # Blocks of batch_size documents: a Ray Data task takes whole blocks, so one big block would
     # keep a single actor busy while the others idle.
     ds = ds.repartition(target_num_rows_per_block=batch_size).map_batches(
         TokenizeWorker, batch_size=batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=actor_cpus(n_actors),
+        compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=actor_cpus(cpus, n_actors),
         fn_constructor_kwargs={"tokenizer_file": str(Path(tokenizer_dir) / "tokenizer.json"),
                                "eos_id": int(hf.eos_token_id), "val_fraction": val_fraction, "seed": seed,
                                "dtype": dtype.name})
