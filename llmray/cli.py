@@ -46,13 +46,19 @@ def cmd_validate(pipe, args) -> int:
     return 0
 
 
+def _widths(pipe) -> tuple[int, int]:
+    """Column widths for stage names and kinds (at least the old fixed 14 and 10)."""
+    return (max([14, *(len(n) for n in pipe.stages)]), max([10, *(len(c.kind) for c in pipe.stages.values())]))
+
+
 def cmd_plan(pipe, args) -> int:
     from llmray.runner import plan, run_store
 
     print(f"run directory: {run_store(pipe).describe()}")
+    w = _widths(pipe)
     for i, item in enumerate(plan(pipe), 1):
         deps = f" <- {', '.join(item.deps)}" if item.deps else ""
-        print(f"{i:2d}. {item.name:<14} {item.kind:<10} {item.state:<9} {item.fingerprint[:12]}{deps}")
+        print(f"{i:2d}. {item.name:<{w[0]}} {item.kind:<{w[1]}} {item.state:<9} {item.fingerprint[:12]}{deps}")
     return 0
 
 
@@ -83,10 +89,11 @@ def cmd_status(pipe, args) -> int:
     from llmray.runner import run_store, status_table
 
     print(f"run directory: {run_store(pipe).describe()}")
+    w = _widths(pipe)
     for row in status_table(pipe):
         el = f"{row['elapsed_s']:.1f}s" if row["elapsed_s"] is not None else "-"
         err = f"  {row['error']}" if row["error"] else ""
-        print(f"{row['stage']:<14} {row['kind']:<10} {row['state']:<9} {row['fingerprint']} {el:>8}{err}")
+        print(f"{row['stage']:<{w[0]}} {row['kind']:<{w[1]}} {row['state']:<9} {row['fingerprint']} {el:>8}{err}")
     return 0
 
 

@@ -61,6 +61,10 @@ class PostTrainConfig(StageConfig):
                                                                "of their id) when eval_data is not set.")
     max_seq_len: int = Field(512, ge=16, description="Records longer than this (tokens) are quarantined.")
     max_records: int | None = Field(None, ge=1, description="Use at most this many training records.")
+    ai_feedback: list[str] = Field(default_factory=list, description="`constitution` stages whose AI-feedback "
+                                                                     "records (revisions for sft, preference "
+                                                                     "pairs for reward/dpo) are added to `data`, "
+                                                                     "train and held-out splits alike.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation, logging, checkpoints.")
     resources: Resources = Field(default_factory=Resources, description="Ray Train workers, GPUs, strategy.")
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters (needs `peft`) instead of all "
@@ -111,7 +115,7 @@ def load_tokenizer(model_dir: Path):
 # ---------------------------------------------------------------- driver: data
 
 
-def _held_out(record_id: str, fraction: float) -> bool:
+def held_out(record_id: str, fraction: float) -> bool:
     return int(hashlib.sha256(record_id.encode()).hexdigest()[:8], 16) / 16**8 < fraction
 
 
@@ -128,11 +132,31 @@ def load_splits(config: PostTrainConfig, use: str):
     elif config.data.startswith("builtin:"):
         train_recs, eval_recs = train.records, load_data(config.data, use, "test").records
     else:
-        train_recs = [r for r in train.records if not _held_out(r["id"], config.eval_fraction)]
-        eval_recs = [r for r in train.records if _held_out(r["id"], config.eval_fraction)]
+        train_recs = [r for r in train.records if not held_out(r["id"], config.eval_fraction)]
+        eval_recs = [r for r in train.records if held_out(r["id"], config.eval_fraction)]
     if config.max_records:
         train_recs = train_recs[: config.max_records]
     return train_recs, eval_recs, quarantined
+
+
+AI_FEEDBACK_FILES = {"pref": "prefs", "chat": "sft"}  # record use -> a constitution stage's output
+
+
+def ai_feedback_records(ctx, use: str) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) records of the `ai_feedback:` constitution stages, in canonical form; preference
+    pairs carry group `ai_feedback` so held-out accuracy on them is reported on its own."""
+    import json
+
+    train, held = [], []
+    for out in ctx.inputs.get("ai_feedback", []):
+        with out.path(AI_FEEDBACK_FILES[use]).open(encoding="utf-8") as f:
+            for line in f:
+                r = json.loads(line)
+                rec = ({"id": r["id"], "messages": r["messages"]} if use == "chat" else
+                       {"id": r["id"], "prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
+                        "group": "ai_feedback"})
+                (held if r["split"] == "test" else train).append(rec)
+    return train, held
 
 
 def prepare(config: PostTrainConfig, ctx, use: str, encode) -> dict:
@@ -143,7 +167,9 @@ def prepare(config: PostTrainConfig, ctx, use: str, encode) -> dict:
     from llmray.data.formats import quarantine_entry, write_quarantine
 
     train_recs, eval_recs, quarantined = load_splits(config, use)
-    out = {"quarantined": len(quarantined)}
+    ai_train, ai_eval = ai_feedback_records(ctx, use)
+    train_recs, eval_recs = train_recs + ai_train, eval_recs + ai_eval
+    out = {"quarantined": len(quarantined), "ai_feedback_train": len(ai_train), "ai_feedback_eval": len(ai_eval)}
     for split, recs in (("train", train_recs), ("val", eval_recs)):
         rows, too_long = [], []
         for rec in recs:
@@ -256,11 +282,12 @@ def _eval_sums(batches: list[dict], fn, compute, rank: int, world: int) -> dict:
 
 def pair_groups(config: PostTrainConfig) -> list[str]:
     """Names of the pair kinds that built-in preference data carries (empty for user files)."""
+    groups = []
     if config.data.startswith("builtin:"):
         from llmray.data.instruct import REJECTIONS
 
-        return list(REJECTIONS)
-    return []
+        groups = list(REJECTIONS)
+    return groups + (["ai_feedback"] if config.ai_feedback else [])
 
 
 def group_index(record: dict, groups: list[str]) -> int:

@@ -20,7 +20,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     proc = _llmray("run", str(TINY), f"workdir={tmp_path}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = tmp_path / "tiny"
-    stages = ["corpus", "bpe", "tokens", "base", "chat", "rm", "dpo", "ppo", "safety"]
+    stages = ["corpus", "bpe", "tokens", "base", "chat", "cai", "rm", "dpo", "ppo", "safety"]
     for stage in stages:
         man = json.loads((run / stage / "manifest.json").read_text())
         assert man["status"] == "completed", (stage, man.get("error"))
@@ -33,6 +33,16 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert base["inputs"] == {"tokens": json.loads((run / "tokens" / "manifest.json").read_text())["fingerprint"]}
     assert (run / "base" / "metrics.jsonl").read_text().count("\n") >= 2
     assert (run / "report.html").exists() and "corpus" in (run / "report.html").read_text()
+    # Constitutional AI: 8 prompts x (1 sample pair + 1 revision pair), each judged; the kept pairs are
+    # exactly what dpo read (train + held-out), and every record's chosen side is the judge's pick.
+    cai = json.loads((run / "cai" / "manifest.json").read_text())["metrics"]
+    assert cai["prompts"] == 8 and cai["pairs"] == 16 and cai["revisions"] == cai["sft_records"] == 8
+    assert cai["pairs_kept"] + cai["pairs_dropped"] == 16 and cai["calibration"]["pairs"] == 8
+    prefs = [json.loads(line) for line in (run / "cai" / "data" / "prefs.jsonl").read_text().splitlines()]
+    assert len(prefs) == cai["pairs_kept"] and all(r["p_chosen"] >= 0.5 for r in prefs)
+    dpo = json.loads((run / "dpo" / "manifest.json").read_text())
+    assert dpo["inputs"]["cai"] == json.loads((run / "cai" / "manifest.json").read_text())["fingerprint"]
+    assert dpo["metrics"]["ai_feedback_train"] + dpo["metrics"]["ai_feedback_eval"] == cai["pairs_kept"]
     # The report of this real run (every stage kind), rendered in headless Chromium and checked
     # against the run directory: statuses, funnel, tiles, curve point counts, sample answers.
     from test_report_browser import check_report_in_browser

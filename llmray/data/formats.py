@@ -10,8 +10,8 @@ form per use, whatever format it came in:
 - "pref" (reward, DPO): {"id", "prompt": [messages], "chosen": str, "rejected": str} from
   `{"prompt", "chosen", "rejected"}` where each is a string or a message list (TRL /
   UltraFeedback style: chosen/rejected may repeat the prompt turns; the shared prefix is cut).
-- "prompt" (RL): {"id", "prompt": [messages], "reference"?} from `{"prompt": str | messages}`
-  or a chat record (its last assistant turn becomes the reference).
+- "prompt" (RL): {"id", "prompt": [messages], "reference"?, "harmful"?} from `{"prompt": str | messages}`
+  (a boolean `harmful` is kept) or a chat record (its last assistant turn becomes the reference).
 
 Data flow: files --line by line--> json.loads --normalise_<use>--> canonical record, or a
 quarantine entry {"source", "line", "reason", "text"} that `write_quarantine` saves as
@@ -127,6 +127,8 @@ def normalise_prompt(rec: dict) -> dict:
         out = {"prompt": prompt}
         if isinstance(rec.get("reference"), str):
             out["reference"] = rec["reference"]
+        if isinstance(rec.get("harmful"), bool):  # red-team prompts: lets a constitution stage check its judge
+            out["harmful"] = rec["harmful"]
         return out
     msgs = normalise_chat(rec)["messages"]
     last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
@@ -218,13 +220,16 @@ def check_spec(spec: str, use: Use | None = None) -> str:
     return spec
 
 
-def write_quarantine(entries: list[dict], out_dir: Path, name: str) -> Path | None:
-    """Write quarantined records to `<out_dir>/quarantine/<name>.jsonl` (nothing when empty)."""
-    if not entries:
-        return None
-    path = Path(out_dir) / "quarantine" / f"{name}.jsonl"
+def write_jsonl(path: Path, records) -> Path:
+    """One JSON object per line (UTF-8, parent folders made)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
-        for e in entries:
-            f.write(json.dumps(e, ensure_ascii=False) + "\n")
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
     return path
+
+
+def write_quarantine(entries: list[dict], out_dir: Path, name: str) -> Path | None:
+    """Write quarantined records to `<out_dir>/quarantine/<name>.jsonl` (nothing when empty)."""
+    return write_jsonl(Path(out_dir) / "quarantine" / f"{name}.jsonl", entries) if entries else None

@@ -34,7 +34,7 @@ import re
 
 # Bump when any built-in set changes: the sft/reward/dpo kinds fold it into their VERSION, so
 # cached stages trained on the old data rerun.
-DATA_VERSION = "2"
+DATA_VERSION = "3"  # 3: builtin:feedback (llmray.safety.constitution) added
 TEST_PERCENT = 20  # share of module buckets held out; ~15% of records land in test
 MAX_SUMMARY_CHARS = 320
 MAX_SIGNATURE_CHARS = 60
@@ -336,6 +336,24 @@ def safety_requests(split: str = "train") -> list[dict]:
     return out
 
 
+def redteam_prompts(split: str = "train") -> list[dict]:
+    """Red-team prompts of the split (harmful requests in plain, jailbreak and injection phrasings, each
+    with its harmless mirror), as RL-style prompt records: what a constitution stage critiques. The
+    train split uses only the training wrappers, so the align stage's held-out suite stays unseen."""
+    from llmray.safety.redteam import prompts
+
+    wrappers = "train" if split == "train" else "all"
+    return [{"id": f"redteam:{p['id']}", "prompt": [{"role": "user", "content": p["text"]}], "harmful": harmful}
+            for harmful in (True, False) for p in prompts(harmful, split, wrappers)]
+
+
+def feedback_examples(split: str = "train") -> list[dict]:
+    """Compare / critique / revise conversations for training a feedback model (llmray.safety.constitution)."""
+    from llmray.safety.constitution import feedback_examples as build
+
+    return build(split)
+
+
 # name -> (function of split, what records look like). `data: builtin:<name>` in a pipeline.
 BUILTINS = {
     "instruct": (instruction_pairs, "chat"),
@@ -344,6 +362,8 @@ BUILTINS = {
     "harmful": (harmful_requests, "chat"),
     "benign": (benign_requests, "chat"),
     "safety": (safety_requests, "chat"),
+    "feedback": (feedback_examples, "chat"),
+    "redteam": (redteam_prompts, "prompt"),
 }
 
 

@@ -24,6 +24,7 @@ TILES = {  # headline figures per kind, shown big at the top of the stage sectio
     "curate": ["docs_in", "docs_out", "quarantined"],
     "tokenizer": ["vocab_size", "bytes_per_token", "words_per_token", "chars_per_token"],
     "tokenize": ["tokens", "sequences", "seq_len", "vocab_size"],
+    "constitution": ["pairs_kept", "sft_records", "calibration_agreement", "revision_preferred", "mean_confidence"],
     "train": [
         "steps",
         "tokens",
@@ -306,6 +307,7 @@ def stage_section(stage: StageView) -> str:
 HEADLINE = {
     "tokenizer": ("vocab_size",),
     "tokenize": ("tokens", "sequences"),
+    "constitution": ("pairs_kept",),
     "train": ("val_loss", "loss", "reward_mean", "accuracy"),
 }
 

@@ -31,6 +31,7 @@ STAGES: dict[str, str] = {
     "tokenizer": "llmray.stages.tokenizer",
     "tokenize": "llmray.stages.tokenize",
     "align": "llmray.stages.align",
+    "constitution": "llmray.stages.constitution",
 }
 
 

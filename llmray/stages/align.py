@@ -161,21 +161,13 @@ def _model_folders(config: Config, ctx) -> dict[str, str]:
     return folders
 
 
-def _write_jsonl(path, records) -> None:
-    import json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
 def _build_suite(config: Config, ctx):
+    from llmray.data.formats import write_jsonl
     from llmray.safety.redteam import build_suite, summary
 
     suite, quarantined = build_suite(config.builtin_suite, config.suites, config.max_per_group)
-    _write_jsonl(ctx.out_dir / "suite.jsonl", suite)
-    _write_jsonl(ctx.out_dir / "quarantine" / "suites.jsonl", quarantined)
+    write_jsonl(ctx.out_dir / "suite.jsonl", suite)
+    write_jsonl(ctx.out_dir / "quarantine" / "suites.jsonl", quarantined)
     for q in quarantined[:20]:
         ctx.log.warning("quarantined %s:%s: %s", q["file"], q["line"], q["reason"])
     info = summary(suite, quarantined)
@@ -218,6 +210,7 @@ def _train_guardrail(config: Config, ctx):
 
 def _score_all(config: Config, ctx, suite, guard, results: dict, kinds: dict):
     """Judge every model's responses; table rows, by-category figures, samples, gate."""
+    from llmray.data.formats import write_jsonl
     from llmray.safety.evaluate import judge_records, samples, summarize
     from llmray.safety.gate import decide
 
@@ -225,7 +218,7 @@ def _score_all(config: Config, ctx, suite, guard, results: dict, kinds: dict):
     g = config.gate
     for label, res in results.items():
         judged = judge_records(suite, res["responses"], guard, config.judge)
-        _write_jsonl(ctx.out_dir / "responses" / f"{label}.jsonl", judged)
+        write_jsonl(ctx.out_dir / "responses" / f"{label}.jsonl", judged)
         row, by_cat = summarize(label, judged)
         row.update(kind=kinds[label], generate_seconds=res["generate_seconds"], new_tokens=res["new_tokens"],
                    chat_template=res["chat_template"])

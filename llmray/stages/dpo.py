@@ -32,7 +32,7 @@ VERSION = f"1+data{DATA_VERSION}"  # built-in data sets are part of the output
 class Config(PrefConfig):
     """Align a causal LM (`init:` an sft stage, usually) to preference pairs with DPO."""
 
-    INPUTS: ClassVar[dict[str, tuple[str, ...]]] = {"init": ("sft", "pretrain", "dpo")}
+    INPUTS: ClassVar[dict[str, tuple[str, ...]]] = {"init": ("sft", "pretrain", "dpo"), "ai_feedback": ("constitution",)}
 
     kind: Literal["dpo"] = Field("dpo", description="Selects this stage kind.")
     beta: float = Field(0.1, gt=0, description="Strength of the KL tie to the reference (DPO beta).")

@@ -29,7 +29,7 @@ VERSION = f"1+data{DATA_VERSION}"  # built-in data sets are part of the output
 class Config(PrefConfig):
     """Train a reward model (`init:` an sft, pretrain or reward stage) on preference pairs."""
 
-    INPUTS: ClassVar[dict[str, tuple[str, ...]]] = {"init": ("sft", "pretrain", "reward")}
+    INPUTS: ClassVar[dict[str, tuple[str, ...]]] = {"init": ("sft", "pretrain", "reward"), "ai_feedback": ("constitution",)}
 
     kind: Literal["reward"] = Field("reward", description="Selects this stage kind.")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=5e-5, warmup_steps=10),

@@ -30,7 +30,7 @@ VERSION = f"1+data{DATA_VERSION}"  # built-in data sets are part of the output
 class Config(PostTrainConfig):
     """Instruction-tune a causal LM (`init:` a pretrain or sft stage) on chat data."""
 
-    INPUTS: ClassVar[dict[str, tuple[str, ...]]] = {"init": ("pretrain", "sft")}
+    INPUTS: ClassVar[dict[str, tuple[str, ...]]] = {"init": ("pretrain", "sft"), "ai_feedback": ("constitution",)}
 
     kind: Literal["sft"] = Field("sft", description="Selects this stage kind.")
     data: str = Field("builtin:instruct", description="Chat data: `builtin:<name>` or JSONL files of OpenAI "

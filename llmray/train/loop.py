@@ -150,11 +150,16 @@ def prepare_model(model, cfg, compute, strategy: str, world: int):
     if strategy == "fsdp2":
         model = _fully_shard(model, compute)
     elif world > 1:
+        import inspect
+
         from torch.nn.parallel import DistributedDataParallel
 
-        # No buffer broadcast: Llama's only buffers (rotary tables) are identical on every rank.
+        # No buffer sync before each forward: Llama's only buffers (rotary tables) are identical on every
+        # rank. torch >= 2.13 names it forward_sync_buffers (broadcast_buffers is deprecated there).
         ids = [compute.device.index] if compute.is_cuda else None
-        model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        new_name = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        model = DistributedDataParallel(model, device_ids=ids,
+                                        **{"forward_sync_buffers" if new_name else "broadcast_buffers": False})
     return model
 
 

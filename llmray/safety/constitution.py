@@ -1,0 +1,359 @@
+"""Constitutional AI (Bai et al., 2022): AI feedback guided by written principles.
+
+Two products, as in the paper:
+- SL-CAI: the policy answers a red-team prompt; the feedback model critiques the answer against a
+  principle, then rewrites it (critique -> revision). (prompt, revision) conversations are SFT data.
+- RL-CAI (RLAIF): two answers to one prompt (two samples, or an answer and its revision) are judged
+  by the feedback model under a principle, read from its log-probabilities (never sampled):
+  pairwise: the paper's multiple-choice question ("Which response is less harmful? (A) ... (B) ..."),
+    asked in both orders so a position bias cancels: p(first) = (p_A[first, second] + p_B[second, first]) / 2;
+  pointwise: a yes/no question per answer; p(first) = sigmoid(log-odds(first) - log-odds(second)).
+  The pairs, with p as a soft label, are preference data for the reward / dpo kinds (`ai_feedback:`).
+
+Data flow (`feedback_task`, one Ray task on the stage's CPU/GPU):
+  prompts --policy engine (vLLM or transformers; llmray.rlhf.rollout), `samples` each--> answers
+  answers --feedback engine: critique, then revision, under a principle drawn per prompt--> revisions
+  pairs + the calibration set --feedback model forward (transformers), `judge` mode--> p(first better)
+The calibration set is labelled comparisons the rule judge can settle (built-in held-out split: a
+harmful request refused vs complied with; a harmless request answered vs refused): the feedback
+model's agreement with those labels is reported, so a user sees how far its AI feedback can be
+trusted before training on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+# The built-in constitution: harmlessness principles in the spirit of the paper's appendix,
+# written so that a refusal of a harmless request is not "better" (the paper's non-evasive aim).
+PRINCIPLES = (
+    {"name": "harm",
+     "critique": "Identify specific ways in which the assistant's last response is harmful, unethical, "
+                 "dangerous or illegal.",
+     "revision": "Rewrite the assistant's response to remove any harmful, unethical, dangerous or illegal "
+                 "content, while still helping with anything harmless.",
+     "assessment": "Is the assistant's response harmless, ethical and legal, while still helping with anything harmless?",
+     "comparison": "Which of these assistant responses is less harmful? Choose the response that a wise, "
+                   "ethical, polite and friendly person would more likely say."},
+    {"name": "illegal",
+     "critique": "Point out any way the assistant's last response helps the human do something illegal or "
+                 "intrusive, such as hacking, stealing data or spying on people.",
+     "revision": "Rewrite the assistant's response so that it gives no help with anything illegal or "
+                 "intrusive.",
+     "assessment": "Does the assistant's response avoid helping with anything illegal or intrusive, without refusing a harmless request?",
+     "comparison": "Which assistant response does less to help the human with something illegal or "
+                   "intrusive, without refusing a harmless request?"},
+    {"name": "evasive",
+     "critique": "Is the assistant's last response evasive or preachy where the request is harmless, or "
+                 "compliant where it is harmful? Explain.",
+     "revision": "Rewrite the assistant's response so that it answers a harmless request directly and "
+                 "declines a harmful one politely.",
+     "assessment": "Does the assistant's response answer a harmless request directly and decline only a harmful one?",
+     "comparison": "Which assistant response is both harmless and helpful: it declines only what would "
+                   "cause harm and answers everything else?"},
+    {"name": "ethics",
+     "critique": "Discuss whether the assistant's last response is something an ethical and responsible "
+                 "assistant would say.",
+     "revision": "Rewrite the assistant's response to be what an ethical and responsible assistant would "
+                 "say.",
+     "assessment": "Is the assistant's response what an ethical and responsible assistant would say?",
+     "comparison": "Choose the assistant response that is more ethical and responsible, and not "
+                   "needlessly unhelpful."},
+)
+OPTIONS = ("(A)", "(B)")
+VERDICTS = ("(Yes)", "(No)")
+
+
+def principle_for(key: str, principles) -> dict:
+    """The principle a prompt (or pair) is judged under: drawn by a hash, so reruns agree."""
+    return principles[int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % len(principles)]
+
+
+def user_text(prompt: list[dict]) -> str:
+    """The last user turn of a chat prompt."""
+    return next(m["content"] for m in reversed(prompt) if m["role"] == "user")
+
+
+def _transcript(prompt: list[dict], answer: str) -> str:
+    return f"Consider this conversation between a human and an assistant.\n\nHuman: {user_text(prompt)}\n\n" \
+           f"Assistant: {answer}"
+
+
+def critique_conversation(prompt: list[dict], answer: str, principle: dict) -> list[dict]:
+    """The answer under review is quoted in a user turn (not an assistant turn), so a feedback model
+    fine-tuned on these conversations never learns to say it."""
+    return [{"role": "user", "content": f"{_transcript(prompt, answer)}\n\nCritique request: {principle['critique']}"}]
+
+
+def revision_conversation(prompt: list[dict], answer: str, principle: dict, critique: str) -> list[dict]:
+    return [*critique_conversation(prompt, answer, principle), {"role": "assistant", "content": critique},
+            {"role": "user", "content": f"Revision request: {principle['revision']}"}]
+
+
+def comparison_conversation(request: str, first: str, second: str, principle: dict) -> list[dict]:
+    """The multiple-choice question; the reply is scored as "(A)" or "(B)"."""
+    text = (f"Consider this conversation between a human and an assistant.\n\nHuman: {request}\n\n"
+            f"{principle['comparison']}\n\nOptions:\n(A) {first}\n(B) {second}\n\nAnswer with (A) or (B).")
+    return [{"role": "user", "content": text}]
+
+
+def assessment_conversation(request: str, answer: str, principle: dict) -> list[dict]:
+    """The pointwise question about one response; the reply is scored as "(Yes)" or "(No)"."""
+    text = (f"{_transcript([{'role': 'user', 'content': request}], answer)}\n\n{principle['assessment']}\n\n"
+            "Answer with (Yes) or (No).")
+    return [{"role": "user", "content": text}]
+
+
+def _labelled_comparisons(split: str, seed: int, every_style: bool = False) -> list[dict]:
+    """Every prompt of the split's labelled pairs with a better and a worse response: harmful: the
+    refusal vs a compliant style (one drawn, or each of them with `every_style`); harmless: the answer
+    vs the refusal."""
+    from llmray.safety.pairs import labelled_pairs
+
+    by_prompt: dict[str, dict[str, str]] = {}
+    harmful: dict[str, bool] = {}
+    for p in labelled_pairs(split, seed):
+        by_prompt.setdefault(p["prompt"], {})[p["group"].rsplit("/", 1)[1]] = p["response"]
+        harmful[p["prompt"]] = bool(p["harmful"])
+    rng, out = random.Random(f"{seed}:{split}"), []
+    for request, styles in by_prompt.items():
+        if harmful[request]:
+            # "noise": what an undertrained policy says; not a refusal, so the rule judge counts it unsafe.
+            worse = [s for s in ("code", "steps", "api", "partial", "noise") if s in styles]
+            if "refusal" in styles and worse:
+                out += [{"request": request, "better": styles["refusal"], "worse": styles[w], "kind": "harmful"}
+                        for w in (worse if every_style else [rng.choice(worse)])]
+        else:
+            good = styles.get("api") or styles.get("answer")
+            if good and "refusal" in styles:
+                out.append({"request": request, "better": good, "worse": styles["refusal"], "kind": "benign"})
+    rng.shuffle(out)
+    return out
+
+
+def calibration_pairs(n: int, seed: int = 0) -> list[dict]:
+    """Held-out comparisons with a known better response (built-in test split, never trained on):
+    {"id", "request", "better", "worse", "kind"}, half harmful requests (a refusal beats compliance),
+    half harmless ones (the answer beats a refusal)."""
+    pairs = _labelled_comparisons("test", seed)
+    harm = [c for c in pairs if c["kind"] == "harmful"][: (n + 1) // 2]
+    benign = [c for c in pairs if c["kind"] == "benign"][: n // 2]
+    return [{**c, "id": f"calibration:{i}"} for i, c in enumerate(harm + benign)]
+
+
+def feedback_examples(split: str = "train", seed: int = 0) -> list[dict]:
+    """Chat records that teach a small model the feedback model's jobs on the built-in split
+    (`builtin:feedback`): the pointwise verdict on both answers of each comparison ("(Yes)"/"(No)"),
+    and, for a quarter of the comparisons, critique + revision of the worse answer. Labels come from
+    the rule judge. (The pairwise question is left out: measured on the quickstart's 1.4M-parameter chat
+    model, mixing it in left the verdicts at chance after 300 steps; on a cluster the feedback model is
+    an instruct model that needs no such teaching.)"""
+    # Each harmful request with every compliant style (5 comparisons) and each harmless one once: about
+    # as many of each kind. (With one comparison per request, 3.6x more harmless than harmful ones, a
+    # small model learns "a refusal is the worse answer" and prefers compliance with harmful requests.)
+    rng = random.Random(f"{seed}:feedback:{split}")
+    pairs = _labelled_comparisons(split, seed, every_style=True)
+    rng.shuffle(pairs)
+    out = []
+    for i, c in enumerate(pairs):
+        pr = principle_for(c["request"], PRINCIPLES)
+        for k, (answer, verdict) in enumerate(((c["better"], "(Yes)"), (c["worse"], "(No)"))):
+            conv = assessment_conversation(c["request"], answer, pr)
+            out.append({"id": f"feedback:{split}:{i}:assess{k}",
+                        "messages": [*conv, {"role": "assistant", "content": verdict}]})
+        if i % 4 == 0:  # a quarter of them (a spread of both kinds: the list is shuffled)
+            prompt = [{"role": "user", "content": c["request"]}]
+            conv = revision_conversation(prompt, c["worse"], pr, CRITIQUES[c["kind"]])
+            out.append({"id": f"feedback:{split}:{i}:rev",
+                        "messages": [*conv, {"role": "assistant", "content": c["better"]}]})
+    return out
+
+
+CRITIQUES = {"harmful": "The response helps with a harmful request. It should decline.",
+             "benign": "The request is harmless, so refusing it is unhelpful. It should answer."}
+
+
+# ---------------------------------------------------------------- in the Ray task
+
+
+class Chat:
+    """A rollout engine (llmray.rlhf.rollout: vLLM or transformers) behind chat in, text out."""
+
+    def __init__(self, model_dir: str, engine: str, opts: dict, seed: int, tmp_dir: str):
+        from transformers import AutoTokenizer
+
+        from llmray.chat import stop_token_ids
+        from llmray.rlhf.rollout import HFEngine, VLLMEngine, resolve_engine
+
+        self.tok = AutoTokenizer.from_pretrained(model_dir)
+        self.engine_name = resolve_engine(engine)
+        cls = VLLMEngine if self.engine_name == "vllm" else HFEngine
+        self.engine = cls(model_dir, opts, seed, tmp_dir)
+        self.stop = stop_token_ids(self.tok) or [self.tok.eos_token_id]
+        self.max_prompt = opts["max_model_len"] - opts["max_new_tokens"]
+
+    def ids(self, conversation: list[dict]) -> list[int]:
+        ids = self.tok.apply_chat_template(conversation, tokenize=True, add_generation_prompt=True,
+                                           return_dict=True)["input_ids"]
+        return ids[-self.max_prompt:]  # keep the end: the request and the generation prompt
+
+    def generate(self, conversations: list[list[dict]], n: int, sampling: dict, seed: int) -> list[list[str]]:
+        out = self.engine.generate([self.ids(c) for c in conversations], n,
+                                   {**sampling, "stop_ids": self.stop}, seed)
+        return [[self.tok.decode(s["ids"], skip_special_tokens=True).strip() for s in row] for row in out]
+
+
+def option_logprobs(model, tok, conversations: list[list[dict]], device, batch_size: int = 16,
+                    max_len: int = 2048, options: tuple[str, str] = OPTIONS) -> list[list[float]]:
+    """log p(options[0] | conversation) and log p(options[1] | ...) under a causal LM, per conversation.
+    Continuations are tokenized on their own and appended to the prompt (no BPE merge across the
+    boundary; the prompt ends with the template's generation marker); long prompts keep their end."""
+    import torch
+
+    conts = [tok.encode(o, add_special_tokens=False) for o in options]
+    rows = []
+    for c in conversations:
+        ctx = tok.apply_chat_template(c, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+        for cont in conts:
+            keep = max_len - len(cont)
+            rows.append((ctx[-keep:], cont))
+    scores: list[float] = []
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    for s in range(0, len(rows), batch_size):
+        batch = rows[s:s + batch_size]
+        width = max(len(a) + len(b) for a, b in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        att = torch.zeros_like(ids)
+        for i, (a, b) in enumerate(batch):
+            ids[i, :len(a) + len(b)] = torch.tensor(a + b)
+            att[i, :len(a) + len(b)] = 1
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits.float()
+        logp = torch.log_softmax(logits, -1).cpu()
+        for i, (a, b) in enumerate(batch):
+            pos = torch.arange(len(a) - 1, len(a) + len(b) - 1)
+            scores.append(float(logp[i, pos, torch.tensor(b)].sum()))
+    return [scores[i:i + 2] for i in range(0, len(scores), 2)]
+
+
+def preference(lp_forward: list[float], lp_swapped: list[float]) -> tuple[float, bool]:
+    """p(first response better) from both orders, and whether the two orders agree."""
+    import math
+
+    def p_a(lp):
+        return 1.0 / (1.0 + math.exp(lp[1] - lp[0]))
+
+    forward, swapped = p_a(lp_forward), 1.0 - p_a(lp_swapped)  # in the swapped order "first" is option B
+    return (forward + swapped) / 2, (forward > 0.5) == (swapped > 0.5)
+
+
+def _sigmoid(x: float) -> float:
+    import math
+
+    return 1.0 / (1.0 + math.exp(-x)) if x > -60 else 0.0
+
+
+def judge(model, tok, device, items: list[dict], principles, batch_size: int, mode: str = "pairwise") -> list[dict]:
+    """items: {"id", "request", "first", "second"} -> + {"p_first", "consistent", "principle"}.
+    pairwise: the multiple-choice question in both orders; pointwise: each response's log-odds of
+    "(Yes)" over "(No)", and p_first = sigmoid(odds_first - odds_second) (Bradley-Terry; no order)."""
+    convs = []
+    for it in items:
+        pr = principle_for(it["id"], principles)
+        if mode == "pairwise":
+            convs += [comparison_conversation(it["request"], it["first"], it["second"], pr),
+                      comparison_conversation(it["request"], it["second"], it["first"], pr)]
+        else:
+            convs += [assessment_conversation(it["request"], it["first"], pr),
+                      assessment_conversation(it["request"], it["second"], pr)]
+    lps = option_logprobs(model, tok, convs, device, batch_size, options=OPTIONS if mode == "pairwise" else VERDICTS)
+    out = []
+    for k, it in enumerate(items):
+        if mode == "pairwise":
+            p, consistent = preference(lps[2 * k], lps[2 * k + 1])
+        else:
+            first, second = (lp[0] - lp[1] for lp in (lps[2 * k], lps[2 * k + 1]))
+            p, consistent = _sigmoid(first - second), None
+        out.append({**it, "p_first": round(p, 4), "consistent": consistent,
+                    "principle": principle_for(it["id"], principles)["name"]})
+    return out
+
+
+def _release() -> None:
+    """Give back the memory of engines the caller has dropped (before the next model loads)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _pairs(prompts, answers, revisions, revise: bool) -> list[dict]:
+    """What the feedback model compares: sample 0 vs each other sample, and revision vs sample 0."""
+    items = []
+    for p, a, rev in zip(prompts, answers, revisions):
+        request = user_text(p["prompt"])
+        items += [{"id": f"{p['id']}:s{k}", "prompt_id": p["id"], "source": "samples", "request": request,
+                   "first": a[0], "second": a[k]} for k in range(1, len(a))]
+        if revise:
+            items.append({"id": f"{p['id']}:rev", "prompt_id": p["id"], "source": "revision", "request": request,
+                          "first": rev, "second": a[0]})
+    return items
+
+
+def _critique_and_revise(critic: Chat, prompts, answers, cfg: dict) -> tuple[list[str], list[str]]:
+    rules = [principle_for(p["id"], cfg["principles"]) for p in prompts]
+    convs = [critique_conversation(p["prompt"], a[0], r) for p, a, r in zip(prompts, answers, rules)]
+    critiques = [c[0] for c in critic.generate(convs, 1, cfg["feedback_sampling"], cfg["seed"] + 1)]
+    convs = [revision_conversation(p["prompt"], a[0], r, c) for p, a, r, c in zip(prompts, answers, rules, critiques)]
+    return critiques, [c[0] for c in critic.generate(convs, 1, cfg["feedback_sampling"], cfg["seed"] + 2)]
+
+
+def feedback_task(policy_dir: str, feedback_dir: str, prompts: list[dict], cfg: dict, tmp_dir: str) -> dict:
+    """The whole AI-feedback pass in one Ray task (see the module docstring). `cfg`: plain values
+    (principles, samples, revise, sampling, feedback_sampling, engine, engine_opts, seed, ...)."""
+    import time
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmray.device import compute_init
+
+    torch.set_num_threads(cfg["threads"])
+    t0, opts = time.time(), cfg["engine_opts"]
+    policy = Chat(policy_dir, cfg["engine"], {**opts, "max_new_tokens": cfg["sampling"]["max_new_tokens"]},
+                  cfg["seed"], f"{tmp_dir}/policy")
+    engine = policy.engine_name
+    answers = policy.generate([p["prompt"] for p in prompts], cfg["samples"], cfg["sampling"], cfg["seed"])
+    timings = {"answer_s": round(time.time() - t0, 2)}
+    critiques = revisions = [""] * len(prompts)
+    if cfg["revise"]:
+        t1 = time.time()
+        if feedback_dir == policy_dir:
+            critic = policy  # self-critique, as in the paper: one engine
+        else:
+            policy = None
+            _release()
+            critic = Chat(feedback_dir, cfg["engine"],
+                          {**opts, "max_new_tokens": cfg["feedback_sampling"]["max_new_tokens"]},
+                          cfg["seed"], f"{tmp_dir}/feedback")
+        critiques, revisions = _critique_and_revise(critic, prompts, answers, cfg)
+        timings["revise_s"] = round(time.time() - t1, 2)
+        critic = None
+    policy = None
+    _release()
+    items = _pairs(prompts, answers, revisions, cfg["revise"])
+    calib = [{"id": c["id"], "request": c["request"], "first": c["better"], "second": c["worse"], "kind": c["kind"]}
+             for c in calibration_pairs(cfg["calibration_pairs"], cfg["seed"])] if cfg["calibration_pairs"] else []
+    t2 = time.time()
+    compute = compute_init(in_ray_train=False)
+    model = AutoModelForCausalLM.from_pretrained(feedback_dir, dtype=torch.float32).to(compute.device).eval()
+    tok = AutoTokenizer.from_pretrained(feedback_dir)
+    judged = judge(model, tok, compute.device, items + calib, cfg["principles"], cfg["judge_batch_size"],
+                   cfg["judge"])
+    timings["judge_s"] = round(time.time() - t2, 2)
+    return {"answers": answers, "critiques": critiques, "revisions": revisions, "pairs": judged[:len(items)],
+            "calibration": judged[len(items):], "timings": timings, "engine": engine}
