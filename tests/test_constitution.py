@@ -100,6 +100,10 @@ def test_config_rules_name_the_field():
     with pytest.raises(ValidationError, match="names must be unique"):
         p = dict(cai.PRINCIPLES[0])
         Config(init="chat", principles=[p, p])
+    with pytest.raises(ValidationError, match="require_consistent needs judge: pairwise"):
+        Config(init="chat", judge="pointwise", require_consistent=True)
+    with pytest.raises(ValidationError, match="min_calibration needs calibration_pairs"):
+        Config(init="chat", min_calibration=0.8, calibration_pairs=0)
     with pytest.raises(ValidationError, match="samples"):
         Config(init="chat", samples=1)
     with pytest.raises(ValidationError, match="prompts"):

@@ -127,6 +127,8 @@ class Config(StageConfig):
             raise ValueError("min_calibration needs calibration_pairs > 0 (nothing to measure the feedback model on)")
         if self.feedback and self.feedback_from:
             raise ValueError("set at most one of feedback (a stage) and feedback_from (a local HF folder)")
+        if self.require_consistent and self.judge != "pairwise":
+            raise ValueError("require_consistent needs judge: pairwise (a pointwise verdict has no order to agree on)")
         names = [p.name for p in self.principles]
         if len(set(names)) != len(names):
             raise ValueError(f"principles: names must be unique, got {names}")
