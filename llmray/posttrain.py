@@ -281,7 +281,8 @@ def _eval_sums(batches: list[dict], fn, compute, rank: int, world: int) -> dict:
 
 
 def pair_groups(config: PostTrainConfig) -> list[str]:
-    """Names of the pair kinds that built-in preference data carries (empty for user files)."""
+    """Names of the pair kinds held-out accuracy is reported by: those built-in preference data carries
+    (none for user files), plus `ai_feedback` when constitution stages add pairs."""
     groups = []
     if config.data.startswith("builtin:"):
         from llmray.data.instruct import REJECTIONS

@@ -198,6 +198,10 @@ class Chat:
                                            return_dict=True)["input_ids"]
         return ids[-self.max_prompt:]  # keep the end: the request and the generation prompt
 
+    def hf_model(self):
+        """The engine's transformers model (fp32, eval, on the device) when it has one, else None."""
+        return getattr(self.engine, "model", None)
+
     def generate(self, conversations: list[list[dict]], n: int, sampling: dict, seed: int) -> list[list[str]]:
         out = self.engine.generate([self.ids(c) for c in conversations], n,
                                    {**sampling, "stop_ids": self.stop}, seed)
@@ -237,21 +241,17 @@ def option_logprobs(model, tok, conversations: list[list[dict]], device, batch_s
     return [scores[i:i + 2] for i in range(0, len(scores), 2)]
 
 
-def preference(lp_forward: list[float], lp_swapped: list[float]) -> tuple[float, bool]:
-    """p(first response better) from both orders, and whether the two orders agree."""
-    import math
-
-    def p_a(lp):
-        return 1.0 / (1.0 + math.exp(lp[1] - lp[0]))
-
-    forward, swapped = p_a(lp_forward), 1.0 - p_a(lp_swapped)  # in the swapped order "first" is option B
-    return (forward + swapped) / 2, (forward > 0.5) == (swapped > 0.5)
-
-
 def _sigmoid(x: float) -> float:
     import math
 
     return 1.0 / (1.0 + math.exp(-x)) if x > -60 else 0.0
+
+
+def preference(lp_forward: list[float], lp_swapped: list[float]) -> tuple[float, bool]:
+    """p(first response better) from both orders, and whether the two orders agree."""
+    forward = _sigmoid(lp_forward[0] - lp_forward[1])  # p("(A)") when the first response is option A
+    swapped = 1.0 - _sigmoid(lp_swapped[0] - lp_swapped[1])  # in the swapped order "first" is option B
+    return (forward + swapped) / 2, (forward > 0.5) == (swapped > 0.5)
 
 
 def judge(model, tok, device, items: list[dict], principles, batch_size: int, mode: str = "pairwise") -> list[dict]:
@@ -329,29 +329,30 @@ def feedback_task(policy_dir: str, feedback_dir: str, prompts: list[dict], cfg: 
     engine = policy.engine_name
     answers = policy.generate([p["prompt"] for p in prompts], cfg["samples"], cfg["sampling"], cfg["seed"])
     timings = {"answer_s": round(time.time() - t0, 2)}
+    critic = policy if feedback_dir == policy_dir else None  # self-critique, as in the paper: one engine
+    policy = None
     critiques = revisions = [""] * len(prompts)
     if cfg["revise"]:
         t1 = time.time()
-        if feedback_dir == policy_dir:
-            critic = policy  # self-critique, as in the paper: one engine
-        else:
-            policy = None
+        if critic is None:
             _release()
             critic = Chat(feedback_dir, cfg["engine"],
                           {**opts, "max_new_tokens": cfg["feedback_sampling"]["max_new_tokens"]},
                           cfg["seed"], f"{tmp_dir}/feedback")
         critiques, revisions = _critique_and_revise(critic, prompts, answers, cfg)
         timings["revise_s"] = round(time.time() - t1, 2)
-        critic = None
-    policy = None
+    # The transformers engine already holds the feedback model as the judge needs it: no second load.
+    model = critic.hf_model() if critic is not None else None
+    tok = critic.tok if model is not None else AutoTokenizer.from_pretrained(feedback_dir)
+    critic = None
     _release()
     items = _pairs(prompts, answers, revisions, cfg["revise"])
     calib = [{"id": c["id"], "request": c["request"], "first": c["better"], "second": c["worse"], "kind": c["kind"]}
              for c in calibration_pairs(cfg["calibration_pairs"], cfg["seed"])] if cfg["calibration_pairs"] else []
     t2 = time.time()
     compute = compute_init(in_ray_train=False)
-    model = AutoModelForCausalLM.from_pretrained(feedback_dir, dtype=torch.float32).to(compute.device).eval()
-    tok = AutoTokenizer.from_pretrained(feedback_dir)
+    if model is None:
+        model = AutoModelForCausalLM.from_pretrained(feedback_dir, dtype=torch.float32).to(compute.device).eval()
     judged = judge(model, tok, compute.device, items + calib, cfg["principles"], cfg["judge_batch_size"],
                    cfg["judge"])
     timings["judge_s"] = round(time.time() - t2, 2)

@@ -7,8 +7,8 @@ Data flow:
     the `init:` policy answers each prompt `samples` times (vLLM or transformers)
     the feedback model (`feedback:` stage, `feedback_from:` folder, or the policy itself) critiques the
       first answer under a principle and revises it                   (SL-CAI)
-    it compares answer pairs and revision-vs-answer under a principle, both orders,
-      from its log-probabilities of "(A)" / "(B)"                      (RL-CAI / RLAIF)
+    it compares answer pairs and revision-vs-answer under a principle, from its log-probabilities
+      ("(A)"/"(B)" in both orders, or "(Yes)"/"(No)" per answer: `judge`)  (RL-CAI / RLAIF)
     and the same on a held-out calibration set with known answers      (how far to trust it)
   driver: pairs below `min_confidence` dropped; split by a hash of the prompt id ->
     data/prefs.jsonl  {"id","prompt","chosen","rejected","p_chosen","principle","source","split"}
@@ -222,11 +222,17 @@ def _on_policy(prompts: list[dict], prefs: list[dict]) -> dict:
     return out
 
 
+def _calibration(calib: list[dict]) -> dict:
+    """The feedback model on the held-out comparisons with known answers (the better one is first)."""
+    return {"pairs": len(calib), "agreement": _rate(c["p_first"] >= 0.5 for c in calib),
+            "agreement_harmful": _rate(c["p_first"] >= 0.5 for c in calib if c["kind"] == "harmful"),
+            "agreement_benign": _rate(c["p_first"] >= 0.5 for c in calib if c["kind"] == "benign"),
+            "position_consistency": _rate(c["consistent"] for c in calib if c["consistent"] is not None)}
+
+
 def _metrics(prompts, res: dict, prefs: list[dict], sft: list[dict], dropped: int) -> dict:
     from llmray.data.instruct import is_refusal
 
-    calib = res["calibration"]
-    harmful = [c for c in calib if c["kind"] == "harmful"]
     return {
         "prompts": len(prompts), "answers": sum(len(a) for a in res["answers"]),
         "revisions": sum(1 for r in res["revisions"] if r), "pairs": len(res["pairs"]), "pairs_kept": len(prefs),
@@ -242,10 +248,7 @@ def _metrics(prompts, res: dict, prefs: list[dict], sft: list[dict], dropped: in
         # How often the feedback model prefers its own revision to the answer it revised.
         "revision_preferred": _rate(p["p_first"] >= 0.5 for p in res["pairs"] if p["source"] == "revision"),
         "on_policy": _on_policy(prompts, prefs),
-        "calibration": {"pairs": len(calib), "agreement": _rate(c["p_first"] >= 0.5 for c in calib),
-                        "agreement_harmful": _rate(c["p_first"] >= 0.5 for c in harmful),
-                        "agreement_benign": _rate(c["p_first"] >= 0.5 for c in calib if c["kind"] == "benign"),
-                        "position_consistency": _rate(c["consistent"] for c in calib if c["consistent"] is not None)},
+        "calibration": _calibration(res["calibration"]),
         "engine": res["engine"], "timings": res["timings"],
     }
 
@@ -267,7 +270,7 @@ def run(config: Config, ctx):
                  policy_dir, feedback_dir)
     res = ray.get(task.remote(str(policy_dir), str(feedback_dir), prompts, _task_config(config),
                               str(ctx.work_dir / "engine-tmp")))
-    agreement = _rate(c["p_first"] >= 0.5 for c in res["calibration"])
+    agreement = _calibration(res["calibration"])["agreement"]
     if config.min_calibration is not None and (agreement is None or agreement < config.min_calibration):
         raise ValueError(f"min_calibration: the feedback model {feedback_dir} agrees with {agreement} of "
                          f"{len(res['calibration'])} held-out calibration pairs, below {config.min_calibration}; "
@@ -280,10 +283,9 @@ def run(config: Config, ctx):
         for p, a, c, r in zip(prompts, res["answers"], res["critiques"], res["revisions"])])
     write_jsonl(ctx.out_dir / "calibration.jsonl", res["calibration"])
     metrics = {**_metrics(prompts, res, prefs, sft, dropped), "quarantined": quarantined,
-               "calibration_agreement": None,
+               "calibration_agreement": agreement,  # top level too: the report's tile
                "feedback_model": "policy" if feedback_dir == policy_dir else (config.feedback or "folder")}
     cal = metrics["calibration"]
-    metrics["calibration_agreement"] = cal["agreement"]  # top level: the report's tile
     ctx.log.info("constitution: %d pairs kept of %d; calibration agreement %s (harmful %s, benign %s); "
                  "position consistency %s", len(prefs), len(res["pairs"]), cal["agreement"],
                  cal["agreement_harmful"], cal["agreement_benign"], metrics["position_consistency"])
