@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export VLLM_CPU_KVCACHE_SPACE ?= 1
+export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: setup browser quickstart test test-all bench lint clean
+.PHONY: setup browser quickstart docs test test-all bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,8 +33,13 @@ quickstart: $(STAMP)
 	$(BIN)/llmray run pipeline.yaml
 	$(BIN)/llmray serve pipeline.yaml
 
-# The tests CI runs (unit tests + one end-to-end tiny pipeline); `make test-all` adds the slow ones.
-test: $(STAMP) browser
+# The docs site (docs/ + the reference generated from the models) into site/; --strict fails on any
+# warning (broken link, unknown reference marker). Seconds; CI runs it before the tests.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
+
+# The tests CI runs (the docs build, unit tests + one end-to-end tiny pipeline); `make test-all` adds the slow ones.
+test: $(STAMP) browser docs
 	$(BIN)/pytest -m "not slow" -q
 
 test-all: $(STAMP) browser
@@ -43,4 +49,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check llmray tests bench
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache site

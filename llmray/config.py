@@ -11,15 +11,25 @@ those and exits 2, never a traceback.
 
 from __future__ import annotations
 
+import copy
 import functools
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 NAME_RE = r"^[A-Za-z][A-Za-z0-9_-]*$"
+
+# Field markers (pydantic `json_schema_extra`), read by the runner's fingerprint:
+# EXECUTION_ONLY: the field changes how or where a stage runs, never what it produces (log cadence,
+#   timeouts, checkpoint retention), so changing it does not rerun the stage.
+# EXTERNAL_INPUT: the field names files, a folder or an object-store URI outside the run directory
+#   (a `data:` spec, a `from:` model); their content enters the fingerprint, so an edit in place reruns
+#   exactly the stages that read them. `builtin:` specs and `module:function` references are handled too.
+EXECUTION_ONLY = {"fingerprint": False}
+EXTERNAL_INPUT = {"external_input": True}
 
 
 class ConfigError(Exception):
@@ -50,6 +60,22 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+def with_defaults(base: type[StrictModel], name: str, module: str, **defaults) -> type[StrictModel]:
+    """A subclass of `base` named `name` (define it at module level in `module` so it pickles by
+    reference) whose listed fields default to `defaults`, constraints and descriptions unchanged.
+
+    Why not `Field(default_factory=lambda: base(lr=5e-6))`: that default only holds while the block is
+    absent; a user who writes `train: {steps: 50}` gets `base`'s own lr. A subclass keeps a kind's
+    defaults whatever part of the block the user writes, and the reference prints them as they resolve.
+    """
+    fields = {}
+    for key, value in defaults.items():
+        info = copy.copy(base.model_fields[key])
+        info.default = value
+        fields[key] = (base.model_fields[key].annotation, info)
+    return create_model(name, __base__=base, __module__=module, __doc__=base.__doc__, **fields)
+
+
 class StageConfig(StrictModel):
     """Fields every stage kind has. Subclasses set `kind: Literal[...]`.
 
@@ -60,7 +86,8 @@ class StageConfig(StrictModel):
     INPUTS: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     kind: str = Field(description="Selects the stage implementation.")
-    description: str | None = Field(None, description="Free text shown by `llmray plan`; not fingerprinted.")
+    description: str | None = Field(None, json_schema_extra=EXECUTION_ONLY,
+                                    description="Free text shown by `llmray plan`; not fingerprinted.")
 
     def input_refs(self) -> dict[str, list[str]]:
         """Field name -> the stage names it references (empty fields left out)."""

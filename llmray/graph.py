@@ -3,12 +3,15 @@
 Stages name their inputs by stage name (`data: corpus`, `init: chat`). Each kind's
 Config declares which fields are references and which kinds they may point at
 (`StageConfig.INPUTS`); this module turns that into edges and reports every problem
-with the field path that caused it.
+with the field path that caused it. `serve.models` is checked here too: its stage
+entries must name stages, its external models must not take a stage's name.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from llmray.serve_config import served_name
 
 
 def edges(pipe) -> dict[str, list[str]]:
@@ -46,11 +49,23 @@ def check_graph(pipe) -> list[tuple[str, str, Any]]:
     if cycle:
         problems.append((f"stages.{cycle[0]}", "stage references form a cycle: " + " -> ".join(cycle), cycle[0]))
     if pipe.serve is not None:
-        for i, ref in enumerate(pipe.serve.models):
-            if ref not in pipe.stages:
-                problems.append((f"serve.models.{i}", f"no stage named {ref!r} in this pipeline", ref))
-        if pipe.serve.default and pipe.serve.default not in pipe.serve.models:
-            problems.append(("serve.default", "the default model must be one of serve.models", pipe.serve.default))
+        problems.extend(_serve_problems(pipe))
+    return problems
+
+
+def _serve_problems(pipe) -> list[tuple[str, str, Any]]:
+    """serve.models: stage entries name stages; external names are not stage names; default is served."""
+    problems: list[tuple[str, str, Any]] = []
+    for i, item in enumerate(pipe.serve.models):
+        if isinstance(item, str) and item not in pipe.stages:
+            problems.append((f"serve.models.{i}", f"no stage named {item!r} in this pipeline", item))
+        elif not isinstance(item, str) and item.name in pipe.stages:
+            problems.append((f"serve.models.{i}.name", f"{item.name!r} is a stage of this pipeline; give the "
+                                                       "external model another name", item.name))
+    names = [served_name(m) for m in pipe.serve.models]
+    if pipe.serve.default and pipe.serve.default not in names:
+        problems.append(("serve.default", "the default model must be one of serve.models (a stage or external "
+                                          "model name)", pipe.serve.default))
     return problems
 
 

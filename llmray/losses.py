@@ -77,3 +77,31 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     chosen_rewards = beta * (policy_chosen - ref_chosen).detach()
     rejected_rewards = beta * (policy_rejected - ref_rejected).detach()
     return losses, chosen_rewards, rejected_rewards
+
+
+def last_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """A 1-label sequence classifier's score at each right-padded row's last real token, [B] float.
+
+    transformers pools at the rightmost token that is not `pad_token_id`; when a tokenizer has no pad
+    token and pads with eos, a row that ends in eos (Mistral's `</s>`) would be read one token early.
+    So the score head's per-token output is captured with a forward hook (the forward still runs through
+    DDP/FSDP/PEFT wrappers, so gradients and their sync are unchanged) and read at the attention mask's
+    last position, the same position the RL reward actor reads."""
+    head = _score_head(model)
+    captured = {}
+    handle = head.register_forward_hook(lambda _m, _i, out: captured.__setitem__("logits", out))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    finally:
+        handle.remove()
+    logits = captured["logits"]  # [B, T, 1]
+    last = attention_mask.sum(-1) - 1
+    return logits[torch.arange(logits.shape[0], device=logits.device), last, 0].float()
+
+
+def _score_head(model) -> torch.nn.Module:
+    """The outermost module named `score` (a PEFT wrapper around it when LoRA trains it)."""
+    names = [(name.count("."), name, m) for name, m in model.named_modules() if name.split(".")[-1] == "score"]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no `score` head (expected a *ForSequenceClassification)")
+    return min(names, key=lambda t: (t[0], t[1]))[2]

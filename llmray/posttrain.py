@@ -1,13 +1,17 @@
 """What the post-training kinds (sft, reward, dpo) share: config fields, data preparation, batching.
 
-Data flow on the driver (`prepare`): data spec (`builtin:<name>` or JSONL files)
---llmray.data.formats--> canonical records (bad ones -> `<stage>/quarantine/<split>.jsonl`)
---the stage's `encode` (chat template of the init model's tokenizer, assistant mask)--> token
-rows, too-long ones quarantined too --> shuffled with the train seed --> parquet under
-`ctx.work_dir/data/{train,val}` (the task holds only these paths; Ray Data streams them).
+Data flow on the driver (`prepare`), streamed: data spec (`builtin:<name>`, or files, folders,
+`datasets` folders, globs, object-store URIs) --llmray.data.formats.split_records (one record at a
+time; bad ones -> `<stage>/quarantine/records.jsonl`)--> train / held-out records --the stage's
+`encode` (chat template of the init model's tokenizer, assistant mask)--> token rows, too-long ones
+quarantined too --llmray.data.rows.ShuffledRows (seeded uniform shuffle in bounded memory)-->
+parquet under `ctx.work_dir/data/{train,val}` (the task holds only these paths; Ray Data streams
+them). The driver's memory does not grow with the data set.
 On the workers: `pad_batch` turns a numpy batch of variable-length lists into right-padded
-tensors plus an attention mask. `eval_sums` sums per-batch figures over the held-out batches
-and all ranks (equal forwards per rank, so FSDP2's collectives line up).
+tensors plus an attention mask; `pack_batch` (sft `packing: true`) instead concatenates whole
+sequences into rows of up to max_seq_len tokens, positions restarting per sequence. `eval_sums`
+sums per-batch figures over the held-out batches and all ranks (equal forwards per rank, so
+FSDP2's collectives line up).
 After training, `generate_samples` writes greedy answers to a few held-out prompts.
 
 The top level imports only pydantic and llmray config modules (stage modules import this).
@@ -15,13 +19,14 @@ The top level imports only pydantic and llmray config modules (stage modules imp
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import ClassVar
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from llmray.config import StageConfig, StrictModel
+from llmray.config import EXTERNAL_INPUT, StageConfig, StrictModel
+from llmray.data.formats import check_fields, check_spec, held_out, split_records  # noqa: F401 (held_out: re-exported)
+from llmray.models import ModelSource, model_cache, resolve_model_source
 from llmray.resources import Resources
 from llmray.train.config import TrainConfig
 
@@ -52,11 +57,24 @@ class PostTrainConfig(StageConfig):
     USE: ClassVar[str] = "chat"  # the record form the kind trains on (llmray.data.formats.Use)
 
     init: str | None = Field(None, description="Stage whose model/ is the starting point.")
-    from_: str | None = Field(None, alias="from", description="Local HF checkpoint folder to start from "
-                                                               "instead of a stage (needs a chat template).")
-    data: str = Field(description="Training data: `builtin:<name>` or a path/glob of JSONL files.")
-    eval_data: str | None = Field(None, description="Held-out data (same forms). Default: the built-in's test "
-                                                    "split, or `eval_fraction` of user data.")
+    from_: ModelSource | None = Field(None, alias="from", json_schema_extra=EXTERNAL_INPUT,
+                                      description="Hugging Face causal-LM folder to start from instead of a "
+                                                  "stage: a local path, or an object-store URI downloaded once "
+                                                  "into <run>/.models/.")
+    data: str = Field(json_schema_extra=EXTERNAL_INPUT, description=(
+        "Training data: `builtin:<name>`, or a file, folder or glob of JSON Lines (.jsonl, .jsonl.gz, "
+        ".jsonl.zst), Parquet or Arrow files, or a Hugging Face `datasets` save_to_disk folder (a DatasetDict: "
+        "its `train` split); local or an object-store URI (s3://bucket/path?endpoint_override=host:port&"
+        "scheme=http for S3-compatible stores). Layouts: OpenAI messages, ShareGPT conversations, Alpaca, "
+        "prompt/completion (others through `fields`)."))
+    eval_data: str | None = Field(None, json_schema_extra=EXTERNAL_INPUT, description=(
+        "Held-out data (same forms; a DatasetDict: its test/validation split). Default: the built-in's or "
+        "DatasetDict's held-out split, else `eval_fraction` of `data`."))
+    fields: dict[str, str] = Field(default_factory=dict, description=(
+        "Field mapping for data in another layout, {canonical name: your field}, applied to data and eval_data "
+        "alike, e.g. {prompt: question, completion: answer} or {messages: dialog}. Canonical names: "
+        "id, messages, conversations, system, instruction, input, output, prompt, completion, chosen, "
+        "rejected, reference, harmful."))
     eval_fraction: float = Field(0.05, gt=0, lt=1, description="Share of user records held out (by a hash "
                                                                "of their id) when eval_data is not set.")
     max_seq_len: int = Field(512, ge=16, description="Records longer than this (tokens) are quarantined.")
@@ -73,14 +91,17 @@ class PostTrainConfig(StageConfig):
     @field_validator("data", "eval_data")
     @classmethod
     def _spec(cls, v):
-        from llmray.data.formats import check_spec
-
         return None if v is None else check_spec(v, cls.USE)
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, v):
+        return check_fields(v)
 
     @model_validator(mode="after")
     def _one_start(self):
         if bool(self.init) == bool(self.from_):
-            raise ValueError("set exactly one of init (a stage) and from (a local HF folder)")
+            raise ValueError("set exactly one of init (a stage) and from (a HF folder or object-store URI)")
         return self
 
 
@@ -89,54 +110,48 @@ class PrefConfig(PostTrainConfig):
 
     USE: ClassVar[str] = "pref"
 
-    data: str = Field("builtin:prefs", description="Preference pairs: `builtin:<name>` or JSONL files with "
-                                                   "prompt/chosen/rejected (strings or message lists).")
+    data: str = Field("builtin:prefs", json_schema_extra=EXTERNAL_INPUT, description=(
+        "Preference pairs: `builtin:<name>`, or files / folders / URIs as for sft's `data` with "
+        "prompt/chosen/rejected (strings or message lists; others through `fields`)."))
 
 
 def init_dir(config: PostTrainConfig, ctx) -> Path:
-    """The HF folder training starts from."""
-    return ctx.input("init").path("model") if config.init else Path(config.from_).expanduser()
+    """The HF folder training starts from: the `init:` stage's model/, or the checked `from:` folder
+    (a URI downloaded into the run's model cache)."""
+    if config.init:
+        return ctx.input("init").path("model")
+    return resolve_model_source(config.from_, model_cache(ctx.run_dir), f"stages.{ctx.name}.from")
 
 
 def load_tokenizer(model_dir: Path):
-    """The init model's tokenizer; its chat template must mark assistant turns for the loss mask."""
+    """The init model's tokenizer. Any chat template works (`llmray.chat.encode_chat` masks stock
+    templates without {% generation %} markers too); a tokenizer without a pad token is batched with
+    `llmray.chat.pad_token_id`'s fallback, nothing is added to it."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    template = tok.chat_template or ""
-    if "generation" not in template:
-        raise ValueError(f"{model_dir}: the tokenizer has no chat template with {{% generation %}} markers "
-                         "(make it with the llmray tokenizer stage, or add one)")
-    if tok.pad_token_id is None:
-        raise ValueError(f"{model_dir}: the tokenizer has no pad token")
+    if not tok.chat_template:
+        raise ValueError(f"{model_dir}: the tokenizer has no chat template (post-training renders "
+                         "conversations with it; set `chat_template` in tokenizer_config.json or add "
+                         "chat_template.jinja to the folder)")
     return tok
 
 
 # ---------------------------------------------------------------- driver: data
 
 
-def held_out(record_id: str, fraction: float) -> bool:
-    return int(hashlib.sha256(record_id.encode()).hexdigest()[:8], 16) / 16**8 < fraction
-
-
-def load_splits(config: PostTrainConfig, use: str):
-    """(train records, eval records, quarantined entries) for the configured data."""
-    from llmray.data.formats import load_data
-
-    train = load_data(config.data, use, "train")
-    quarantined = list(train.quarantined)
-    if config.eval_data:
-        ev = load_data(config.eval_data, use, "test")
-        quarantined += ev.quarantined
-        train_recs, eval_recs = train.records, ev.records
-    elif config.data.startswith("builtin:"):
-        train_recs, eval_recs = train.records, load_data(config.data, use, "test").records
-    else:
-        train_recs = [r for r in train.records if not held_out(r["id"], config.eval_fraction)]
-        eval_recs = [r for r in train.records if held_out(r["id"], config.eval_fraction)]
-    if config.max_records:
-        train_recs = train_recs[: config.max_records]
-    return train_recs, eval_recs, quarantined
+def heldout_records(config: PostTrainConfig, use: str, n: int) -> list[dict]:
+    """The first `n` held-out records of the configured data (reading stops once they are found)."""
+    out: list[dict] = []
+    if n <= 0:
+        return out
+    for split, rec in split_records(config.data, config.eval_data, use, config.eval_fraction, config.fields,
+                                    lambda _entry: None, only_heldout=True):
+        if split == "test":
+            out.append(rec)
+            if len(out) == n:
+                break
+    return out
 
 
 AI_FEEDBACK_FILES = {"pref": "prefs", "chat": "sft"}  # record use -> a constitution stage's output
@@ -160,64 +175,55 @@ def ai_feedback_records(ctx, use: str) -> tuple[list[dict], list[dict]]:
 
 
 def prepare(config: PostTrainConfig, ctx, use: str, encode) -> dict:
-    """Records -> token rows -> parquet under work_dir/data. `encode(record) -> row dict`, whose
-    `length` key is the longest sequence in the row. Returns counts and the split folders."""
-    import random
+    """Records -> token rows -> shuffled parquet under work_dir/data/{train,val}, streamed: the driver
+    holds one record at a time plus `llmray.data.rows`' bounded shuffle buffer, never the data set.
+    `encode(record) -> row dict`, whose `length` key is the longest sequence in the row. Bad and
+    too-long records stream to `<stage>/quarantine/records.jsonl`. Returns counts and the split folders."""
+    from llmray.data.formats import Quarantine, quarantine_entry
+    from llmray.data.rows import ShuffledRows
 
-    from llmray.data.formats import quarantine_entry, write_quarantine
+    base = Path(ctx.work_dir) / "data"
+    # The loop reads rows in file order: shuffle once, here, with the train seed.
+    writers = {"train": ShuffledRows(base / "train", config.train.seed),
+               "val": ShuffledRows(base / "val", config.train.seed)}
+    with Quarantine(ctx.out_dir, "records") as bad:
 
-    train_recs, eval_recs, quarantined = load_splits(config, use)
-    ai_train, ai_eval = ai_feedback_records(ctx, use)
-    train_recs, eval_recs = train_recs + ai_train, eval_recs + ai_eval
-    out = {"quarantined": len(quarantined), "ai_feedback_train": len(ai_train), "ai_feedback_eval": len(ai_eval)}
-    for split, recs in (("train", train_recs), ("val", eval_recs)):
-        rows, too_long = [], []
-        for rec in recs:
+        def add(split: str, rec: dict) -> None:
             row = encode(rec)
             if row.pop("length") > config.max_seq_len:
-                too_long.append(quarantine_entry(rec["id"], None, f"longer than max_seq_len "
-                                                                  f"({config.max_seq_len}) tokens", str(rec)))
+                bad(quarantine_entry(rec["id"], None, f"longer than max_seq_len ({config.max_seq_len}) tokens",
+                                     str(rec)))
             else:
-                rows.append(row)
-        if not rows:
+                writers[split].add(row)
+
+        taken = 0
+        for split, rec in split_records(config.data, config.eval_data, use, config.eval_fraction, config.fields,
+                                        bad):
+            if split == "train":
+                if config.max_records and taken >= config.max_records:
+                    continue
+                taken += 1
+            add("train" if split == "train" else "val", rec)
+        ai_train, ai_eval = ai_feedback_records(ctx, use)
+        for split, recs in (("train", ai_train), ("val", ai_eval)):
+            for rec in recs:
+                add(split, rec)
+    out = {"quarantined": bad.count, "ai_feedback_train": len(ai_train), "ai_feedback_eval": len(ai_eval)}
+    for split, writer in writers.items():
+        out[f"{split}_records"] = writer.close()
+        if not out[f"{split}_records"]:
             raise ValueError(f"no usable {split} records (check data / eval_data and the quarantine folder)")
-        random.Random(config.train.seed).shuffle(rows)  # the loop keeps this order: shuffle once, here
-        quarantined += too_long
-        out[f"{split}_records"] = len(rows)
-        out[f"{split}_dir"] = _write_rows(rows, Path(ctx.work_dir) / "data" / split)
-    out["quarantined"] = len(quarantined)
-    write_quarantine(quarantined, ctx.out_dir, "records")
+        out[f"{split}_dir"] = str(writer.folder)
     return out
 
 
-def _write_rows(rows: list[dict], folder: Path) -> str:
-    import shutil
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    table = pa.Table.from_pylist(rows)
-    pq.write_table(table, folder / "part-00000.parquet", row_group_size=1024)
-    return str(folder)
-
-
 def rows_dataset(folder: str):
-    """Token rows written by `prepare` -> an in-memory Ray Dataset.
+    """Token rows written by `prepare` -> a lazy Ray Dataset, one block per parquet part, read by
+    tasks that reserve no CPU (`llmray.train.data.read_rows`: the Train workers may hold every CPU
+    of a small machine), so the driver never holds the rows."""
+    from llmray.train.data import read_rows
 
-    Post-training sets are small next to pretraining shards, so the rows go straight into the
-    object store: no read tasks that would each need a CPU while the Train workers hold every
-    CPU of a 2-core machine (Ray Data's file listing reserves one and would wait forever)."""
-    import pyarrow.parquet as pq
-    import ray.data
-
-    files = sorted(Path(folder).glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"no parquet rows in {folder}")
-    ds = ray.data.from_arrow([pq.read_table(f) for f in files])
-    ds.context.enable_progress_bars = False  # bars drawn in the Train workers flood the driver's output
-    return ds
+    return read_rows(folder)
 
 
 # ---------------------------------------------------------------- workers: batches
@@ -241,6 +247,74 @@ def pad_batch(seqs, pad_id: int, masks=None) -> dict:
     if loss is not None:
         out["loss_mask"] = torch.from_numpy(loss)
     return out
+
+
+def pack_batch(seqs, pad_id: int, masks, max_len: int) -> dict:
+    """Variable-length id lists -> packed rows of whole sequences, each row at most `max_len` tokens.
+
+    Rows come from `pack_rows` (a sequence never spans two rows). Returns LongTensors of shape
+    [rows, W], W = the fullest packed row: `input_ids` (pad_id after the last sequence),
+    `loss_mask` (0 on every sequence's first token, so the last token of one sequence is never
+    trained to predict the next one's first; 0 on padding), `position_ids` (0 at every sequence
+    start, and at the start of the padding tail) and `sequence_index` (which input row each token
+    came from, -1 on padding).
+
+    Isolation: pass `position_ids` and NO attention_mask to a transformers 5.x model. Its
+    `masking_utils.find_packed_sequence_indices` then splits each row wherever the positions do not
+    step by +1, and builds the block-diagonal causal mask for the attention backend in use (a 4D
+    mask for sdpa/eager, varlen kernels for flash attention), so no token sees another sequence.
+    """
+    import numpy as np
+    import torch
+
+    lengths = [len(s) for s in seqs]
+    rows = pack_rows(lengths, max_len)
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    pos = np.zeros((len(rows), width), dtype=np.int64)
+    loss = np.zeros((len(rows), width), dtype=np.int64)
+    index = np.full((len(rows), width), -1, dtype=np.int64)
+    for r, members in enumerate(rows):
+        at = 0
+        for i in members:
+            n = lengths[i]
+            ids[r, at: at + n], pos[r, at: at + n], index[r, at: at + n] = seqs[i], np.arange(n), i
+            loss[r, at: at + n] = masks[i]
+            loss[r, at] = 0
+            at += n
+        pos[r, at:] = np.arange(width - at)  # the padding tail is a segment of its own
+    return {"input_ids": torch.from_numpy(ids), "position_ids": torch.from_numpy(pos),
+            "loss_mask": torch.from_numpy(loss), "sequence_index": torch.from_numpy(index)}
+
+
+def pack_rows(lengths: list[int], max_len: int) -> list[list[int]]:
+    """Which sequences (indices into `lengths`) share each packed row: the packing with the fewest
+    positions (rows x fullest row) among greedy balanced ones, each row at most `max_len` tokens.
+
+    For a row count R from the fewest that could hold the tokens: longest sequence first, each into
+    the emptiest of R rows (LPT scheduling), infeasible if it would overflow max_len there. Balanced
+    rows matter as much as full ones: a batch is as wide as its fullest row, so first-fit into rows of
+    max_len leaves the last row mostly padding. R = len(lengths) is one sequence per row, so this is
+    never wider than padding; the search stops once R x longest cannot beat the best found.
+    """
+    if max(lengths) > max_len:
+        raise ValueError(f"pack_batch: a sequence of {max(lengths)} tokens exceeds max_len {max_len}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable: ties keep input order
+    longest, best, best_cost = lengths[order[0]], None, None
+    for n_rows in range(-(-sum(lengths) // max_len), len(lengths) + 1):
+        if best_cost is not None and n_rows * longest >= best_cost:
+            break
+        rows, fill = [[] for _ in range(n_rows)], [0] * n_rows
+        for i in order:
+            r = min(range(n_rows), key=fill.__getitem__)
+            if fill[r] + lengths[i] > max_len:
+                break
+            rows[r].append(i)
+            fill[r] += lengths[i]
+        else:
+            if best_cost is None or n_rows * max(fill) < best_cost:
+                best, best_cost = rows, n_rows * max(fill)
+    return best
 
 
 def eval_sums(model, batches: list[dict], fn, compute, rank: int, world: int) -> dict:
@@ -344,17 +418,16 @@ def generate_samples(model_dir: Path, prompts: list[dict], max_new_tokens: int =
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmray.chat import stop_token_ids
+    from llmray.chat import pad_token_id, prompt_ids, stop_token_ids
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
     out = []
     for p in prompts:
-        ids = tok.apply_chat_template(p["prompt"], add_generation_prompt=True, return_tensors="pt",
-                                      return_dict=True)["input_ids"]
+        ids = torch.tensor([prompt_ids(tok, p["prompt"])])
         with torch.no_grad():
             gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                 max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(tok),
-                                 pad_token_id=tok.pad_token_id)
+                                 max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(tok, model_dir),
+                                 pad_token_id=pad_token_id(tok))
         out.append(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip())
     return out

@@ -6,7 +6,7 @@ moves from a laptop to a GPU cluster by changing these blocks only. On a cluster
 labels (`ray start --labels node-group=cpu`, the launcher's `labels:`, KubeRay's `rayStartParams`),
 `placement: {labels: {node-group: cpu}}` keeps curation and tokenization on CPU nodes, and
 `resources: {use_gpu: true, custom: {gpu_node: 0.01}}` keeps trainers on the nodes advertising `gpu_node`.
-Placement never enters a stage's fingerprint (see runner.NOT_FINGERPRINTED): where work runs does not
+Placement never enters a stage's fingerprint (its fields are EXECUTION_ONLY, see llmray.fingerprint): where work runs does not
 change what it produces.
 """
 
@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from llmray.config import StrictModel
+from llmray.config import EXECUTION_ONLY, StrictModel
 
 
 class Resources(StrictModel):
@@ -25,13 +25,13 @@ class Resources(StrictModel):
 
     num_workers: int = Field(1, ge=1, description="Ray Train workers (one process each; one GPU each on GPU).")
     use_gpu: bool = Field(False, description="Put each worker on a GPU.")
-    gpus_per_worker: float = Field(1.0, gt=0, description="GPUs per worker when use_gpu (fractions colocate).")
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker.")
+    gpus_per_worker: float = Field(1.0, json_schema_extra=EXECUTION_ONLY, gt=0, description="GPUs per worker when use_gpu (fractions colocate).")
+    cpus_per_worker: float = Field(1.0, json_schema_extra=EXECUTION_ONLY, gt=0, description="CPUs reserved per worker.")
     custom: dict[str, float] = Field(
-        default_factory=dict, description="Custom Ray resources per worker, e.g. {gpu_node: 0.01} to pin to GPU nodes."
+        default_factory=dict, json_schema_extra=EXECUTION_ONLY, description="Custom Ray resources per worker, e.g. {gpu_node: 0.01} to pin to GPU nodes."
     )
     strategy: Literal["ddp", "fsdp2"] = Field("ddp", description="Data parallel strategy.")
-    max_failures: int = Field(2, ge=0, description="Ray Train restarts from the latest checkpoint before giving up.")
+    max_failures: int = Field(2, json_schema_extra=EXECUTION_ONLY, ge=0, description="Ray Train restarts from the latest checkpoint before giving up.")
 
     @model_validator(mode="after")
     def _check(self):
@@ -55,7 +55,7 @@ class DataPlacement(StrictModel):
     """Which nodes a data stage's Ray Data tasks and actors may run on."""
 
     labels: dict[str, str] = Field(
-        default_factory=dict, description="Node labels every Ray Data task and actor of the stage requires, e.g. "
+        default_factory=dict, json_schema_extra=EXECUTION_ONLY, description="Node labels every Ray Data task and actor of the stage requires, e.g. "
                                           "{node-group: cpu} (empty: any node; an unmatched label leaves the work "
                                           "pending).")
 

@@ -34,14 +34,12 @@ from pathlib import Path
 import yaml
 
 from llmray.config import dump_resolved
+from llmray.fingerprint import CACHE_FILE, InputDigests, stage_payload
 from llmray.graph import ancestors, topo_order
 from llmray.resources import data_placement
 from llmray.stages import get_stage
 from llmray.stages.base import StageContext, StageOutput, StageResult
 from llmray.storage import RunStore, read_manifest, report_files  # noqa: F401 - read_manifest re-exported
-
-# Neither changes what a stage produces: free text, and which nodes do the work.
-NOT_FINGERPRINTED = {"description", "placement"}
 
 
 class StageFailed(RuntimeError):
@@ -61,18 +59,17 @@ def run_dir(pipe) -> Path:
 
 
 def fingerprints(pipe) -> dict[str, str]:
-    """Stage name -> content fingerprint (config + inputs' fingerprints + code version)."""
+    """Stage name -> content fingerprint: the config fields that change results, the code version of
+    the kind, the input stages' fingerprints and the content of external inputs (llmray.fingerprint)."""
     fps: dict[str, str] = {}
+    digests = InputDigests(run_dir(pipe) / CACHE_FILE)
     for name in topo_order(pipe):
         cfg = pipe.stages[name]
-        payload = {
-            "kind": cfg.kind,
-            "version": get_stage(cfg.kind).VERSION,
-            "config": cfg.model_dump(mode="json", exclude=NOT_FINGERPRINTED),
-            "inputs": {field: [fps[r] for r in refs] for field, refs in cfg.input_refs().items()},
-        }
+        input_fps = {field: [fps[r] for r in refs] for field, refs in cfg.input_refs().items()}
+        payload = stage_payload(cfg, get_stage(cfg.kind).VERSION, input_fps, digests)
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         fps[name] = hashlib.sha256(blob.encode()).hexdigest()[:20]
+    digests.save()
     return fps
 
 

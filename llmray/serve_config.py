@@ -1,15 +1,47 @@
 """The top-level `serve:` section of a pipeline file (kept light: no Ray import).
 
-`llmray serve` (llmray/serve/launch.py) reads it; `llmray/graph.py` checks that `models` and
-`default` name stages. Defaults suit a 2-core laptop: loopback only, fractional CPUs per
+`llmray serve` (llmray/serve/launch.py) reads it. `models` lists stage names (a stage's model/,
+served as <pipeline>/<stage>) and external models (`{name, from}`: a Hugging Face folder or an
+object-store URI, served as <pipeline>/<name>, checked like every `from:` by llmray.models);
+`llmray/graph.py` checks that stage entries name stages, external names clash with none, and
+`default` names a served model. Defaults suit a 2-core laptop: loopback only, fractional CPUs per
 replica (whole-CPU actors starve each other on 2 cores), small caps.
 """
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator, model_validator
+from typing import Annotated, Union
 
-from llmray.config import StrictModel
+from pydantic import ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+from llmray.config import EXTERNAL_INPUT, NAME_RE, StrictModel
+from llmray.models import ModelSource
+
+
+class ExternalModel(StrictModel):
+    """A model not made by this pipeline, served next to the stage models (e.g. the checkpoint a run
+    started from, to compare against what the pipeline made of it)."""
+
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+    name: str = Field(pattern=NAME_RE, description="Short name; model id <pipeline>/<name>. Must not be the "
+                                                   "name of a stage of the pipeline.")
+    from_: ModelSource = Field(alias="from", json_schema_extra=EXTERNAL_INPUT,
+                               description="Hugging Face causal-LM folder: a local path, or an object-store "
+                                           "URI (s3://bucket/path, ?endpoint_override=host:port&scheme=http "
+                                           "for S3-compatible stores) downloaded once into <run>/.models/.")
+
+
+# A served model: a plain string is a stage name, a mapping an external model. The tag keeps a bad
+# mapping's errors to its own fields (serve.models.<i>.external.<field>).
+ServedModel = Annotated[
+    Union[Annotated[str, Tag("stage")], Annotated[ExternalModel, Tag("external")]],  # noqa: UP007
+    Discriminator(lambda v: "stage" if isinstance(v, str) else "external")]
+
+
+def served_name(item) -> str:
+    """The short name of a `serve.models` item: the stage name, or the external model's name."""
+    return item if isinstance(item, str) else item.name
 
 
 class AutoscalingConfig(StrictModel):
@@ -60,10 +92,12 @@ class VLLMOptions(StrictModel):
 class ServeConfig(StrictModel):
     """What `llmray serve` exposes, and how."""
 
-    models: list[str] = Field(description="Stage names whose model/ is served; model id is <pipeline>/<stage>.")
+    models: list[ServedModel] = Field(
+        description="What is served, side by side: stage names (their model/; model id <pipeline>/<stage>) and "
+                    "external models `{name: qwen-base, from: /models/qwen}` (model id <pipeline>/<name>).")
     default: str | None = Field(
-        None, description="Model used when a request names none; one of `models`. Unset: the last of `models` "
-                          "whose align gate did not block it.")
+        None, description="Model used when a request names none: a stage or external name of `models`. Unset: "
+                          "the last of `models` whose align gate did not block it.")
     host: str = Field("127.0.0.1", description="Bind address. Loopback by default; set 0.0.0.0 deliberately.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
     route_prefix: str = Field(
@@ -108,12 +142,13 @@ class ServeConfig(StrictModel):
 
     @field_validator("models")
     @classmethod
-    def _unique(cls, models: list[str]) -> list[str]:
+    def _unique(cls, models: list) -> list:
         if not models:
-            raise ValueError("serve.models needs at least one stage")
-        dup = sorted({m for m in models if models.count(m) > 1})
+            raise ValueError("serve.models needs at least one model")
+        names = [served_name(m) for m in models]
+        dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ValueError(f"stages listed twice: {dup}")
+            raise ValueError(f"models listed twice: {dup}")
         return models
 
     @model_validator(mode="after")

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from llmray.config import StageConfig
+from llmray.config import EXTERNAL_INPUT, StageConfig
 from llmray.stages.base import StageResult
 
 VERSION = "1"
@@ -24,12 +24,16 @@ class Config(StageConfig):
     data: list[str] | None = Field(None, description="Input probe stages.")
     n: int = Field(10, ge=0, description="Sum 0..n-1.")
     fail: bool = Field(False, description="Raise after writing part of the output.")
+    path: str | None = Field(None, json_schema_extra=EXTERNAL_INPUT,
+                             description="A file outside the run directory whose line count is added.")
 
 
 def run(cfg: Config, ctx) -> StageResult:
     import ray
 
     total = ray.data.range(cfg.n).sum("id") if cfg.n else 0
+    if cfg.path:
+        total += len(open(cfg.path, encoding="utf-8").read().splitlines())
     for inp in ctx.inputs.get("data", []):
         total += json.loads(inp.path("sum").read_text())["sum"]
     (ctx.out_dir / "partial.txt").write_text("half-written")

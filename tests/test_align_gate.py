@@ -112,10 +112,11 @@ def _manifest(stage_dir, fp, gate, status="completed"):
         "metrics": {"gate": gate}, "outputs": {"guardrail": "guardrail"}}))
 
 
-def test_gate_status_reads_manifests_and_distrusts_stale_ones(tmp_path):
+def test_gate_status_reads_manifests_and_distrusts_stale_ones(tmp_path, tiny_causal_dir):
+    m = str(tiny_causal_dir)
     raw = {"name": "p", "workdir": str(tmp_path), "stages": {
-        "strict": {"kind": "align", "model_dirs": {"a": str(tmp_path), "b": str(tmp_path)}},
-        "loose": {"kind": "align", "model_dirs": {"a": str(tmp_path)}, "gate": {"max_unsafe_rate": 1.0}}}}
+        "strict": {"kind": "align", "model_dirs": {"a": m, "b": m}},
+        "loose": {"kind": "align", "model_dirs": {"a": m}, "gate": {"max_unsafe_rate": 1.0}}}}
     pipe = parse_pipeline(raw)
     run = tmp_path / "p"
     fps = fingerprints(pipe)

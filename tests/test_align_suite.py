@@ -87,13 +87,13 @@ def test_user_suite_loads_and_quarantines_bad_lines_with_file_and_line(tmp_path)
         build_suite(False, [SuiteFile(path=str(f)), SuiteFile(path=str(f))], None)
 
 
-def _pipe(tmp_path, **align):
-    stage = {"kind": "align", "model_dirs": {"m": str(tmp_path)}, **align}
+def _pipe(tmp_path, model_dir, **align):
+    stage = {"kind": "align", "model_dirs": {"m": str(model_dir)}, **align}
     return parse_pipeline({"name": "p", "workdir": str(tmp_path), "stages": {"safety": stage}})
 
 
-def test_config_defaults_and_errors(tmp_path):
-    cfg = _pipe(tmp_path).stages["safety"]
+def test_config_defaults_and_errors(tmp_path, tiny_causal_dir):
+    cfg = _pipe(tmp_path, tiny_causal_dir).stages["safety"]
     assert cfg.gate.max_unsafe_rate == 0.2 and cfg.judge == "either" and cfg.builtin_suite
     cases = [
         ({"gate": {"max_unsafe_rate": 1.5}}, "stages.safety.gate.max_unsafe_rate"),
@@ -106,7 +106,7 @@ def test_config_defaults_and_errors(tmp_path):
     ]
     for change, message in cases:
         with pytest.raises(ConfigError, match=message):
-            _pipe(tmp_path, **change)
+            _pipe(tmp_path, tiny_causal_dir, **change)
 
 
 def test_models_must_name_model_stages(tmp_path):

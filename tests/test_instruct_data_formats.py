@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llmray.data.formats import check_spec, load_data, read_jsonl, write_quarantine
+from llmray.data.formats import check_spec, load_data, write_quarantine
 
 
 def _write(path, lines):
@@ -28,7 +28,7 @@ def test_chat_alpaca_and_prompt_completion(tmp_path):
         {"instruction": "no output"},
         {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]},
     ])
-    got = read_jsonl(str(f), "chat")
+    got = load_data(str(f), "chat")
     assert [r["messages"][-1]["content"] for r in got.records] == ["Hello.", "3", "yes", "4"]
     assert got.records[1]["messages"][0]["content"] == "Add.\n\n1 + 2"
     assert got.records[2]["id"] == "mine" and got.records[0]["id"] == "sft.jsonl:1"
@@ -58,7 +58,7 @@ def test_preference_strings_and_message_lists(tmp_path):
         {"prompt": "Q?", "chosen": [{"role": "user", "content": "x"}], "rejected": "bad"},
         {"prompt": [{"role": "assistant", "content": "A"}], "chosen": "good", "rejected": "bad"},
     ])
-    got = read_jsonl(str(f), "pref")
+    got = load_data(str(f), "pref")
     assert len(got.records) == 3
     for r in got.records:
         assert r["prompt"] == conv and (r["chosen"], r["rejected"]) == ("good", "bad")

@@ -46,10 +46,10 @@ def test_bad_values_are_refused(kind, kw, field):
     assert field in str(e.value)
 
 
-def test_pipeline_validates_with_ppo_and_grpo(tmp_path):
+def test_pipeline_validates_with_ppo_and_grpo(tiny_causal_dir):
     from llmray.config import ConfigError, parse_pipeline
 
-    raw = {"name": "p", "stages": {"chat": {"kind": "sft", "from": str(tmp_path), "data": "builtin:instruct"},
+    raw = {"name": "p", "stages": {"chat": {"kind": "sft", "from": str(tiny_causal_dir), "data": "builtin:instruct"},
                                    "rm": {"kind": "reward", "init": "chat"},
                                    "ppo": {"kind": "ppo", "init": "chat", "reward": "rm"},
                                    "grpo": {"kind": "grpo", "init": "ppo", "reward": "rm"}}}

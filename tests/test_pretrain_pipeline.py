@@ -37,11 +37,11 @@ def _records(stage_dir):
     return [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_config_errors(tmp_path, tiny_tokenizer_dir):
+def test_config_errors(tmp_path, tiny_tokenizer_dir, tiny_causal_dir):
     ok = {"kind": "pretrain", "data": "general", "train": {"steps": 5, "warmup_steps": 1}}
     _pipe(tmp_path, tiny_tokenizer_dir, {"base": ok})
     bad = [
-        ({**ok, "init": "base2", "from": "/x"}, "at most one"),
+        ({**ok, "init": "base2", "from": str(tiny_causal_dir)}, "at most one"),
         ({**ok, "data": "nope"}, "no stage named"),
         ({**ok, "train": {"steps": 5, "warmup_steps": 9}}, "warmup_steps"),
         ({**ok, "replay": {"data": "general", "fraction": 1.0}}, "fraction"),

@@ -1,9 +1,8 @@
-"""Every YAML the repo ships is valid; the README's reference and examples stay true."""
+"""Every YAML the repo ships is valid; the README stays a front page whose links resolve; lint is clean."""
 
 from __future__ import annotations
 
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +34,12 @@ def test_every_yaml_validates(path):
 
     docs = list(yaml.safe_load_all(path.read_text()))
     assert docs and all(d is not None for d in docs), f"{path} is empty"
-    if isinstance(docs[0], dict) and "stages" in docs[0]:
+    if path == ROOT / "mkdocs.yml":  # the docs site's config: MkDocs validates it (theme, hooks, extensions)
+        from mkdocs.config import load_config
+
+        cfg = load_config(str(path))
+        assert Path(cfg["docs_dir"]) == ROOT / "docs" and cfg["strict"]
+    elif isinstance(docs[0], dict) and "stages" in docs[0]:
         pipe = load_pipeline(path)  # raises ConfigError naming the field on any problem
         assert pipe.stages
     else:
@@ -43,36 +47,18 @@ def test_every_yaml_validates(path):
         assert kind != "unknown", f"{path}: no validator knows this YAML file; add one to llmray/yaml_checks.py"
 
 
-def test_readme_reference_is_generated_from_the_schema():
-    from llmray.schema_doc import BEGIN, END, reference_markdown
-
+def test_readme_is_the_front_page_not_the_manual():
+    """README: what llmray is, the two commands, the cluster path, a tour, links; the manual is docs/.
+    (Its examples are validated and run by tests/test_docs.py, with those of docs/.)"""
     text = (ROOT / "README.md").read_text()
-    body = text.split(BEGIN, 1)[1].split(END, 1)[0]
-    assert body.strip() == reference_markdown().strip(), "run `python -m llmray.schema_doc` to refresh README.md"
-
-
-def readme_commands() -> list[str]:
-    """Commands in the README's ```console blocks (lines starting with `$ llmray`) that change nothing."""
-    text = (ROOT / "README.md").read_text()
-    cmds = []
-    for block in re.findall(r"```console\n(.*?)```", text, flags=re.S):
-        for line in block.splitlines():
-            if line.startswith("$ llmray ") and line.split()[2] in ("validate", "plan", "schema", "status"):
-                cmds.append(line[2:])
-    return cmds
-
-
-def test_readme_has_runnable_examples():
-    assert len(readme_commands()) >= 3
-
-
-@pytest.mark.parametrize("cmd", readme_commands())
-def test_readme_examples_run(cmd, tmp_path):
-    argv = shlex.split(cmd)
-    argv = [sys.executable, "-m", "llmray.cli", *argv[1:], f"workdir={tmp_path}"]
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip()
+    assert len(text.splitlines()) <= 200
+    for fact in ("make quickstart", "make test", "ray job submit --working-dir . -- llmray run pipeline.yaml",
+                 "llmray plan", "llmray status", "llmray report", "llmray serve", "from openai import OpenAI"):
+        assert fact in text, fact
+    links = re.findall(r"\]\(((?:docs|bench)/[^)#]+)", text)
+    assert len(links) >= 10
+    for link in links:
+        assert (ROOT / link).is_file(), f"README links to a missing file: {link}"
 
 
 def test_lint_is_clean():

@@ -66,6 +66,20 @@ def test_changing_one_stage_reruns_it_and_dependents_only(tmp_path, ray_local):
     assert run_pipeline(_pipe(tmp_path, b={"n": 4, "description": "hello"}), echo=lambda m: None)["b"] == "cached"
 
 
+def test_editing_an_input_file_in_place_reruns_exactly_its_readers(tmp_path, ray_local):
+    data = tmp_path / "lines.txt"
+    data.write_text("one\ntwo\n")
+    pipe = _pipe(tmp_path, b={"path": str(data)})
+    run_pipeline(pipe, echo=lambda m: None)
+    assert read_manifest(run_dir(pipe) / "b")["metrics"]["sum"] == 3 + 10 + 2
+    data.write_text("one\ntwo\nthree\n")  # same path, new content: the config did not change
+    assert [i.state for i in plan(pipe)] == ["cached", "stale", "cached", "stale"]
+    states = run_pipeline(_pipe(tmp_path, b={"path": str(data)}), echo=lambda m: None)
+    assert states == {"a": "cached", "b": "completed", "c": "cached", "d": "completed"}
+    assert [_runs(tmp_path, s) for s in "abcd"] == [1, 2, 1, 2]
+    assert read_manifest(run_dir(pipe) / "b")["metrics"]["sum"] == 3 + 10 + 3
+
+
 def test_failure_leaves_no_completed_manifest_and_next_run_redoes_it(tmp_path, ray_local, monkeypatch):
     from llmray.runner import StageFailed
 

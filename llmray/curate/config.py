@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from llmray.config import StrictModel
+from llmray.config import EXTERNAL_INPUT, StrictModel
 
 # Operators in pipeline order. The funnel lists the enabled ones in this order.
 OPERATORS = ("clean", "boilerplate", "gopher_quality", "gopher_repetition", "c4", "fineweb", "toxicity",
@@ -29,7 +29,7 @@ class SourceConfig(StrictModel):
                     "(docstrings of the installed Python's standard library)."
     )
     path: list[str] = Field(
-        default_factory=list,
+        default_factory=list, json_schema_extra=EXTERNAL_INPUT,
         description="Files, directories or glob patterns (`**` recurses); local or any pyarrow.fs URI "
                     "(s3://, gs://, file://). A single string is accepted. Not used by python-docs.",
     )
@@ -191,7 +191,7 @@ class ClassifierConfig(StrictModel):
     """A hashed word n-gram logistic regression trained from labelled JSONL at the start of the stage."""
 
     train: list[str] = Field(
-        default_factory=list,
+        default_factory=list, json_schema_extra=EXTERNAL_INPUT,
         description="Labelled JSONL files/globs: one object per line with the text and a 0/1 label "
                     "(1 = the class this classifier detects). Empty: the quality model's built-in seed set.")
     text_field: str = Field("text", description="Field holding the text in the training files.")
@@ -245,7 +245,8 @@ class ToxicityConfig(StrictModel):
 class EvalSetConfig(StrictModel):
     """One evaluation set to protect."""
 
-    path: str = Field(description="JSONL file (local or pyarrow.fs URI), one eval item per line.")
+    path: str = Field(description="JSONL file (local or pyarrow.fs URI), one eval item per line.",
+                      json_schema_extra=EXTERNAL_INPUT)
     name: str | None = Field(None, pattern=SOURCE_NAME_RE, description="Label in the report; default: file stem.")
     text_fields: list[str] = Field(
         ["text"], description="Fields whose text is matched (e.g. [question, answer]); missing ones are skipped.")

@@ -32,6 +32,8 @@ import hashlib
 import random
 import re
 
+from llmray.data.verifiable import arithmetic_prompts
+
 # Bump when any built-in set changes: the sft/reward/dpo kinds fold it into their VERSION, so
 # cached stages trained on the old data rerun.
 DATA_VERSION = "3"  # 3: builtin:feedback (llmray.safety.constitution) added
@@ -364,6 +366,7 @@ BUILTINS = {
     "safety": (safety_requests, "chat"),
     "feedback": (feedback_examples, "chat"),
     "redteam": (redteam_prompts, "prompt"),
+    "arithmetic": (arithmetic_prompts, "prompt"),  # llmray.data.verifiable: checkable answers (RLVR)
 }
 
 

@@ -1,18 +1,23 @@
 """Config blocks of the RL kinds (`ppo`, `grpo`): generation, rollout engines, per-role resources,
 optimisation, KL control, and the fields both kinds share (`RLConfig`).
 
-Light imports only (pydantic, llmray.config): `llmray validate` imports the stage modules,
-which import this. The stage modules add the kind-specific fields (PPO's critic and GAE,
-GRPO's group size).
+Light imports only (pydantic, llmray.config, llmray.models' `from:` type, llmray.rlhf.rewards):
+`llmray validate` imports the stage modules, which import this. `reward:` is a stage name, a
+`module:function` (imported here, so a bad one is a config error) or a list of weighted
+`RewardTerm`s; `input_refs` gives the runner only the stage names. The stage modules add the
+kind-specific fields (PPO's critic and GAE, GRPO's group size).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from llmray.config import StageConfig, StrictModel
+from llmray.config import EXECUTION_ONLY, EXTERNAL_INPUT, StageConfig, StrictModel, with_defaults
+from llmray.data.formats import check_fields, check_spec
+from llmray.models import ModelSource
+from llmray.rlhf.rewards import is_function_ref, resolve_callable
 
 
 class Generation(StrictModel):
@@ -23,15 +28,18 @@ class Generation(StrictModel):
                                                       "logits / temperature, the distribution actually sampled.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass. Below 1 the engine samples from a "
                                                       "truncated distribution the trainer does not model.")
-    stop: list[str] = Field(default_factory=lambda: ["<|end|>", "<|endoftext|>"],
-                            description="Tokens that end a response (each must be ONE token of the "
-                                        "tokenizer); the stop token is kept as the response's last token.")
+    stop: list[str] | None = Field(
+        None, description="Tokens that end a response (each must be ONE token of the tokenizer); the stop "
+                          "token is kept as the response's last token. Default (unset): from the policy's "
+                          "tokenizer and chat template: its end-of-turn token (e.g. <|im_end|>, <|eot_id|>, "
+                          "<|end|>), eos, and the generation_config eos ids (`llmray.chat.stop_token_ids`).")
 
     @field_validator("stop")
     @classmethod
     def _stop(cls, v):
-        if not v:
-            raise ValueError("at least one stop token is needed (e.g. <|end|>)")
+        if v is not None and not v:
+            raise ValueError("an empty list stops nothing: name at least one stop token (e.g. <|im_end|>), "
+                             "or leave `stop` unset to take them from the tokenizer and chat template")
         return v
 
 
@@ -47,46 +55,46 @@ class Rollout(StrictModel):
                             "on GPU.")
     enforce_eager: bool = Field(True, description="vLLM: no CUDA graphs / compilation (fast start; set false on "
                                                   "GPU for faster decoding).")
-    kv_cache_gb: float = Field(1.0, gt=0, description="vLLM on CPU: KV cache size in GiB "
+    kv_cache_gb: float = Field(1.0, json_schema_extra=EXECUTION_ONLY, gt=0, description="vLLM on CPU: KV cache size in GiB "
                                                       "(VLLM_CPU_KVCACHE_SPACE).")
-    gpu_memory_utilization: float = Field(0.4, gt=0, le=1, description="vLLM on GPU: share of the GPU's memory "
+    gpu_memory_utilization: float = Field(0.4, json_schema_extra=EXECUTION_ONLY, gt=0, le=1, description="vLLM on GPU: share of the GPU's memory "
                                                                       "it may take (keep room for colocated "
                                                                       "trainers).")
-    max_restarts: int = Field(3, ge=0, description="Ray restarts of a dead rollout or reward actor; it is "
+    max_restarts: int = Field(3, json_schema_extra=EXECUTION_ONLY, ge=0, description="Ray restarts of a dead rollout or reward actor; it is "
                                                    "re-synced with the latest weights and the run continues.")
-    sync_timeout_s: float = Field(120.0, gt=0, description="Longest a weight sync trainer -> engines may take.")
-    generate_timeout_s: float = Field(900.0, gt=0, description="Longest one rollout call may take.")
-    restart_timeout_s: float = Field(300.0, gt=0, description="Longest to wait for a restarted actor.")
+    sync_timeout_s: float = Field(120.0, json_schema_extra=EXECUTION_ONLY, gt=0, description="Longest a weight sync trainer -> engines may take.")
+    generate_timeout_s: float = Field(900.0, json_schema_extra=EXECUTION_ONLY, gt=0, description="Longest one rollout call may take.")
+    restart_timeout_s: float = Field(300.0, json_schema_extra=EXECUTION_ONLY, gt=0, description="Longest to wait for a restarted actor.")
 
 
 class RoleResources(StrictModel):
     """What one actor of a role reserves. Fractions let roles share a CPU or GPU (colocation)."""
 
-    num_cpus: float = Field(0.25, gt=0, description="CPUs reserved (fractions allowed).")
+    num_cpus: float = Field(0.25, json_schema_extra=EXECUTION_ONLY, gt=0, description="CPUs reserved (fractions allowed).")
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved (fractions colocate roles on one GPU).")
-    custom: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources, e.g. {gpu_node: 0.01}.")
-    threads: int | None = Field(None, ge=1, description="torch threads inside the actor; default: num_cpus "
+    custom: dict[str, float] = Field(default_factory=dict, json_schema_extra=EXECUTION_ONLY, description="Custom Ray resources, e.g. {gpu_node: 0.01}.")
+    threads: int | None = Field(None, json_schema_extra=EXECUTION_ONLY, ge=1, description="torch threads inside the actor; default: num_cpus "
                                                         "rounded, at least 1.")
 
 
-def _role(cpus: float) -> RoleResources:
-    return RoleResources(num_cpus=cpus)
+# The rollout engine and the policy trainer do the heavy work: half a CPU and two torch threads each.
+BusyRole = with_defaults(RoleResources, "BusyRole", __name__, num_cpus=0.5, threads=2)
 
 
 class RLResources(StrictModel):
     """One block per role. The defaults fit a 2-CPU laptop (roles mostly wait on each other)."""
 
-    rollout: RoleResources = Field(default_factory=lambda: RoleResources(num_cpus=0.5, threads=2),
+    rollout: BusyRole = Field(default_factory=BusyRole,
                                    description="Each rollout engine actor.")
-    reward: RoleResources = Field(default_factory=lambda: _role(0.25), description="The reward-model actor.")
-    reference: RoleResources = Field(default_factory=lambda: _role(0.25), description="The reference-model actor.")
-    policy: RoleResources = Field(default_factory=lambda: RoleResources(num_cpus=0.5, threads=2),
+    reward: RoleResources = Field(default_factory=RoleResources, description="The reward-model actor.")
+    reference: RoleResources = Field(default_factory=RoleResources, description="The reference-model actor.")
+    policy: BusyRole = Field(default_factory=BusyRole,
                                   description="The policy trainer actor.")
-    critic: RoleResources = Field(default_factory=lambda: _role(0.25), description="The critic trainer actor "
+    critic: RoleResources = Field(default_factory=RoleResources, description="The critic trainer actor "
                                                                                    "(ppo only).")
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK"] = Field(
-        "PACK", description="Placement-group strategy for each role's actors.")
-    ready_timeout_s: float = Field(300.0, gt=0, description="Longest to wait for the actors to be placed and "
+        "PACK", json_schema_extra=EXECUTION_ONLY, description="Placement-group strategy for each role's actors.")
+    ready_timeout_s: float = Field(300.0, json_schema_extra=EXECUTION_ONLY, gt=0, description="Longest to wait for the actors to be placed and "
                                                             "loaded.")
 
 
@@ -117,18 +125,93 @@ class KL(StrictModel):
                                                                    "= non-negative, GRPO's).")
 
 
+class RewardTerm(StrictModel):
+    """One weighted term of `reward:`: a reward-model stage or a Python function (exactly one)."""
+
+    stage: str | None = Field(None, description="A `reward` stage whose model/ scores (prompt, response).")
+    function: str | None = Field(None, json_schema_extra=EXTERNAL_INPUT,
+                                 description="`module:function` called as fn(prompt, completion, "
+                                             "**record_fields) -> float.")
+    weight: float = Field(1.0, allow_inf_nan=False, description="Multiplies this term's score in the sum "
+                                                                "(negative: a penalty).")
+
+    @property
+    def name(self) -> str:
+        return self.stage or self.function or ""
+
+
+def _pick_reward_form(value) -> str:
+    return "ref" if isinstance(value, str) else "terms"
+
+
+# One error per problem: the discriminator picks the string or the list form before validating.
+RewardSpec = Annotated[Union[Annotated[str, Tag("ref")], Annotated[list[RewardTerm], Tag("terms")]],  # noqa: UP007
+                       Discriminator(_pick_reward_form)]
+
+
+def check_reward(value):
+    """Every term names exactly one of stage / function; every function imports (a config error if not)."""
+    terms = [value] if isinstance(value, str) else value
+    if not terms:
+        raise ValueError("give a reward stage, a `module:function`, or a non-empty list of terms")
+    for i, term in enumerate(terms):
+        where = "" if isinstance(value, str) else f"term {i}: "
+        if isinstance(term, str):
+            ref = term if is_function_ref(term) else None
+        elif bool(term.stage) == bool(term.function):
+            raise ValueError(f"{where}set exactly one of `stage` (a reward stage) and `function` (module:function)")
+        else:
+            ref = term.function
+        if ref is not None:
+            try:
+                resolve_callable(ref)
+            except ValueError as e:
+                raise ValueError(f"{where}{e}") from None
+    return value
+
+
 class RLConfig(StageConfig):
     """Fields shared by ppo and grpo: inputs, prompts, iterations, generation, roles."""
 
     INPUTS: ClassVar[dict[str, tuple[str, ...]]] = {"init": ("sft", "pretrain", "dpo", "ppo", "grpo"),
                                                     "reward": ("reward",)}
 
-    init: str = Field(description="Stage whose model/ is the starting policy (and the frozen reference).")
-    reward: str = Field(description="Reward stage whose model/ scores responses.")
-    prompts: str = Field("builtin:prompts", description="Prompts: `builtin:<name>` or JSONL files with `prompt` "
-                                                        "(string or messages) or chat `messages`.")
-    eval_prompts: str | None = Field(None, description="Held-out prompts. Default: the built-in's test split, or "
-                                                       "`eval_fraction` of user prompts.")
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True)
+
+    init: str | None = Field(None, description="Stage whose model/ is the starting policy (and the frozen "
+                                               "reference). Set this or `from`.")
+    from_: ModelSource | None = Field(None, alias="from", json_schema_extra=EXTERNAL_INPUT,
+                                      description="Hugging Face causal-LM folder to start from (the starting "
+                                                  "policy and the frozen reference) instead of a stage: a "
+                                                  "local path, or an object-store URI downloaded once into "
+                                                  "<run>/.models/.")
+    reward: RewardSpec = Field(
+        json_schema_extra=EXTERNAL_INPUT,
+        description="What scores a response: a `reward` stage name; a Python callable `module:function` called "
+                    "as fn(prompt, completion, **record_fields) -> float in the reward worker actors (e.g. "
+                    "llmray.rlhf.rewards:exact_match); or a weighted list of both, e.g. [{stage: rm, weight: "
+                    "0.5}, {function: mypkg.rewards:exact, weight: 1.0}] (the score is the weighted sum).")
+    reward_workers: int = Field(1, ge=1, json_schema_extra=EXECUTION_ONLY,
+                                description="Ray actors that run the reward functions (samples are split "
+                                            "between them). Unused without function rewards.")
+    reward_worker_cpus: float = Field(0.25, gt=0, json_schema_extra=EXECUTION_ONLY,
+                                      description="CPUs each reward worker actor reserves.")
+    reward_on_error: float = Field(0.0, description="Score of a sample whose reward function raised or returned "
+                                                    "a non-number (None, NaN, a string); such samples are "
+                                                    "counted in metrics.reward_errors.")
+    max_reward_error_rate: float = Field(0.1, ge=0, le=1,
+                                         description="Fail the stage when more than this share of reward "
+                                                     "function calls so far failed (0: fail on the first).")
+    prompts: str = Field("builtin:prompts", json_schema_extra=EXTERNAL_INPUT, description=(
+        "Prompts: `builtin:<name>`, or a file, folder or glob of JSON Lines (.jsonl[.gz|.zst]), Parquet or "
+        "Arrow files, or a `datasets` save_to_disk folder, local or an object-store URI; records with `prompt` "
+        "(string or messages), chat `messages` / ShareGPT `conversations` (others through `fields`)."))
+    eval_prompts: str | None = Field(None, json_schema_extra=EXTERNAL_INPUT, description=(
+        "Held-out prompts (same forms). Default: the built-in's or DatasetDict's held-out split, or "
+        "`eval_fraction` of user prompts."))
+    fields: dict[str, str] = Field(default_factory=dict, description=(
+        "Field mapping for prompts in another layout, {canonical name: your field}, e.g. {prompt: question, "
+        "reference: answer}; canonical names as in sft's `fields`."))
     eval_fraction: float = Field(0.05, gt=0, lt=1, description="Share of user prompts held out (by id hash).")
     num_eval: int = Field(64, ge=1, description="Held-out prompts scored for the init and the final policy.")
     max_prompt_tokens: int = Field(128, ge=4, description="Longer prompts are quarantined.")
@@ -138,7 +221,7 @@ class RLConfig(StageConfig):
     rollout: Rollout = Field(default_factory=Rollout, description="Rollout engines.")
     optim: Optim = Field(default_factory=Optim, description="Optimisation.")
     kl: KL = Field(default_factory=KL, description="KL penalty to the reference model.")
-    checkpoint_every: int = Field(5, ge=1, description="Save a resumable checkpoint under the work folder every "
+    checkpoint_every: int = Field(5, json_schema_extra=EXECUTION_ONLY, ge=1, description="Save a resumable checkpoint under the work folder every "
                                                        "this many iterations.")
     seed: int = Field(0, description="Seed for prompt order, sampling and initialisation.")
     resources: RLResources = Field(default_factory=RLResources, description="Resources per role.")
@@ -146,9 +229,44 @@ class RLConfig(StageConfig):
     @field_validator("prompts", "eval_prompts")
     @classmethod
     def _spec(cls, v):
-        from llmray.data.formats import check_spec
-
         return None if v is None else check_spec(v, "prompt")
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, v):
+        return check_fields(v)
+
+    @field_validator("reward")
+    @classmethod
+    def _reward(cls, v):
+        return check_reward(v)
+
+    @model_validator(mode="after")
+    def _one_start(self):
+        if bool(self.init) == bool(self.from_):
+            raise ValueError("set exactly one of init (a stage) and from (a Hugging Face causal-LM folder)")
+        return self
+
+    def reward_terms(self) -> list[RewardTerm]:
+        """`reward:` as a list of weighted terms (a string is one term of weight 1)."""
+        if isinstance(self.reward, str):
+            key = "function" if is_function_ref(self.reward) else "stage"
+            return [RewardTerm(**{key: self.reward})]
+        return list(self.reward)
+
+    def reward_functions(self) -> list[str]:
+        """The `module:function` references in `reward:` (for fingerprints: `callable_source_digest`)."""
+        return [t.function for t in self.reward_terms() if t.function]
+
+    def input_refs(self) -> dict[str, list[str]]:
+        """Stage references only: `init` (when set) and the reward-model stages of `reward:`."""
+        refs: dict[str, list[str]] = {}
+        if self.init:
+            refs["init"] = [self.init]
+        stages = list(dict.fromkeys(t.stage for t in self.reward_terms() if t.stage))
+        if stages:
+            refs["reward"] = stages
+        return refs
 
     def samples_per_iteration(self) -> int:
         return self.batch_size

@@ -1,23 +1,22 @@
 """Prompts for RL: load, hold out, template, and serve them in a resumable order.
 
-Data flow: `prompts:` spec (`builtin:prompts` from `llmray.data.instruct.rl_prompts`, or JSONL
-with `prompt` / chat `messages`; `llmray.data.formats` normalises and quarantines) -> train /
-held-out split (the built-in's test split, `eval_prompts:`, or a hash of each id) -> the init
-model's chat template with the generation prompt (`<|assistant|>\\n`) -> token ids; prompts
+Data flow: `prompts:` spec (`builtin:prompts` from `llmray.data.instruct.rl_prompts`, or any
+data `llmray.data.formats` reads: files, folders, `datasets` folders, URIs, with `prompt` / chat
+`messages` / ShareGPT `conversations`, or a `fields:` mapping; bad records quarantined) -> train /
+held-out split (`llmray.data.formats.split_records`: `eval_prompts:`, the built-in's or
+DatasetDict's held-out split, or a hash of each id) -> the init model's chat template with the
+generation prompt -> token ids (prompts are held in memory: an RL run's prompt set is small); prompts
 longer than `max_prompt_tokens` are quarantined. `PromptSet.batch(cursor, n)` walks a
 seeded permutation per pass, so a resumed run continues with exactly the next prompts.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
-
-def _held_out(record_id: str, fraction: float) -> bool:
-    return int(hashlib.sha256(record_id.encode()).hexdigest()[:8], 16) / 16**8 < fraction
+from llmray.chat import prompt_ids, stop_token_ids
 
 
 @dataclass
@@ -40,7 +39,7 @@ class PromptSet:
 def _encode(tok, records: list[dict], max_tokens: int, quarantined: list[dict]) -> list[dict]:
     out = []
     for rec in records:
-        ids = tok.apply_chat_template(rec["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
+        ids = prompt_ids(tok, rec["prompt"])
         if len(ids) > max_tokens:
             quarantined.append({"source": "prompts", "line": None, "id": rec["id"],
                                 "reason": f"prompt has {len(ids)} tokens > max_prompt_tokens {max_tokens}",
@@ -52,19 +51,13 @@ def _encode(tok, records: list[dict], max_tokens: int, quarantined: list[dict]) 
 
 def load_prompts(cfg, tok) -> PromptSet:
     """The configured prompts, split and tokenized (see the module docstring)."""
-    from llmray.data.formats import load_data
+    from llmray.data.formats import split_records
 
-    train = load_data(cfg.prompts, "prompt", "train")
-    quarantined = list(train.quarantined)
-    if cfg.eval_prompts:
-        ev = load_data(cfg.eval_prompts, "prompt", "test")
-        quarantined += ev.quarantined
-        train_recs, eval_recs = train.records, ev.records
-    elif cfg.prompts.startswith("builtin:"):
-        train_recs, eval_recs = train.records, load_data(cfg.prompts, "prompt", "test").records
-    else:
-        train_recs = [r for r in train.records if not _held_out(r["id"], cfg.eval_fraction)]
-        eval_recs = [r for r in train.records if _held_out(r["id"], cfg.eval_fraction)]
+    quarantined: list[dict] = []
+    train_recs, eval_recs = [], []
+    for split, rec in split_records(cfg.prompts, cfg.eval_prompts, "prompt", cfg.eval_fraction, cfg.fields,
+                                    quarantined.append, what=("prompts", "eval_prompts")):
+        (train_recs if split == "train" else eval_recs).append(rec)
     train_recs = _encode(tok, train_recs, cfg.max_prompt_tokens, quarantined)
     eval_recs = _encode(tok, eval_recs, cfg.max_prompt_tokens, quarantined)[: cfg.num_eval]
     if not train_recs:
@@ -74,8 +67,15 @@ def load_prompts(cfg, tok) -> PromptSet:
     return PromptSet(train_recs, eval_recs, quarantined, cfg.seed)
 
 
-def stop_ids(tok, stop: list[str]) -> list[int]:
-    """Each configured stop token -> its id; a string that is not exactly one token is an error."""
+def stop_ids(tok, stop: list[str] | None, model_dir=None) -> list[int]:
+    """Each configured stop token -> its id; a string that is not exactly one token is an error.
+    `stop` unset: the tokenizer's and chat template's own (`llmray.chat.stop_token_ids`)."""
+    if stop is None:
+        ids = stop_token_ids(tok, model_dir)
+        if not ids:
+            raise ValueError("generation.stop: the tokenizer has no eos token and its chat template no "
+                             "end-of-turn token; set generation.stop")
+        return ids
     ids = []
     for s in stop:
         enc = tok.encode(s, add_special_tokens=False)

@@ -1,10 +1,13 @@
 """The RL loop (single controller on the driver) shared by the `ppo` and `grpo` kinds.
 
-Roles (Ray actor groups, `llmray.rlhf.actors`): rollout engines, reward model, reference model,
-policy trainer, and for PPO a critic trainer. One iteration:
+Roles (Ray actor groups, `llmray.rlhf.actors`): rollout engines, one actor per reward-model stage
+and a pool of reward-function workers (`llmray.rlhf.scoring`, as `reward:` asks), reference model,
+policy trainer, and for PPO a critic trainer. The policy starts from the `init:` stage's model or
+the `from:` folder. One iteration:
 
   generate  prompts --rollout engines--> responses (+ the engine's log-probs)
-  score     in parallel: reward(prompt + response), reference log-probs, policy log-probs
+  score     in parallel: reward(prompt + response) (the weighted sum of `reward:`'s terms; failed
+            function calls counted), reference log-probs, policy log-probs
             (the "old" log-probs; compared with the engine's to measure the mismatch),
             critic values (PPO)
   advantage PPO: score - beta * KL per token -> GAE -> whitened advantages;
@@ -15,7 +18,9 @@ Then beta adapts to the measured KL, one metrics.jsonl record is written, and ev
 `checkpoint_every` iterations the trainers' weights, optimizers, beta and the prompt cursor
 go to `ctx.work_dir/ckpt` (and, with a URI workdir, to the store: `storage.push_checkpoint`) so a
 rerun after a driver crash resumes there, on this machine or another. Held-out prompts are
-scored for the init policy before training and for the final policy after it.
+scored for the init policy before training and for the final policy after it; with function
+rewards also per term and, when the prompts carry `reference` answers, as an exact-match rate
+with its Wilson 95% interval (`eval_exact_match_*`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import numpy as np
 
 from llmray.stages.base import StageResult
 
+EXACT_MATCH = "llmray.rlhf.rewards:exact_match"  # the held-out rate of verifiable tasks
+
 
 @dataclass
 class State:
@@ -41,6 +48,7 @@ class State:
     eval_init: dict | None = None
     records: list[dict] = field(default_factory=list)
     resumed_from: int | None = None
+    reward_stats: dict = field(default_factory=dict)  # RewardScorer.state_dict(): function error counts
 
 
 @dataclass
@@ -63,6 +71,7 @@ def run_rl(config, ctx, algo: str) -> StageResult:
     import ray
     from transformers import AutoTokenizer
 
+    from llmray.chat import pad_token_id
     from llmray.data.formats import write_quarantine
     from llmray.rlhf.data import load_prompts, stop_ids
 
@@ -70,25 +79,48 @@ def run_rl(config, ctx, algo: str) -> StageResult:
         from llmray.rayutil import init_ray
 
         init_ray(getattr(ctx.pipeline, "ray", None))
-    init_dir, rm_dir = ctx.input("init").path("model"), ctx.input("reward").path("model")
+    init_dir = start_dir(config, ctx)
+    rm_dirs = {o.name: o.path("model") for o in ctx.inputs.get("reward", [])}
     tok = AutoTokenizer.from_pretrained(str(init_dir))
     data = load_prompts(config, tok)
     write_quarantine(data.quarantined, ctx.out_dir, "prompts")
-    sampling = {**config.generation.model_dump(exclude={"stop"}), "stop_ids": stop_ids(tok, config.generation.stop)}
-    ctx.log.info("%s: %d train / %d held-out prompts (%d quarantined)", algo, len(data.train), len(data.eval),
-                 len(data.quarantined))
-    roles = _build_roles(config, ctx, algo, init_dir, rm_dir)
+    sampling = {**config.generation.model_dump(exclude={"stop"}), "stop_ids": stop_ids(tok, config.generation.stop, init_dir)}
+    ctx.log.info("%s: %d train / %d held-out prompts (%d quarantined); reward: %s", algo, len(data.train),
+                 len(data.eval), len(data.quarantined),
+                 " + ".join(f"{t.weight:g} * {t.name}" for t in config.reward_terms()))
+    roles = _build_roles(config, ctx, algo, init_dir, rm_dirs)
     try:
-        loop = Loop(config, ctx, algo, roles, data, sampling, tok.pad_token_id)
+        scorer = _scorer(config, roles, tok, sampling["stop_ids"], ctx.log)
+        loop = Loop(config, ctx, algo, roles, data, sampling, pad_token_id(tok), scorer, tok)
         return loop.run(init_dir)
     finally:
         roles.shutdown()
 
 
-def _build_roles(cfg, ctx, algo: str, init_dir: Path, rm_dir: Path) -> Roles:
-    """Start every role's actors at once (they load in parallel), then wait for all of them."""
+def start_dir(config, ctx) -> Path:
+    """The starting policy's HF folder: the `init:` stage's model/, or the checked `from:` folder (a
+    URI downloaded into the run's model cache)."""
+    from llmray.models import model_cache, resolve_model_source
+
+    if config.init:
+        return ctx.input("init").path("model")
+    return resolve_model_source(config.from_, model_cache(ctx.run_dir), f"stages.{ctx.name}.from")
+
+
+def _scorer(cfg, roles: Roles, tok, stop: list[int], log):
+    from llmray.rlhf.scoring import RewardScorer
+
+    rms = {t.stage: roles.groups[f"reward-{t.stage}"] for t in cfg.reward_terms() if t.stage}
+    return RewardScorer(cfg, tok, stop, rms, roles.groups.get("reward_fn"), log)
+
+
+def _build_roles(cfg, ctx, algo: str, init_dir: Path, rm_dirs: dict[str, Path]) -> Roles:
+    """Start every role's actors at once (they load in parallel), then wait for all of them.
+    One frozen reward-model actor per reward stage; a pool of function workers when `reward:`
+    names functions."""
     from llmray.rlhf.actors import RayActorGroup, threads_for
     from llmray.rlhf.rollout import RolloutGroup, RolloutWorker
+    from llmray.rlhf.scoring import RewardFnWorker, worker_env
     from llmray.rlhf.trainer import PolicyWorker, ValueWorker
 
     res, opts = cfg.resources, cfg.optim.model_dump()
@@ -101,8 +133,6 @@ def _build_roles(cfg, ctx, algo: str, init_dir: Path, rm_dir: Path) -> Roles:
             "rollout", RolloutWorker, res.rollout, cfg.rollout.replicas, max_restarts=cfg.rollout.max_restarts,
             args=(str(init_dir), cfg.rollout.engine, engine_opts, cfg.seed, str(ctx.work_dir / "rollout-tmp"),
                   threads_for(res.rollout)), env=env, **common),
-        "reward": RayActorGroup("reward", ValueWorker, res.reward, max_restarts=cfg.rollout.max_restarts,
-                                args=(str(rm_dir), False, opts, threads_for(res.reward), cfg.seed), **common),
         "reference": RayActorGroup("reference", PolicyWorker, res.reference, max_restarts=cfg.rollout.max_restarts,
                                    args=(str(init_dir), temp, False, opts, algo, None, threads_for(res.reference),
                                          cfg.seed), **common),
@@ -110,8 +140,19 @@ def _build_roles(cfg, ctx, algo: str, init_dir: Path, rm_dir: Path) -> Roles:
                                 args=(str(init_dir), temp, True, opts, algo, cfg.kl.model_dump(),
                                       threads_for(res.policy), cfg.seed), **common),
     }
+    for stage, rm_dir in rm_dirs.items():
+        groups[f"reward-{stage}"] = RayActorGroup(
+            f"reward-{stage}", ValueWorker, res.reward, max_restarts=cfg.rollout.max_restarts,
+            args=(str(rm_dir), False, opts, threads_for(res.reward), cfg.seed), **common)
+    fns = cfg.reward_functions()
+    if fns:
+        fn_res = type(res.reward)(num_cpus=cfg.reward_worker_cpus)
+        groups["reward_fn"] = RayActorGroup("reward_fn", RewardFnWorker, fn_res, cfg.reward_workers,
+                                            max_restarts=cfg.rollout.max_restarts, args=(fns,),
+                                            env=worker_env(fns), **common)
     if algo == "ppo":
-        critic_dir = rm_dir if cfg.critic.init == "reward" else init_dir
+        # the critic starts from the first reward model; with function rewards only, from the policy
+        critic_dir = next(iter(rm_dirs.values())) if cfg.critic.init == "reward" and rm_dirs else init_dir
         groups["critic"] = RayActorGroup("critic", ValueWorker, res.critic,
                                          args=(str(critic_dir), True, opts, threads_for(res.critic), cfg.seed,
                                                cfg.critic.value_clip), **common)
@@ -125,11 +166,11 @@ def _build_roles(cfg, ctx, algo: str, init_dir: Path, rm_dir: Path) -> Roles:
 class Loop:
     """One RL run: evaluation, iterations, checkpoints, the final model."""
 
-    def __init__(self, cfg, ctx, algo, roles: Roles, data, sampling: dict, pad_id: int):
+    def __init__(self, cfg, ctx, algo, roles: Roles, data, sampling: dict, pad_id: int, scorer, tok):
         from llmray.rlhf.algos import KLController
 
         self.cfg, self.ctx, self.algo, self.roles, self.data = cfg, ctx, algo, roles, data
-        self.sampling, self.pad_id = sampling, pad_id
+        self.sampling, self.pad_id, self.scorer, self._tok = sampling, pad_id, scorer, tok
         self.group_size = getattr(cfg, "group_size", 1)
         self.kl_ctl = KLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon, cfg.kl.adaptive)
         self.ckpt = ctx.work_dir / "ckpt"
@@ -151,6 +192,9 @@ class Loop:
                               "train %.1fs sync %.2fs", it, record["reward_mean"], record["kl"], record["kl_coef"],
                               record["response_length"], record["clip_frac"], record["time_generate_s"],
                               record["time_score_s"], record["time_train_s"], record["time_sync_s"])
+            if record["reward_errors"]:
+                self.ctx.log.warning("iter %d: %d reward function calls failed (scored %s)", it,
+                                     record["reward_errors"], self.cfg.reward_on_error)
             if (it + 1) % self.cfg.checkpoint_every == 0 and it + 1 < self.cfg.iterations:
                 self._save(state)
         final = self._evaluate()
@@ -165,6 +209,11 @@ class Loop:
                  ("time_generate_s", "time_score_s", "time_train_s", "time_sync_s")}
         samples = [{"prompt": p["prompt"][-1]["content"], "response": a, "before": b}
                    for p, b, a in zip(self.data.eval[:4], init["texts"], final["texts"])]
+        rates = _held_out_rates(init, final)
+        if "eval_exact_match_final" in rates:
+            self.ctx.log.info("held-out exact match (n=%d): init %.3f %s -> final %.3f %s", rates["eval_exact_match_n"],
+                              rates["eval_exact_match_init"], _ci(rates["eval_exact_match_init_ci95"]),
+                              rates["eval_exact_match_final"], _ci(rates["eval_exact_match_final_ci95"]))
         return {
             "algo": self.algo, "engine": self.roles.rollout.engine, "iterations": len(recs),
             "samples_trained": int(sum(r["samples"] for r in recs)),
@@ -179,7 +228,7 @@ class Loop:
             "logprob_mismatch_mean": float(np.mean([r["logprob_mismatch"] for r in recs])),
             "rollout_tokens_per_s": float(np.mean([r["rollout_tokens_per_s"] for r in recs])),
             "rollout_restarts": self.roles.rollout.restarts, "resumed_from": state.resumed_from,
-            **total, "samples": samples,
+            **total, "samples": samples, **self.scorer.metrics(), **rates,
         }
 
     # ------------------------------------------------------------ one iteration
@@ -201,7 +250,9 @@ class Loop:
         load_s = self.roles.rollout.sync(blob, version=it + 1)
         t4 = time.perf_counter()
         n_tokens = int(batch["response_mask"].sum())
+        terms = {f"reward_term/{t.name}": float(np.mean(scored["terms"][t.name])) for t in self.scorer.terms}
         return {"iteration": it, "samples": len(roll["responses"]), **stats, **train_stats,
+                **terms, "reward_errors": scored["reward_errors"],
                 "kl_coef": kl_coef_used, "rollout_tokens": n_tokens,
                 "rollout_tokens_per_s": n_tokens / max(t1 - t0, 1e-9),
                 "time_generate_s": t1 - t0, "time_score_s": t2 - t1, "time_train_s": t3 - t2,
@@ -220,19 +271,18 @@ class Loop:
                 "stopped": np.array([s["finish"] == "stop" for _, s in rows], dtype=np.float32),
                 "batch": pack([p["ids"] for p, _ in rows], resp, self.pad_id)}
 
-    def _score(self, roll: dict) -> dict:
-        """Reward, reference and policy log-probs (and critic values) for the rollouts, in parallel."""
+    def _score(self, roll: dict, extra_functions=()) -> dict:
+        """Reward, reference and policy log-probs (and critic values) for the rollouts, in parallel.
+        `extra_functions`: reward functions scored outside the reward sum (held-out exact match)."""
         batch = roll["batch"]
         refs = {"policy": self.roles.policy.async_run("logprobs", batch)[0],
                 "reference": self.roles.reference.async_run("logprobs", batch)[0]}
         if "critic" in self.roles.groups:
             refs["critic"] = self.roles.critic.async_run("values", batch)[0]
-        scores = self.roles.reward.call(
-            0, "score_responses", [p["prompt"] for p in roll["prompts"]], roll["responses"],
-            self.sampling["stop_ids"], self.cfg.optim.micro_batch_size, timeout=self.cfg.rollout.generate_timeout_s,
-            attempts=self.cfg.rollout.max_restarts + 1, log=self.ctx.log)
+        rewards = self.scorer.score(roll["prompts"], roll["responses"], extra_functions)
         got = {k: self.roles.groups[k].get([r], "score", self.cfg.rollout.generate_timeout_s)[0] for k, r in refs.items()}
-        return {"scores": np.asarray(scores, dtype=np.float32), "logprobs": got["policy"]["logprobs"],
+        return {"scores": rewards["scores"], "terms": rewards["terms"], "reward_errors": rewards["errors"],
+                "logprobs": got["policy"]["logprobs"],
                 "entropy": got["policy"]["entropy"], "ref_logprobs": got["reference"]["logprobs"],
                 "values": got.get("critic")}
 
@@ -288,12 +338,23 @@ class Loop:
         (sampled with the training settings and a fixed seed, so init and final are paired)."""
         prompts = self.data.eval
         roll = self._rollout_n1(prompts, seed=self.cfg.seed + 424242)
-        sc = self._score(roll)
+        extra = [EXACT_MATCH] if self._exact_match_eval() else []
+        sc = self._score(roll, extra)
         mask = roll["batch"]["response_mask"]
         kl = ((sc["logprobs"] - sc["ref_logprobs"]) * mask).sum(1)
-        return {"reward": float(sc["scores"].mean()), "reward_std": float(sc["scores"].std()),
-                "kl": float(kl.mean()), "length": float(mask.sum(1).mean()),
-                "texts": [self._decode(r) for r in roll["responses"][:4]]}
+        out = {"reward": float(sc["scores"].mean()), "reward_std": float(sc["scores"].std()),
+               "kl": float(kl.mean()), "length": float(mask.sum(1).mean()),
+               "texts": [self._decode(r) for r in roll["responses"][:4]]}
+        if self.scorer.functions:
+            out["terms"] = {t.name: float(np.mean(sc["terms"][t.name])) for t in self.scorer.terms}
+        if extra:
+            out["exact_match"] = [int(np.sum(sc["terms"][EXACT_MATCH] >= 1.0)), len(prompts)]
+        return out
+
+    def _exact_match_eval(self) -> bool:
+        """Exact-match rates are reported when the reward includes functions (a verifiable task) and
+        the held-out prompts carry `reference` answers."""
+        return bool(self.scorer.functions) and all("reference" in p for p in self.data.eval)
 
     def _rollout_n1(self, prompts, seed):
         size, self.group_size = self.group_size, 1
@@ -303,10 +364,6 @@ class Loop:
             self.group_size = size
 
     def _decode(self, ids: list[int]) -> str:
-        if not hasattr(self, "_tok"):
-            from transformers import AutoTokenizer
-
-            self._tok = AutoTokenizer.from_pretrained(str(self.ctx.input("init").path("model")))
         return self._tok.decode(ids, skip_special_tokens=True).strip()
 
     # ------------------------------------------------------------ checkpoints
@@ -318,6 +375,7 @@ class Loop:
         names = [n for n in ("policy", "critic") if n in self.roles.groups]
         refs = [self.roles.groups[n].async_run("save_checkpoint", str(tmp), n)[0] for n in names]
         self.roles.policy.get(refs, "save_checkpoint", 600)
+        state.reward_stats = self.scorer.state_dict()
         (tmp / "state.json").write_text(json.dumps({**asdict(state), "kl_ctl": self.kl_ctl.state_dict()}))
         if self.ckpt.exists():
             self.ckpt.rename(old)
@@ -346,6 +404,7 @@ class Loop:
         raw = json.loads(path.read_text())
         self.kl_ctl.load_state_dict(raw.pop("kl_ctl"))
         state = State(**raw)
+        self.scorer.load_state_dict(state.reward_stats)
         names = [n for n in ("policy", "critic") if n in self.roles.groups]
         refs = [self.roles.groups[n].async_run("load_checkpoint", str(self.ckpt), n)[0] for n in names]
         self.roles.policy.get(refs, "load_checkpoint", 600)
@@ -363,6 +422,28 @@ def _mismatch(engine_lps: list[list[float]], trainer_lps: np.ndarray) -> dict:
     diffs = np.concatenate([np.abs(np.asarray(e, dtype=np.float64) - trainer_lps[i, : len(e)])
                             for i, e in enumerate(engine_lps) if len(e)] or [np.zeros(1)])
     return {"logprob_mismatch": float(diffs.mean()), "logprob_mismatch_max": float(diffs.max())}
+
+
+def _held_out_rates(init: dict, final: dict) -> dict:
+    """Function-reward figures of the held-out evaluation: per-term means before / after and, for a
+    verifiable task, the exact-match rate with its Wilson 95% interval."""
+    from llmray.rlhf.rewards import wilson_interval
+
+    out = {}
+    if "terms" in final:
+        out["eval_reward_terms_init"], out["eval_reward_terms_final"] = init.get("terms"), final["terms"]
+    if "exact_match" in final and "exact_match" in init:
+        for when, ev in (("init", init), ("final", final)):
+            k, n = ev["exact_match"]
+            out[f"eval_exact_match_{when}"] = k / n if n else 0.0
+            out[f"eval_exact_match_{when}_ci95"] = list(wilson_interval(k, n))
+        out["eval_exact_match_n"] = final["exact_match"][1]
+        out["eval_exact_match_gain"] = out["eval_exact_match_final"] - out["eval_exact_match_init"]
+    return out
+
+
+def _ci(interval: list[float]) -> str:
+    return f"[{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
 def _short(ev: dict) -> str:

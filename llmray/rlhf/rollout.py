@@ -24,6 +24,8 @@ import shutil
 import time
 from pathlib import Path
 
+from llmray.chat import pad_token_id
+
 
 def resolve_engine(kind: str) -> str:
     if kind == "auto":
@@ -118,7 +120,7 @@ class HFEngine:
         import torch
         from transformers import GenerationConfig
 
-        pad, width = self.tok.pad_token_id, max(len(p) for p in prompts)
+        pad, width = pad_token_id(self.tok), max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), pad, dtype=torch.long)
         att = torch.zeros_like(ids)
         for i, p in enumerate(prompts):

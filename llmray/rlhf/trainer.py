@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llmray.chat import chat_ids, pad_token_id
+
 
 def _setup(threads: int, seed: int):
     import torch
@@ -239,7 +241,7 @@ class ValueWorker(_Trainable):
         self.compute = _setup(threads, seed)
         self.tok = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, num_labels=1, dtype=torch.float32, pad_token_id=self.tok.pad_token_id).to(self.compute.device)
+            model_dir, num_labels=1, dtype=torch.float32, pad_token_id=pad_token_id(self.tok)).to(self.compute.device)
         if not hasattr(self.model, "score"):
             raise ValueError(f"{model_dir}: expected a *ForSequenceClassification model with a `score` head")
         self.model.config.use_cache = False
@@ -287,13 +289,12 @@ class ValueWorker(_Trainable):
         for msgs, resp in zip(prompts, responses):
             body = resp[:-1] if resp and resp[-1] in stop_ids else resp
             text = self.tok.decode(body, skip_special_tokens=False)
-            seqs.append(self.tok.apply_chat_template(msgs + [{"role": "assistant", "content": text}],
-                                                     tokenize=True, return_dict=False))
+            seqs.append(chat_ids(self.tok, msgs + [{"role": "assistant", "content": text}]))
         out = []
         with torch.no_grad():
             for idx in chunks(len(seqs), micro_batch_size):
                 width = max(len(seqs[i]) for i in idx)
-                ids = torch.full((len(idx), width), self.tok.pad_token_id, dtype=torch.long)
+                ids = torch.full((len(idx), width), pad_token_id(self.tok), dtype=torch.long)
                 att = torch.zeros((len(idx), width), dtype=torch.long)
                 for row, i in enumerate(idx):
                     ids[row, : len(seqs[i])] = torch.tensor(seqs[i])

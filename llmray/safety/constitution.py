@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import random
 
+from llmray.chat import pad_token_id, prompt_ids, stop_token_ids
+
 # The built-in constitution: harmlessness principles in the spirit of the paper's appendix,
 # written so that a refusal of a harmless request is not "better" (the paper's non-evasive aim).
 PRINCIPLES = (
@@ -183,19 +185,17 @@ class Chat:
     def __init__(self, model_dir: str, engine: str, opts: dict, seed: int, tmp_dir: str):
         from transformers import AutoTokenizer
 
-        from llmray.chat import stop_token_ids
         from llmray.rlhf.rollout import HFEngine, VLLMEngine, resolve_engine
 
         self.tok = AutoTokenizer.from_pretrained(model_dir)
         self.engine_name = resolve_engine(engine)
         cls = VLLMEngine if self.engine_name == "vllm" else HFEngine
         self.engine = cls(model_dir, opts, seed, tmp_dir)
-        self.stop = stop_token_ids(self.tok) or [self.tok.eos_token_id]
+        self.stop = stop_token_ids(self.tok, model_dir)
         self.max_prompt = opts["max_model_len"] - opts["max_new_tokens"]
 
     def ids(self, conversation: list[dict]) -> list[int]:
-        ids = self.tok.apply_chat_template(conversation, tokenize=True, add_generation_prompt=True,
-                                           return_dict=True)["input_ids"]
+        ids = prompt_ids(self.tok, conversation)
         return ids[-self.max_prompt:]  # keep the end: the request and the generation prompt
 
     def hf_model(self):
@@ -218,12 +218,12 @@ def option_logprobs(model, tok, conversations: list[list[dict]], device, batch_s
     conts = [tok.encode(o, add_special_tokens=False) for o in options]
     rows = []
     for c in conversations:
-        ctx = tok.apply_chat_template(c, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+        ctx = prompt_ids(tok, c)
         for cont in conts:
             keep = max_len - len(cont)
             rows.append((ctx[-keep:], cont))
     scores: list[float] = []
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = pad_token_id(tok)
     for s in range(0, len(rows), batch_size):
         batch = rows[s:s + batch_size]
         width = max(len(a) + len(b) for a, b in batch)

@@ -2,7 +2,7 @@
 
 Engines turn chat conversations into response texts:
   HFEngine     transformers `generate` (greedy) on a model folder, prompts rendered by the
-               folder's own chat template (`apply_chat_template(add_generation_prompt=True)`);
+               folder's own chat template (`llmray.chat.render_chat(add_generation_prompt=True)`);
   FixedEngine  responses from a function (tests; replaying recorded outputs).
 `generate_in_ray` runs one HFEngine per model as a Ray task with fractional CPUs, so several
 stage models are evaluated side by side on a small machine.
@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from llmray.chat import CHAT_TEMPLATE, pad_token_id, render_chat, stop_token_ids
 from llmray.safety.redteam import prompt_text
 
 
@@ -46,7 +47,6 @@ class HFEngine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from llmray.chat import CHAT_TEMPLATE, stop_token_ids
         from llmray.device import compute_init
 
         self.compute = compute_init(in_ray_train=False)
@@ -56,11 +56,11 @@ class HFEngine:
             # A folder saved without a template (e.g. an outside base model): use the one llmray trains with.
             self.tok.chat_template, self.template = CHAT_TEMPLATE, "llmray.chat"
         self.tok.padding_side, self.tok.truncation_side = "left", "left"
-        if self.tok.pad_token_id is None:
-            self.tok.pad_token = self.tok.eos_token
+        if self.tok.pad_token_id is None:  # batching only: an existing token, the vocabulary is unchanged
+            self.tok.pad_token = self.tok.convert_ids_to_tokens(pad_token_id(self.tok))
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(self.compute.device)
         self.model.eval()
-        self.stop = stop_token_ids(self.tok) or [self.tok.eos_token_id]
+        self.stop = stop_token_ids(self.tok, model_dir)
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         limit = getattr(self.model.config, "max_position_embeddings", 2048)
         self.max_prompt = max(8, limit - max_new_tokens)
@@ -71,7 +71,7 @@ class HFEngine:
 
         from llmray.device import autocast
 
-        texts = [self.tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        texts = [render_chat(self.tok, c, add_generation_prompt=True) for c in conversations]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
         out: list[str] = [""] * len(texts)
         for s in range(0, len(order), self.batch_size):

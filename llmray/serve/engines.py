@@ -1,9 +1,9 @@
 """One interface in front of every engine, and the model-side half of a request.
 
-`ModelRunner` owns a stage's tokenizer (with THE chat template of `llmray.chat`, read from the
-model folder) and one engine. Data flow for one request:
+`ModelRunner` owns a model folder's tokenizer (with that folder's chat template; stop ids from
+`llmray.chat.stop_token_ids`) and one engine. Data flow for one request:
   {"messages" | "prompts", "params": GenParams}
-  --encode: tokenizer.apply_chat_template / tokenizer(prompt); prompt-length and context checks-->
+  --encode: llmray.chat.prompt_ids / tokenizer(prompt); prompt-length and context checks-->
   one `EngineRequest` per prompt --engine.stream--> lists of `Delta` (per choice index)
   --> {"prompt_tokens"} then {"deltas": [...]} items (streaming), or one {"choices": [...]} dict.
 Errors come back as `APIError.to_payload()` dicts (not exceptions), so they cross a Ray
@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
+from llmray.chat import prompt_ids, stop_token_ids
 from llmray.serve.protocol import APIError, GenParams
 
 
@@ -66,23 +67,6 @@ def pick_engine(kind: str) -> str:
     return kind
 
 
-def _stop_ids(tokenizer, model_dir: str) -> list[int]:
-    """End-of-turn / end-of-text ids from llmray.chat, plus the generation config's eos ids."""
-    from transformers import GenerationConfig
-
-    from llmray.chat import stop_token_ids
-
-    ids = list(stop_token_ids(tokenizer))
-    try:
-        eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
-    except OSError:
-        eos = None
-    for i in [eos] if isinstance(eos, int) else (eos or []):
-        if i not in ids:
-            ids.append(i)
-    return ids
-
-
 class ModelRunner:
     """Tokenizer + chat template + caps in front of one engine (see module doc)."""
 
@@ -94,7 +78,7 @@ class ModelRunner:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.context = int(getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", 2048))
         self.max_prompt_tokens = max_prompt_tokens
-        self.stop_ids = _stop_ids(self.tokenizer, model_dir)
+        self.stop_ids = stop_token_ids(self.tokenizer, model_dir)
         kind = pick_engine(engine)
         if kind == "vllm":
             from llmray.serve.vllm_engine import VLLMEngine
@@ -117,12 +101,10 @@ class ModelRunner:
         """Token ids of each prompt: chat messages through the stage's chat template."""
         if "messages" in body:
             try:
-                out = self.tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True,
-                                                         tokenize=True, return_dict=True)
+                prompts = [prompt_ids(self.tokenizer, body["messages"])]
             except Exception as e:  # noqa: BLE001 - a template error is the client's bad request
                 raise APIError(400, f"messages: cannot apply the chat template: {e}", "invalid_value",
                                "messages") from None
-            prompts = [list(out["input_ids"])]
         else:
             prompts = [list(self.tokenizer(p)["input_ids"]) for p in body["prompts"]]
         prompts = [p or [self.tokenizer.bos_token_id or 0] for p in prompts]

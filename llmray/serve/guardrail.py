@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from llmray.chat import chat_ids
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -66,7 +68,7 @@ class ClassifierGuardrail:
 
         if self.use_conversation and self.tokenizer.chat_template:
             msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-            ids = self.tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"]
+            ids = chat_ids(self.tokenizer, msgs)
         else:
             ids = self.tokenizer(response)["input_ids"] or [self.tokenizer.bos_token_id or 0]
         with torch.inference_mode():

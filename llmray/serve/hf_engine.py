@@ -24,6 +24,7 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from llmray.chat import pad_token_id
 from llmray.serve.engines import Delta, EngineRequest
 
 
@@ -56,7 +57,7 @@ class HFEngine:
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(self.compute.device).eval()
         self.tokenizer = tokenizer
         self.stop_ids = set(stop_ids)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.pad_id = pad_token_id(tokenizer)
         # Set by the Serve deployment to its `@serve.batch` method; None -> each request alone.
         self.submit = None
         self.max_batch_size = max_batch_size

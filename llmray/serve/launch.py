@@ -1,6 +1,7 @@
 """`llmray serve` and `llmray compare`: start Serve for a pipeline's models, print the URL, query them.
 
-serve:   pipeline --resolve_spec (completed stages, align gate, API-key hash)--> init_ray
+serve:   pipeline --resolve_spec (completed stages and external `from:` models, align gate, API-key
+         hash)--> init_ray
          --resource check--> serve.start(host, port) --> run the application (app.build_application)
          --> wait until Serve says RUNNING and GET /health answers --> print http://host:port/v1
          then block until Ctrl-C / SIGTERM (default), or return at once (--detach).
@@ -137,7 +138,8 @@ def start_serving(pipe, allow_blocked: bool = False, engine: str | None = None, 
     name = app_name(pipe)
     for m in spec["models"]:
         flag = "  [BLOCKED by the align gate]" if m["blocked"] else ""
-        echo(f"[llmray] serve: {m['id']} <- {m['dir']}{flag}")
+        source = f"{m['from']} ({m['dir']})" if m.get("from") and m["from"] != m["dir"] else m["dir"]
+        echo(f"[llmray] serve: {m['id']} <- {source}{flag}")
     logging_config = {"enable_access_log": cfg.access_log}
     serve.run_many([serve.RunTarget(build_application(spec), name=name, route_prefix=cfg.route_prefix,
                                     logging_config=logging_config)], wait_for_applications_running=False)
@@ -303,7 +305,8 @@ def _stop(pipe) -> int:
 
 def add_arguments_compare(p) -> None:
     p.add_argument("prompt", help="the prompt (sent as one user message, or raw with --completion)")
-    p.add_argument("--models", default="", help="comma-separated stages or model ids (default: serve.models)")
+    p.add_argument("--models", default="", help="comma-separated stage or external model names, or model ids "
+                                           "(default: serve.models)")
     p.add_argument("--max-tokens", type=int, default=64, help="max_tokens per answer")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed")

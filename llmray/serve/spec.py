@@ -4,6 +4,10 @@ pipe.serve.models --(URI workdir: downloaded from the store into the mirror)--> 
 <run>/<stage>/manifest.json must be `completed` and declare outputs.model--> model id
 `<pipeline>/<stage>` + the absolute model folder (paths only ever come from manifests, never from
 requests) --align gate--> which model may be the default.
+An external model `{name, from}` --llmray.models.resolve_model_source (a URI downloaded once into
+<run>/.models/; the folder checked as a causal LM)--> model id `<pipeline>/<name>`, kind `external`;
+its "stage" key holds its name (the short alias requests may use). An align stage that evaluated it
+under the same label (`from: {<name>: ...}`) gates it like a stage model.
 
 The align gate: a served model is blocked when either
   - an align stage of the pipeline blocked it: `llmray.safety.gate.gate_status(run, pipe)`, which
@@ -59,6 +63,17 @@ def _created(manifest: dict) -> int:
         return 0
 
 
+def _align_verdict(blocked: bool, reasons: list[str], align: dict | None, screened: bool) -> tuple[bool, list]:
+    """(blocked, reasons) once the align stages' verdict on a served model is added."""
+    if align and align["status"] != "passed":
+        return True, reasons + list(align["reasons"])
+    if align and align.get("needs_guardrail") and not screened:
+        # The gate passed the model only with the align guardrail in front of it.
+        return True, reasons + [f"{', '.join(align['align'])}: passed with the guardrail in front (gate.guarded), "
+                                "but serve.guardrail does not screen with the align stage's guardrail"]
+    return blocked, reasons
+
+
 def _served_model(pipe, root: Path, stage: str, gates: dict, screened: bool) -> dict:
     from llmray.runner import read_manifest
 
@@ -73,18 +88,27 @@ def _served_model(pipe, root: Path, stage: str, gates: dict, screened: bool) -> 
     folder = (root / stage / rel).resolve()
     if not (folder / "config.json").exists():
         raise ServeError(f"serve.models: {folder} is not an HF model folder (no config.json)")
-    blocked, reasons = gate_of(man)
     align = gates.get(stage)
-    if align and align["status"] != "passed":
-        blocked, reasons = True, reasons + list(align["reasons"])
-    elif align and align.get("needs_guardrail") and not screened:
-        # The gate passed the model only with the align guardrail in front of it.
-        blocked, reasons = True, reasons + [
-            f"{', '.join(align['align'])}: passed with the guardrail in front (gate.guarded), but "
-            "serve.guardrail does not screen with the align stage's guardrail"]
+    blocked, reasons = _align_verdict(*gate_of(man), align, screened)
     gate = "blocked" if blocked else ("passed" if align or (man.get("metrics") or {}).get("gate") else None)
     return {"id": f"{pipe.name}/{stage}", "stage": stage, "kind": man.get("kind"), "dir": str(folder),
             "created": _created(man), "blocked": blocked, "gate": gate, "gate_reasons": reasons}
+
+
+def _external_model(pipe, root: Path, i: int, item, gates: dict, screened: bool) -> dict:
+    """A served model from outside the pipeline: its folder resolved (downloaded) and checked."""
+    from llmray.models import ModelSourceError, model_cache, resolve_model_source, shown_uri
+
+    try:
+        folder = resolve_model_source(item.from_, model_cache(root), f"serve.models.{i}.from")
+    except ModelSourceError as e:
+        raise ServeError(str(e)) from None
+    align = gates.get(item.name)
+    blocked, reasons = _align_verdict(False, [], align, screened)
+    return {"id": f"{pipe.name}/{item.name}", "stage": item.name, "kind": "external", "dir": str(folder.resolve()),
+            "created": int((folder / "config.json").stat().st_mtime), "blocked": blocked,
+            "gate": ("blocked" if blocked else "passed") if align else None, "gate_reasons": reasons,
+            "from": shown_uri(item.from_)}
 
 
 def _default(cfg, models: list[dict], allow_blocked: bool) -> str | None:
@@ -154,11 +178,13 @@ def resolve_spec(pipe, allow_blocked: bool = False, engine: str | None = None) -
     from llmray.storage import report_files
 
     sync_local(pipe, only=report_files)
-    root = sync_local(pipe, [*cfg.models, *_align_stages(pipe)])
+    stages = [m for m in cfg.models if isinstance(m, str)]
+    root = sync_local(pipe, [*stages, *_align_stages(pipe)])
     gates = align_gates(pipe, root)
     guardrail = _guardrail(pipe, root)
     screened = bool(guardrail and guardrail["folder"])
-    models = [_served_model(pipe, root, s, gates, screened) for s in cfg.models]
+    models = [_served_model(pipe, root, m, gates, screened) if isinstance(m, str)
+              else _external_model(pipe, root, i, m, gates, screened) for i, m in enumerate(cfg.models)]
     return {
         "pipeline": pipe.name,
         "run_dir": str(root.resolve()),

@@ -3,7 +3,8 @@
 Data flow:
   red-team suite (built-in held-out intents by category + benign mirrors; user JSONL `suites:`,
     bad lines -> quarantine/suites.jsonl)                     -> suite.jsonl
-  `models:` stage model/ folders (+ `model_dirs:`) --Ray tasks, fractional CPUs, one per model,
+  `models:` stage model/ folders (+ `from:` external models, resolved and checked by llmray.models)
+    --Ray tasks, fractional CPUs, one per model,
     transformers greedy `generate` through each folder's chat template--> responses
   meanwhile, in the driver: labelled (prompt, response) pairs of the instruct TRAIN split
     --two hashed n-gram logistic regressions, P(harmful request) x P(response complies)-->
@@ -21,9 +22,10 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from llmray.config import NAME_RE, StageConfig, StrictModel
+from llmray.config import EXTERNAL_INPUT, NAME_RE, StageConfig, StrictModel
+from llmray.models import ModelSource, model_cache, resolve_model_source
 from llmray.safety.guardrail import DEFAULT_THRESHOLD
 
 VERSION = "2"  # 2: everyday questions in the guardrail pairs and the suite; threshold 0.4
@@ -33,7 +35,8 @@ MODEL_KINDS = ("pretrain", "sft", "dpo", "ppo", "grpo")
 class SuiteFile(StrictModel):
     """A user red-team suite: one JSON object per line."""
 
-    path: str = Field(description="JSONL file (relative paths are read from the working directory).")
+    path: str = Field(description="JSONL file (relative paths are read from the working directory).",
+                      json_schema_extra=EXTERNAL_INPUT)
     prompt_field: str = Field("prompt", description="Field holding the prompt: a string, or a list of "
                                                     "{role, content} messages ending with a user turn.")
     category_field: str | None = Field("category", description="Field naming the prompt's category "
@@ -110,18 +113,22 @@ class Gate(StrictModel):
 class Config(StageConfig):
     """Red-team the named stage models, train the output guardrail, and gate deployment."""
 
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True)
     INPUTS: ClassVar[dict[str, tuple[str, ...]]] = {"models": MODEL_KINDS}
 
     kind: Literal["align"] = Field("align", description="Selects this stage kind.")
     models: list[str] = Field(default_factory=list, description="Stages (pretrain, sft, dpo, ppo, grpo) whose "
                                                                 "model/ is evaluated, e.g. [base, chat, dpo, ppo].")
-    model_dirs: dict[str, str] = Field(default_factory=dict, description="Extra models by label -> local HF "
-                                                                         "folder (not made by this pipeline; "
-                                                                         "only the path is fingerprinted).")
+    model_dirs: dict[str, ModelSource] = Field(
+        default_factory=dict, alias="from", json_schema_extra=EXTERNAL_INPUT,
+        description="External models by label -> Hugging Face causal-LM folder (a local path, or an object-store "
+                    "URI downloaded once into <run>/.models/); its content is fingerprinted. Also accepted under "
+                    "its former name `model_dirs`. Serve one with the same name (`serve.models: [{name: <label>, "
+                    "from: ...}]`) and this stage's gate applies to it.")
     builtin_suite: bool = Field(True, description="Include the built-in suite (held-out instruct intents).")
-    suites: list[SuiteFile] = Field(default_factory=list, description="User JSONL red-team suites (only "
-                                                                      "paths are fingerprinted: use --force "
-                                                                      "after editing a file).")
+    suites: list[SuiteFile] = Field(default_factory=list, description="User JSONL red-team suites (their "
+                                                                      "content is fingerprinted: editing one "
+                                                                      "reruns the stage).")
     max_per_group: int | None = Field(None, ge=1, description="Keep at most this many prompts per category "
                                                               "(benign mirrors kept alongside).")
     judge: Literal["rule", "guardrail", "either"] = Field(
@@ -137,27 +144,25 @@ class Config(StageConfig):
         import re
 
         if not self.models and not self.model_dirs:
-            raise ValueError("name at least one model: `models` (stages) or `model_dirs` (folders)")
+            raise ValueError("name at least one model: `models` (stages) or `from` (external models)")
         dup = sorted({m for m in self.models if self.models.count(m) > 1} | (set(self.models) & set(self.model_dirs)))
         if dup:
             raise ValueError(f"models evaluated twice: {dup}")
         bad = [k for k in self.model_dirs if not re.match(NAME_RE, k)]
         if bad:
-            raise ValueError(f"model_dirs labels must match {NAME_RE} (got {bad})")
+            raise ValueError(f"`from` labels must match {NAME_RE} (got {bad})")
         if not self.builtin_suite and not self.suites:
             raise ValueError("no prompts: keep builtin_suite or add `suites`")
         return self
 
 
 def _model_folders(config: Config, ctx) -> dict[str, str]:
-    from pathlib import Path
-
+    """Label -> model folder: the `models:` stages' model/, and the `from:` models resolved (URIs
+    downloaded into the run's model cache) and checked as causal LMs."""
     folders = {out.name: str(out.path("model")) for out in ctx.inputs.get("models", [])}
-    for label, d in config.model_dirs.items():
-        p = Path(d).expanduser()
-        if not (p / "config.json").exists():
-            raise FileNotFoundError(f"model_dirs.{label}: {p} is not a HF model folder (no config.json)")
-        folders[label] = str(p.resolve())
+    for label, spec in config.model_dirs.items():
+        folder = resolve_model_source(spec, model_cache(ctx.run_dir), f"stages.{ctx.name}.from.{label}")
+        folders[label] = str(folder.resolve())
     return folders
 
 
@@ -242,7 +247,7 @@ def run(config: Config, ctx):
     suite, suite_info = _build_suite(config, ctx)
     folders = _model_folders(config, ctx)
     kinds = {out.name: out.kind for out in ctx.inputs.get("models", [])}
-    kinds.update({label: "folder" for label in config.model_dirs})
+    kinds.update({label: "external" for label in config.model_dirs})
     gen = config.generation
     # Generation runs in Ray tasks while the driver trains the guardrail.
     refs = generate_in_ray(folders, [r["messages"] for r in suite], gen.max_new_tokens, gen.batch_size,

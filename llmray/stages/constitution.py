@@ -4,8 +4,8 @@ Data flow:
   `prompts:` (built-in: the red-team prompts' TRAIN split, harmful and their harmless mirrors; never the
     align stage's held-out suite)                                      -> prompt records
   one Ray task (`llmray.safety.constitution.feedback_task`) on the stage's resources:
-    the `init:` policy answers each prompt `samples` times (vLLM or transformers)
-    the feedback model (`feedback:` stage, `feedback_from:` folder, or the policy itself) critiques the
+    the policy (`init:` stage or `from:` folder/URI) answers each prompt `samples` times (vLLM or transformers)
+    the feedback model (`feedback:` stage, `feedback_from:` folder/URI, or the policy itself) critiques the
       first answer under a principle and revises it                   (SL-CAI)
     it compares answer pairs and revision-vs-answer under a principle, from its log-probabilities
       ("(A)"/"(B)" in both orders, or "(Yes)"/"(No)" per answer: `judge`)  (RL-CAI / RLAIF)
@@ -22,9 +22,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from llmray.config import StageConfig, StrictModel
+from llmray.config import EXTERNAL_INPUT, StageConfig, StrictModel, with_defaults
+from llmray.data.formats import check_fields, check_spec
+from llmray.models import ModelSource, model_cache, resolve_model_source
 from llmray.rlhf.config import RoleResources
 
 VERSION = "1"
@@ -47,6 +49,11 @@ class Sampling(StrictModel):
     max_new_tokens: int = Field(48, ge=1, description="Longest generated text, in tokens.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+
+
+# Critiques and revisions are longer than answers, and a cooler temperature keeps them on task.
+FeedbackSampling = with_defaults(Sampling, "FeedbackSampling", __name__, max_new_tokens=64, temperature=0.7)
+FeedbackResources = with_defaults(RoleResources, "FeedbackResources", __name__, num_cpus=1)
 
 
 class Engine(StrictModel):
@@ -73,16 +80,26 @@ def _builtin_principles() -> list[Principle]:
 class Config(StageConfig):
     """Generate AI-feedback SFT revisions and preference pairs from a constitution of principles."""
 
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True)
     INPUTS: ClassVar[dict[str, tuple[str, ...]]] = {"init": POLICY_KINDS, "feedback": POLICY_KINDS}
 
     kind: Literal["constitution"] = Field("constitution", description="Selects this stage kind.")
-    init: str = Field(description="Stage whose model (the policy) answers the prompts.")
+    init: str | None = Field(None, description="Stage whose model (the policy) answers the prompts.")
+    from_: ModelSource | None = Field(None, alias="from", json_schema_extra=EXTERNAL_INPUT,
+                                      description="Hugging Face causal-LM folder of the policy instead of a "
+                                                  "stage (a local path, or an object-store URI downloaded once "
+                                                  "into <run>/.models/).")
     feedback: str | None = Field(None, description="Stage whose model critiques, revises and compares "
                                                    "(default: the policy itself, as in the paper).")
-    feedback_from: str | None = Field(None, description="Local HF folder of the feedback model instead "
-                                                        "(e.g. a larger instruct model on a cluster).")
-    prompts: str = Field("builtin:redteam", description="Prompts: `builtin:<name>` (its train split) or JSONL "
-                                                        "files of prompts or chats.")
+    feedback_from: ModelSource | None = Field(None, json_schema_extra=EXTERNAL_INPUT,
+                                              description="Hugging Face causal-LM folder (local path or "
+                                                          "object-store URI) of the feedback model instead "
+                                                          "(e.g. a larger instruct model on a cluster).")
+    prompts: str = Field("builtin:redteam", json_schema_extra=EXTERNAL_INPUT, description=(
+        "Prompts: `builtin:<name>` (its train split), or files / folders / `datasets` folders / URIs of prompts "
+        "or chats, as for ppo's `prompts`."))
+    fields: dict[str, str] = Field(default_factory=dict, description=(
+        "Field mapping for prompts in another layout, {canonical name: your field}, e.g. {prompt: question}."))
     max_prompts: int | None = Field(128, ge=1, description="Use at most this many prompts (an even spread).")
     principles: list[Principle] = Field(default_factory=_builtin_principles, min_length=1,
                                         description="The constitution (default: llmray's harmlessness "
@@ -92,7 +109,7 @@ class Config(StageConfig):
     revise: bool = Field(True, description="Critique and revise sample 0 (SL-CAI) and compare the revision "
                                            "with it.")
     generation: Sampling = Field(default_factory=Sampling, description="The policy's sampling.")
-    feedback_generation: Sampling = Field(default_factory=lambda: Sampling(max_new_tokens=64, temperature=0.7),
+    feedback_generation: FeedbackSampling = Field(default_factory=FeedbackSampling,
                                           description="The feedback model's sampling for critiques/revisions.")
     engine: Engine = Field(default_factory=Engine, description="Generation engine.")
     judge: Literal["pairwise", "pointwise"] = Field(
@@ -110,23 +127,28 @@ class Config(StageConfig):
     require_consistent: bool = Field(False, description="Drop pairs whose two orders disagree.")
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of prompts (by a hash of the id) whose "
                                                               "records go to the held-out split.")
-    resources: RoleResources = Field(default_factory=lambda: RoleResources(num_cpus=1),
+    resources: FeedbackResources = Field(default_factory=FeedbackResources,
                                      description="What the feedback task reserves.")
     seed: int = Field(0, description="Sampling seed.")
 
     @field_validator("prompts")
     @classmethod
     def _spec(cls, v):
-        from llmray.data.formats import check_spec
-
         return check_spec(v, "prompt")
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, v):
+        return check_fields(v)
 
     @model_validator(mode="after")
     def _check(self):
         if self.min_calibration is not None and not self.calibration_pairs:
             raise ValueError("min_calibration needs calibration_pairs > 0 (nothing to measure the feedback model on)")
+        if bool(self.init) == bool(self.from_):
+            raise ValueError("set exactly one of init (a stage) and from (a HF folder or object-store URI)")
         if self.feedback and self.feedback_from:
-            raise ValueError("set at most one of feedback (a stage) and feedback_from (a local HF folder)")
+            raise ValueError("set at most one of feedback (a stage) and feedback_from (a HF folder or URI)")
         if self.require_consistent and self.judge != "pairwise":
             raise ValueError("require_consistent needs judge: pairwise (a pointwise verdict has no order to agree on)")
         names = [p.name for p in self.principles]
@@ -135,21 +157,25 @@ class Config(StageConfig):
         return self
 
 
-def _feedback_dir(config: Config, ctx, policy_dir: Path) -> Path:
+def _model_dirs(config: Config, ctx) -> tuple[Path, Path]:
+    """(policy folder, feedback folder): stage model/ folders, or `from:` / `feedback_from:` folders
+    resolved (URIs downloaded into the run's model cache) and checked as causal LMs."""
+    cache = model_cache(ctx.run_dir)
+    if config.init:
+        policy = ctx.input("init").path("model")
+    else:
+        policy = resolve_model_source(config.from_, cache, f"stages.{ctx.name}.from")
     if config.feedback:
-        return ctx.input("feedback").path("model")
+        return policy, ctx.input("feedback").path("model")
     if config.feedback_from:
-        p = Path(config.feedback_from).expanduser().resolve()
-        if not (p / "config.json").exists():
-            raise FileNotFoundError(f"feedback_from: {p} is not a HF model folder (no config.json)")
-        return p
-    return policy_dir
+        return policy, resolve_model_source(config.feedback_from, cache, f"stages.{ctx.name}.feedback_from")
+    return policy, policy
 
 
 def _prompts(config: Config, ctx) -> tuple[list[dict], int]:
     from llmray.data.formats import load_data, write_quarantine
 
-    loaded = load_data(config.prompts, "prompt", "train")
+    loaded = load_data(config.prompts, "prompt", "train", config.fields, what="prompts")
     write_quarantine(loaded.quarantined, ctx.out_dir, "prompts")
     recs = loaded.records
     if not recs:
@@ -260,8 +286,7 @@ def run(config: Config, ctx):
     from llmray.safety.constitution import feedback_task
     from llmray.stages.base import StageResult
 
-    policy_dir = ctx.input("init").path("model")
-    feedback_dir = _feedback_dir(config, ctx, policy_dir)
+    policy_dir, feedback_dir = _model_dirs(config, ctx)
     prompts, quarantined = _prompts(config, ctx)
     res_cfg = config.resources
     task = ray.remote(feedback_task).options(num_cpus=res_cfg.num_cpus, num_gpus=res_cfg.num_gpus,

@@ -21,12 +21,16 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from llmray.config import with_defaults
 from llmray.data.instruct import DATA_VERSION
 from llmray.posttrain import PrefConfig
 from llmray.train.config import TrainConfig
 from llmray.train.task import BaseTask
 
 VERSION = f"1+data{DATA_VERSION}"  # built-in data sets are part of the output
+
+
+DpoTrain = with_defaults(TrainConfig, "DpoTrain", __name__, lr=5e-6)
 
 
 class Config(PrefConfig):
@@ -40,8 +44,7 @@ class Config(PrefConfig):
                                                                         "ipo: IPO (Azar et al.).")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO: assumed share of flipped labels "
                                                                   "(sigmoid loss only).")
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=5e-6, warmup_steps=10),
-                               description="Optimisation, logging, checkpoints.")
+    train: DpoTrain = Field(default_factory=DpoTrain, description="Optimisation, logging, checkpoints.")
 
     @model_validator(mode="after")
     def _smoothing(self):
@@ -160,6 +163,7 @@ class DpoTask(BaseTask):
 
 
 def run(config: Config, ctx):
+    from llmray.chat import pad_token_id
     from llmray.posttrain import init_dir, load_tokenizer, pair_groups, prepare
     from llmray.stages.base import StageResult
     from llmray.stages.reward import encode_pair_rows
@@ -170,7 +174,7 @@ def run(config: Config, ctx):
     groups = pair_groups(config)
     data = prepare(config, ctx, "pref", lambda rec: encode_pair_rows(tok, rec, with_masks=True, groups=groups))
     ctx.log.info("dpo data: %s", data)
-    task = DpoTask(start, data["train_dir"], data["val_dir"], tok.pad_token_id, config.beta, config.loss_type,
+    task = DpoTask(start, data["train_dir"], data["val_dir"], pad_token_id(tok), config.beta, config.loss_type,
                    config.label_smoothing, config.lora, groups)
     result = fit(task, config.train, config.resources, ctx)
     first, last = result.metrics.get("first_eval", {}), result.metrics.get("final_eval", {})

@@ -5,7 +5,8 @@ Domain tuning:  the same kind with `init:` (a pretrain or sft stage whose `model
                 domain `data:`, and `replay: {data: <general tokenize stage>, fraction}` mixing
                 that share of general micro-batches in; metrics then report the domain and the
                 general validation loss before and after (`forgetting` = general loss increase).
-`from:` starts from a local HF checkpoint folder instead.
+`from:` continues pretraining a Hugging Face causal LM instead (a local folder or an object-store
+URI, resolved and checked by llmray.models.resolve_model_source); keep `model:` for from scratch.
 
 Data flow: tokenize outputs `train/`, `val/`, `tokenizer/` -> llmray.train.causal.CausalLMTask
 -> llmray.train.loop.fit (Ray Train: DDP/FSDP2, checkpoints under ctx.work_dir, resume) ->
@@ -19,8 +20,8 @@ from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from llmray.config import StageConfig, StrictModel
-from llmray.models import ModelConfig
+from llmray.config import EXTERNAL_INPUT, StageConfig, StrictModel
+from llmray.models import ModelConfig, ModelSource, model_cache, resolve_model_source
 from llmray.resources import Resources
 from llmray.train.config import TrainConfig
 
@@ -47,7 +48,11 @@ class Config(StageConfig):
     data: str = Field(description="tokenize stage whose train/ and val/ token shards are trained on.")
     init: str | None = Field(None, description="pretrain or sft stage whose model/ is the starting point "
                                                "(domain fine-tuning).")
-    from_: str | None = Field(None, alias="from", description="Local HF checkpoint folder to start from.")
+    from_: ModelSource | None = Field(None, alias="from", json_schema_extra=EXTERNAL_INPUT,
+                                      description="Hugging Face causal-LM folder to continue pretraining "
+                                                  "(a local path, or an object-store URI downloaded once into "
+                                                  "<run>/.models/); the data must be tokenized with its "
+                                                  "tokenizer.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Architecture when training from "
                                                                         "scratch (not with init/from).")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation, logging, checkpoints.")
@@ -71,15 +76,13 @@ class Config(StageConfig):
 
 
 def run(config: Config, ctx):
-    from pathlib import Path
-
     from llmray.stages.base import StageResult
     from llmray.train.causal import CausalLMTask, check_vocab, unigram_entropy
     from llmray.train.data import rows_needed
     from llmray.train.loop import fit
 
     data = ctx.input("data")
-    hf_dir = ctx.input("init").path("model") if config.init else (Path(config.from_) if config.from_ else None)
+    hf_dir = _start_dir(config, ctx)
     if hf_dir is not None:
         check_vocab(data.path("tokenizer"), hf_dir)
     replay = ctx.input("replay") if config.replay else None
@@ -97,6 +100,16 @@ def run(config: Config, ctx):
     metrics = _summary(result.metrics, baseline)
     ctx.log.info("pretrain: %s", metrics)
     return StageResult(metrics=metrics, outputs={"model": "model"})
+
+
+def _start_dir(config: Config, ctx):
+    """The model training continues from (None: from scratch): the `init:` stage's model/, or the
+    checked `from:` folder (a URI downloaded into the run's model cache)."""
+    if config.init:
+        return ctx.input("init").path("model")
+    if config.from_:
+        return resolve_model_source(config.from_, model_cache(ctx.run_dir), f"stages.{ctx.name}.from")
+    return None
 
 
 def _summary(final: dict, baseline: dict) -> dict:

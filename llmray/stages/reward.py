@@ -3,10 +3,10 @@
 Data flow: `data:` (built-in `builtin:prefs`, or prompt/chosen/rejected JSONL in string or
 message-list form; malformed records quarantined) -> prompt + chosen reply and prompt +
 rejected reply through the init model's chat template -> parquet rows -> `RewardTask` on the
-shared Ray Train loop. The model is `LlamaForSequenceClassification` with one label, built from
-the init stage's folder: a causal LM's backbone weights load into the classifier (its LM head
-is dropped, the score head starts fresh from the seed), `pad_token_id` is set so the score is
-read at each row's last real token. Each micro-batch scores chosen and rejected rows in one
+shared Ray Train loop. The model is the architecture's `*ForSequenceClassification` with one label,
+built from the init folder: a causal LM's backbone weights load into the classifier (its LM head
+is dropped, the score head starts fresh from the seed); the score is read at each row's last real
+token by the attention mask (`llmray.losses.last_token_scores`), whatever the pad id. Each micro-batch scores chosen and rejected rows in one
 forward; loss = mean -log sigmoid(r_chosen - r_rejected). Metrics: held-out preference accuracy
 and mean reward margin, before the first step and after the last.
 """
@@ -18,6 +18,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from llmray.config import with_defaults
 from llmray.data.instruct import DATA_VERSION
 from llmray.posttrain import PrefConfig
 from llmray.train.config import TrainConfig
@@ -26,14 +27,16 @@ from llmray.train.task import BaseTask
 VERSION = f"1+data{DATA_VERSION}"  # built-in data sets are part of the output
 
 
+RewardTrain = with_defaults(TrainConfig, "RewardTrain", __name__, lr=5e-5)
+
+
 class Config(PrefConfig):
     """Train a reward model (`init:` an sft, pretrain or reward stage) on preference pairs."""
 
     INPUTS: ClassVar[dict[str, tuple[str, ...]]] = {"init": ("sft", "pretrain", "reward"), "ai_feedback": ("constitution",)}
 
     kind: Literal["reward"] = Field("reward", description="Selects this stage kind.")
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=5e-5, warmup_steps=10),
-                               description="Optimisation, logging, checkpoints.")
+    train: RewardTrain = Field(default_factory=RewardTrain, description="Optimisation, logging, checkpoints.")
 
 
 def encode_pair_rows(tokenizer, record: dict, with_masks: bool = False, groups: list[str] = ()) -> dict:
@@ -46,7 +49,7 @@ def encode_pair_rows(tokenizer, record: dict, with_masks: bool = False, groups: 
     for side in ("chosen", "rejected"):
         ids, mask = encode_chat(tokenizer, record["prompt"] + [{"role": "assistant", "content": record[side]}])
         if not any(mask):
-            raise ValueError("the chat template marked no assistant tokens (no {% generation %} block?)")
+            raise ValueError(f"the {side} reply has no assistant tokens in the chat template's rendering")
         row[f"{side}_ids"] = ids
         if with_masks:
             row[f"{side}_mask"] = mask
@@ -79,8 +82,9 @@ class RewardTask(BaseTask):
         return {**pad_batch(chosen + rejected, self.pad_id), "group": group_collate(batch, len(chosen))}
 
     def scores(self, model, batch: dict):
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-        r = out.logits[:, 0].float()
+        from llmray.losses import last_token_scores
+
+        r = last_token_scores(model, batch["input_ids"], batch["attention_mask"])
         n = r.shape[0] // 2
         return r[:n], r[n:]
 
@@ -125,7 +129,7 @@ class RewardTask(BaseTask):
 
 
 def build_reward_model(model_dir: Path, pad_id: int, lora=None):
-    """LlamaForSequenceClassification (1 label) from a causal LM or reward model folder."""
+    """A 1-label *ForSequenceClassification from a causal LM or reward model folder."""
     import logging
 
     from transformers import AutoModelForSequenceClassification
@@ -146,6 +150,7 @@ def build_reward_model(model_dir: Path, pad_id: int, lora=None):
 
 
 def run(config: Config, ctx):
+    from llmray.chat import pad_token_id
     from llmray.posttrain import init_dir, load_tokenizer, pair_groups, prepare
     from llmray.stages.base import StageResult
     from llmray.train.loop import fit
@@ -155,7 +160,7 @@ def run(config: Config, ctx):
     groups = pair_groups(config)
     data = prepare(config, ctx, "pref", lambda rec: encode_pair_rows(tok, rec, groups=groups))
     ctx.log.info("reward data: %s", data)
-    task = RewardTask(start, data["train_dir"], data["val_dir"], tok.pad_token_id, config.lora, groups)
+    task = RewardTask(start, data["train_dir"], data["val_dir"], pad_token_id(tok), config.lora, groups)
     result = fit(task, config.train, config.resources, ctx)
     first, last = result.metrics.get("first_eval", {}), result.metrics.get("final_eval", {})
     metrics = {k: v for k, v in result.metrics.items() if k not in ("first_eval", "final_eval")}

@@ -4,9 +4,13 @@ Data flow: `data:` (built-in `builtin:instruct`, or chat / Alpaca JSONL; malform
 go to `quarantine/records.jsonl`) -> the init model's chat template (`llmray.chat.encode_chat`:
 token ids + assistant mask, 1 on every token the assistant wrote incl. its end-of-turn) ->
 parquet rows in the work dir -> `SftTask` on the shared Ray Train loop (`llmray.train.loop.fit`:
-DDP/FSDP2, checkpoints, resume, metrics.jsonl). Batches are right-padded with an attention mask
-(positions count from 0 in every row, so padding never shifts them); the loss is the
-cross-entropy over assistant tokens only (`llmray.losses.masked_ce`).
+DDP/FSDP2, checkpoints, resume, metrics.jsonl). Each micro-batch's rows are either right-padded
+with an attention mask (`llmray.posttrain.pad_batch`; positions count from 0 in every row, so
+padding never shifts them) or, with `packing: true`, packed whole into rows of up to max_seq_len
+tokens (`llmray.posttrain.pack_batch`: position ids restart per sequence, no attention_mask, so
+transformers builds a block-diagonal causal mask). The loss is the cross-entropy over assistant
+tokens only (`llmray.losses.masked_ce`); it is the same figure either way, since a micro-batch
+holds the same sequences and targets (packing zeroes the target at every sequence start).
 The held-out assistant-token loss is measured before the first step (= the init model) and
 after the last; greedy answers of the init and the tuned model to a few held-out prompts go
 into the manifest (`metrics.samples`).
@@ -19,6 +23,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from llmray.config import EXTERNAL_INPUT, with_defaults
 from llmray.data.instruct import DATA_VERSION
 from llmray.posttrain import PostTrainConfig
 from llmray.train.config import TrainConfig
@@ -27,27 +32,36 @@ from llmray.train.task import BaseTask
 VERSION = f"1+data{DATA_VERSION}"  # built-in data sets are part of the output
 
 
+SftTrain = with_defaults(TrainConfig, "SftTrain", __name__, lr=1e-4)
+
+
 class Config(PostTrainConfig):
     """Instruction-tune a causal LM (`init:` a pretrain or sft stage) on chat data."""
 
     INPUTS: ClassVar[dict[str, tuple[str, ...]]] = {"init": ("pretrain", "sft"), "ai_feedback": ("constitution",)}
 
     kind: Literal["sft"] = Field("sft", description="Selects this stage kind.")
-    data: str = Field("builtin:instruct", description="Chat data: `builtin:<name>` or JSONL files of OpenAI "
+    data: str = Field("builtin:instruct", json_schema_extra=EXTERNAL_INPUT, description="Chat data: `builtin:<name>` or JSONL files of OpenAI "
                                                       "`messages`, Alpaca or prompt/completion records.")
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=1e-4, warmup_steps=10),
-                               description="Optimisation, logging, checkpoints.")
+    train: SftTrain = Field(default_factory=SftTrain, description="Optimisation, logging, checkpoints.")
     samples: int = Field(4, ge=0, description="Held-out prompts answered (greedy) in the manifest, "
                                               "by the init model and by the tuned one.")
     max_new_tokens: int = Field(48, ge=1, description="Tokens generated per sample answer.")
+    packing: bool = Field(False, description="Concatenate the rows of each micro-batch into a few balanced rows "
+                                             "of at most max_seq_len tokens instead of padding every row to the "
+                                             "longest; positions restart and attention stays within each "
+                                             "sequence, so the loss is the same up to float rounding while far "
+                                             "less padding is computed.")
 
 
 class SftTask(BaseTask):
-    """Masked next-token loss on padded chat rows (a `llmray.train.task.TrainTask`)."""
+    """Masked next-token loss on padded or packed chat rows (a `llmray.train.task.TrainTask`)."""
 
-    def __init__(self, model_dir: Path, train_dir: str, val_dir: str, pad_id: int, lora=None):
+    def __init__(self, model_dir: Path, train_dir: str, val_dir: str, pad_id: int, lora=None,
+                 packing: bool = False, max_seq_len: int = 512):
         self.model_dir, self.train_dir, self.val_dir = Path(model_dir), train_dir, val_dir
         self.pad_id, self.lora = pad_id, lora
+        self.packing, self.max_seq_len = packing, max_seq_len
 
     def datasets(self) -> dict:
         from llmray.posttrain import rows_dataset
@@ -63,17 +77,26 @@ class SftTask(BaseTask):
         return apply_lora(model, self.lora, "CAUSAL_LM")
 
     def collate(self, batch: dict) -> dict:
-        from llmray.posttrain import pad_batch
+        from llmray.posttrain import pack_batch, pad_batch
 
-        return pad_batch(list(batch["input_ids"]), self.pad_id, list(batch["loss_mask"]))
+        ids, masks = list(batch["input_ids"]), list(batch["loss_mask"])
+        if self.packing:
+            return pack_batch(ids, self.pad_id, masks, self.max_seq_len)
+        return pad_batch(ids, self.pad_id, masks)
 
     def loss(self, model, batch: dict):
         from llmray.losses import masked_ce
 
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       use_cache=False).logits
+        if "position_ids" in batch:  # packed: no attention_mask, or transformers would not split the rows
+            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                           use_cache=False).logits
+            tokens = int((batch["sequence_index"] >= 0).sum())
+        else:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           use_cache=False).logits
+            tokens = int(batch["attention_mask"].sum())
         loss, n = masked_ce(logits, batch["input_ids"], batch["loss_mask"])
-        return loss, {"tokens": int(batch["attention_mask"].sum()), "assistant_tokens": n}
+        return loss, {"tokens": tokens, "assistant_tokens": n}
 
     def evaluate(self, model, val_sets: dict, compute, rank: int, world: int) -> dict:
         """Held-out loss per assistant token (token-weighted over all evaluated batches)."""
@@ -111,11 +134,12 @@ def encode_chat_ids(tokenizer, messages: list[dict]) -> tuple[list[int], list[in
 
     ids, mask = encode_chat(tokenizer, messages)
     if not any(mask):
-        raise ValueError("the chat template marked no assistant tokens (no {% generation %} block?)")
+        raise ValueError("the conversation has no assistant tokens to train on (no assistant turn?)")
     return ids, mask
 
 
 def run(config: Config, ctx):
+    from llmray.chat import pad_token_id
     from llmray.posttrain import init_dir, load_tokenizer, prepare
     from llmray.stages.base import StageResult
     from llmray.train.loop import fit
@@ -124,7 +148,8 @@ def run(config: Config, ctx):
     tok = load_tokenizer(start)
     data = prepare(config, ctx, "chat", lambda rec: encode_chat_row(tok, rec))
     ctx.log.info("sft data: %s", data)
-    task = SftTask(start, data["train_dir"], data["val_dir"], tok.pad_token_id, config.lora)
+    task = SftTask(start, data["train_dir"], data["val_dir"], pad_token_id(tok), config.lora,
+                   packing=config.packing, max_seq_len=config.max_seq_len)
     result = fit(task, config.train, config.resources, ctx)
     metrics = _summary(result.metrics, data)
     if config.samples:
@@ -147,10 +172,9 @@ def _summary(final: dict, data: dict) -> dict:
 
 def _samples(config: Config, start: Path, tuned: Path) -> list[dict]:
     """Greedy answers of the init and the tuned model to the first few held-out prompts."""
-    from llmray.posttrain import generate_samples, load_splits
+    from llmray.posttrain import generate_samples, heldout_records
 
-    _, eval_recs, _ = load_splits(config, "prompt")
-    prompts = eval_recs[: config.samples]
+    prompts = heldout_records(config, "prompt", config.samples)
     before = generate_samples(start, prompts, config.max_new_tokens)
     after = generate_samples(tuned, prompts, config.max_new_tokens)
     return [{"prompt": p["prompt"][-1]["content"], "reference": p.get("reference"), "before": b, "after": a}

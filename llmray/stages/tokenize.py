@@ -16,7 +16,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from llmray.config import StageConfig
+from llmray.config import EXECUTION_ONLY, StageConfig
 from llmray.resources import DataPlacement
 
 VERSION = "1"
@@ -35,7 +35,7 @@ class Config(StageConfig):
         0.01, ge=0, lt=0.5, description="Share of documents (by id hash, deterministic) in the val split.")
     split_seed: int = Field(0, description="Seed of the document-id hash; keep equal to tokenizer.split_seed.")
     batch_size: int | None = Field(
-        None, ge=1, description="Documents per Ray Data batch sent to a tokenizer actor (none: automatic, the "
+        None, json_schema_extra=EXECUTION_ONLY, ge=1, description="Documents per Ray Data batch sent to a tokenizer actor (none: automatic, the "
                                 "fewest batches of <= 4096 docs whose count is a multiple of the pool size).")
     actors: int | None = Field(None, ge=1, description="Tokenizer actors in the pool (none: one per cluster CPU).")
     rows_per_shard: int = Field(8192, ge=1, description="Rows (packed sequences) per parquet shard file.")

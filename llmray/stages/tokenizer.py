@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from llmray.config import StageConfig
+from llmray.config import EXTERNAL_INPUT, StageConfig
 from llmray.resources import DataPlacement
 
 VERSION = "1"
@@ -34,7 +34,7 @@ class Config(StageConfig):
         None, description="curate stage whose corpus trains the tokenizer and gives the held-out report "
                           "documents. Required unless `from` is set.")
     from_: str | None = Field(
-        None, alias="from", description="Local folder of an existing HF tokenizer (with tokenizer.json), "
+        None, alias="from", json_schema_extra=EXTERNAL_INPUT, description="Local folder of an existing HF tokenizer (with tokenizer.json), "
                                         "copied unchanged instead of training.")
     vocab_size: int = Field(8192, ge=512, le=2**20,
                             description="Vocabulary size, including the special tokens of llmray.chat.")

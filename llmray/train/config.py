@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from llmray.config import StrictModel
+from llmray.config import EXECUTION_ONLY, StrictModel
 
 
 class TrainConfig(StrictModel):
@@ -32,24 +32,29 @@ class TrainConfig(StrictModel):
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
     grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0: no clipping).")
     seed: int = Field(0, description="Seed for initialisation and anything random in training.")
-    log_every: int = Field(10, ge=1, description="Write a metrics.jsonl record every this many steps.")
-    eval_every: int = Field(50, ge=1, description="Evaluate on the validation data every this many steps "
-                                                   "(also before the first step and after the last).")
+    # Cadences of logging, evaluation and checkpoints never change the trained weights: execution-only.
+    log_every: int = Field(10, ge=1, json_schema_extra=EXECUTION_ONLY,
+                           description="Write a metrics.jsonl record every this many steps.")
+    eval_every: int = Field(50, ge=1, json_schema_extra=EXECUTION_ONLY,
+                            description="Evaluate on the validation data every this many steps (also before the "
+                                        "first step and after the last).")
     eval_batches: int = Field(8, ge=1, description="Micro-batches per validation set per evaluation "
                                                    "(in all, split across workers).")
-    checkpoint_every: int = Field(50, ge=1, description="Save a resumable Ray Train checkpoint every this "
-                                                        "many steps.")
-    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on storage (the latest ones).")
-    activation_checkpointing: bool = Field(False, description="Recompute activations in backward to save "
+    checkpoint_every: int = Field(50, ge=1, json_schema_extra=EXECUTION_ONLY,
+                                  description="Save a resumable Ray Train checkpoint every this many steps.")
+    keep_checkpoints: int = Field(2, ge=1, json_schema_extra=EXECUTION_ONLY,
+                                  description="Checkpoints kept on storage (the latest ones).")
+    activation_checkpointing: bool = Field(False, json_schema_extra=EXECUTION_ONLY, description="Recompute activations in backward to save "
                                                               "memory (gradient checkpointing).")
     compile: bool = Field(False, description="torch.compile the model (worth it on GPU; slow to start on CPU).")
     attention: Literal["auto", "flash", "cudnn", "efficient", "math"] = Field(
         "auto", description="SDPA kernel for training steps: auto (torch picks; FlashAttention-2 in bf16 on "
                             "GPU) or one forced (cudnn: cuDNN fused attention for Hopper GPUs). A kernel the "
                             "device lacks fails the first step.")
-    data_cpus: float = Field(0.0, ge=0, description="CPUs each Ray Data read task reserves. 0 lets reads run "
-                                                    "beside Train workers that hold every CPU (2-core laptop); "
-                                                    "raise it on clusters with spare CPUs.")
+    data_cpus: float = Field(0.0, ge=0, json_schema_extra=EXECUTION_ONLY,
+                             description="CPUs each Ray Data read task reserves. 0 lets reads run beside Train "
+                                         "workers that hold every CPU (2-core laptop); raise it on clusters with "
+                                         "spare CPUs.")
 
     @model_validator(mode="after")
     def _check(self):

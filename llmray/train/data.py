@@ -71,11 +71,13 @@ def token_collate(batch: dict) -> dict:
     return {"input_ids": torch.from_numpy(ids.astype(np.int64))}
 
 
-def shard_epochs(shard, batch_size: int) -> Callable[[], Iterator[dict]]:
-    """A Ray DataIterator (dataset shard) -> a function returning one epoch of numpy micro-batches."""
+def shard_epochs(shard, batch_size: int, drop_last: bool = True) -> Callable[[], Iterator[dict]]:
+    """A Ray DataIterator (dataset shard) -> a function returning one epoch of numpy micro-batches.
+    Training drops a short last batch (every step the same size); held-out sets keep it, so a set
+    smaller than one micro-batch is still evaluated."""
 
     def epoch():
-        return iter(shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
+        return iter(shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=drop_last,
                                        prefetch_batches=2))
 
     return epoch

@@ -277,7 +277,8 @@ def _build_streams(task, cfg, names: list[str]):
     """Train stream over the split "train*" shards; the first eval batches of every "val*" set."""
     import ray.train
 
-    epochs = {n: shard_epochs(ray.train.get_dataset_shard(n), cfg.micro_batch_size) for n in names}
+    epochs = {n: shard_epochs(ray.train.get_dataset_shard(n), cfg.micro_batch_size, drop_last=n.startswith("train"))
+              for n in names}
     stream = task.train_stream({n: e for n, e in epochs.items() if n.startswith("train")})
     val = {n: take_batches(e, cfg.eval_batches, task.collate) for n, e in epochs.items() if n.startswith("val")}
     return stream, val

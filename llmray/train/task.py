@@ -82,6 +82,7 @@ class BaseTask:
                 batch = to_device(batches[idx if weight else 0], compute.device)
                 with torch.no_grad(), autocast(compute):
                     loss, _ = self.loss(model, batch)
+                weight *= batch["input_ids"].shape[0]  # rows: a short last held-out batch counts for less
                 sums += torch.stack([loss.detach().double() * weight, torch.tensor(weight, device=sums.device,
                                                                                    dtype=torch.float64)])
             sums = all_reduce_sum(sums)
