@@ -203,9 +203,26 @@ def write_byo_assets(folder: Path, n_chats: int = 256, n_pairs: int = 256) -> Pa
     return folder
 
 
-if __name__ == "__main__":  # python -m llmray.testing byo <folder>: the bring-your-own example's inputs
+def write_rlvr_assets(folder: Path, n_sft: int = 600) -> Path:
+    """What `examples/rlvr-arithmetic.yaml` reads: a random quickstart-sized model (the `tiny` Llama
+    preset, llmray's tokenizer) in `init/`, and `arith_sft.jsonl`: the first `n_sft` train problems of
+    `builtin:arithmetic` answered in the asked format, a warm start that GRPO then improves on."""
+    from llmray.data.formats import write_jsonl
+    from llmray.data.verifiable import arithmetic_prompts
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tiny_model_dir(folder / "init", "causal")
+    chats = [{"id": r["id"], "messages": [*r["prompt"], {"role": "assistant", "content": f"Answer: {r['reference']}"}]}
+             for r in arithmetic_prompts("train")[:n_sft]]
+    write_jsonl(folder / "arith_sft.jsonl", chats)
+    return folder
+
+
+if __name__ == "__main__":  # python -m llmray.testing {byo|rlvr} <folder>: an example's offline inputs
     import sys
 
-    if sys.argv[1:2] != ["byo"] or len(sys.argv) != 3:
-        sys.exit("usage: python -m llmray.testing byo <folder>")
-    print(write_byo_assets(Path(sys.argv[2])))
+    makers = {"byo": write_byo_assets, "rlvr": write_rlvr_assets}
+    if len(sys.argv) != 3 or sys.argv[1] not in makers:
+        sys.exit("usage: python -m llmray.testing {byo|rlvr} <folder>")
+    print(makers[sys.argv[1]](Path(sys.argv[2])))

@@ -96,7 +96,7 @@ def test_bring_your_own_model_data_and_reward_end_to_end(tmp_path, s3_endpoint):
     import pyarrow as pa
 
     arrow = next((assets / "prefs").glob("*.arrow"))
-    with pa.ipc.open_stream(str(arrow)) as reader:
+    with pa.ipc.open_stream(pa.py_buffer(arrow.read_bytes())) as reader:  # in memory: the file is rewritten
         table = reader.read_all()
     extra = table.slice(0, 1).to_pylist()[0] | {"id": "user-edit", "chosen": "An edited reply."}
     table = pa.concat_tables([table, pa.Table.from_pylist([extra], schema=table.schema)])
@@ -107,3 +107,46 @@ def test_bring_your_own_model_data_and_reward_end_to_end(tmp_path, s3_endpoint):
     states = {line.split()[1]: line.split()[3] for line in plan.stdout.splitlines() if line[:4].strip().endswith(".")}
     assert states == {"chat": "cached", "rm": "stale", "prefs": "stale", "rl": "stale"}, plan.stdout
     assert before == {s: _manifest(run, s)["fingerprint"] for s in before}
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+def test_the_same_chain_on_other_architectures(tmp_path, family):
+    """Llama (Llama-3 header template, no pad token) and Gemma (`<start_of_turn>`, outside the Llama
+    family): SFT -> reward -> DPO -> GRPO with vLLM rollouts and weight sync -> served next to the
+    checkpoint it started from, with the stock template's assistant-only masks."""
+    import openai
+
+    from llmray.testing import tiny_family_dir
+
+    assets = write_byo_assets(tmp_path / "byo", n_chats=128, n_pairs=128)
+    model = tiny_family_dir(tmp_path / family, family)
+    port = free_port()
+    overrides = [
+        f"workdir={tmp_path / 'runs'}", f"stages.chat.from={model}", f"stages.rm.from={model}",
+        f"stages.chat.data={assets / 'chats.parquet'}",
+        f"stages.rm.data={assets / 'prefs'}", f"stages.prefs.data={assets / 'prefs'}",
+        "stages.chat.train.steps=10", "stages.rm.train.steps=10", "stages.prefs.train.steps=6",
+        "stages.rl.iterations=2",
+        f"serve.models=[rl, {{name: base, from: {model}}}]", "serve.engine=hf", f"serve.port={port}",
+    ]
+    proc = _llmray("run", EXAMPLE, *overrides)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp_path / "runs" / "byo"
+    rl = _manifest(run, "rl")
+    assert rl["metrics"]["engine"] == "vllm" and rl["metrics"]["reward_errors"] == 0
+    arch = json.loads((model / "config.json").read_text())["architectures"]
+    assert json.loads((run / "rl" / "model" / "config.json").read_text())["architectures"] == arch
+    up = _llmray("serve", EXAMPLE, *overrides, "--detach", timeout=400)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=60)
+        for name in ("byo/rl", "byo/base"):
+            r = client.chat.completions.create(model=name, max_tokens=6,
+                                               messages=[{"role": "user", "content": "What is 2 + 3?"}])
+            assert r.usage.completion_tokens >= 1
+    finally:
+        stop = _llmray("serve", EXAMPLE, *overrides, "--stop", timeout=120)
+    assert stop.returncode == 0, stop.stderr[-2000:]
