@@ -54,6 +54,8 @@ NOT_RUN = {
     "serve run": "Ray Serve's CLI on a completed run (tests/test_serve_app.py builds the same app)",
     "serve deploy": "needs a running cluster",
     "kubectl": "needs a Kubernetes cluster",
+    "python -m llmray.testing": "builds an example's stand-in inputs (a model folder, data); tests/test_byo_example.py "
+                                "runs the same builder",
 }
 SHELL_LANGS = ("bash", "shell", "console", "sh")
 
