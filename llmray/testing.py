@@ -203,7 +203,7 @@ def write_byo_assets(folder: Path, n_chats: int = 256, n_pairs: int = 256) -> Pa
     return folder
 
 
-def write_rlvr_assets(folder: Path, n_sft: int = 600) -> Path:
+def write_rlvr_assets(folder: Path, n_sft: int = 2000) -> Path:
     """What `examples/rlvr-arithmetic.yaml` reads: a random quickstart-sized model (the `tiny` Llama
     preset, llmray's tokenizer) in `init/`, and `arith_sft.jsonl`: the first `n_sft` train problems of
     `builtin:arithmetic` answered in the asked format, a warm start that GRPO then improves on."""

