@@ -74,8 +74,10 @@ def llama_config(cfg: ModelConfig, tokenizer):
     )
 
 
-def save_model(model, tokenizer, out_dir: Path) -> Path:
-    """Save a model (safetensors), its tokenizer and a generation config that stops on end-of-turn."""
+def save_model(model, tokenizer, out_dir: Path, source_dir: Path | None = None) -> Path:
+    """Save a model (safetensors), its tokenizer and a generation config that stops on end-of-turn.
+    `source_dir`: the folder training started from; its generation config's extra stop ids (e.g. Llama
+    3.1's <|eom_id|>) are kept."""
     from transformers import GenerationConfig
 
     from llmray.chat import stop_token_ids
@@ -86,7 +88,7 @@ def save_model(model, tokenizer, out_dir: Path) -> Path:
     model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
     if hasattr(model, "generation_config") and getattr(model.config, "architectures", [""])[0].endswith("CausalLM"):
-        gen = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=stop_token_ids(tokenizer),
+        gen = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=stop_token_ids(tokenizer, source_dir),
                                pad_token_id=tokenizer.pad_token_id, do_sample=False)
         gen.save_pretrained(str(out_dir))
     return out_dir

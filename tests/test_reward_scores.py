@@ -34,3 +34,25 @@ def test_scores_are_read_at_the_last_real_token_even_when_it_is_the_pad_id(tmp_p
     # Gradients flow through the captured head output.
     last_token_scores(model, ids, att).sum().backward()
     assert model.score.weight.grad is not None and model.score.weight.grad.abs().sum() > 0
+
+
+def test_a_saved_model_keeps_the_stop_ids_of_the_folder_it_started_from(tmp_path):
+    """A `from:` model's generation config may list extra stop ids (Llama 3.1's <|eom_id|>): the models
+    the stages save from it keep them, next to the template's end-of-turn and the tokenizer's eos."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmray.models import save_model
+    from llmray.testing import tiny_family_dir
+
+    src = tiny_family_dir(tmp_path / "llama", "llama")
+    gen = json.loads((src / "generation_config.json").read_text())
+    tok = AutoTokenizer.from_pretrained(src)
+    extra = tok.convert_tokens_to_ids("<|end_header_id|>")  # stands in for an extra stop token
+    (src / "generation_config.json").write_text(json.dumps({**gen, "eos_token_id": [tok.eos_token_id, extra]}))
+    out = save_model(AutoModelForCausalLM.from_pretrained(src), tok, tmp_path / "out", src)
+    eos = json.loads((out / "generation_config.json").read_text())["eos_token_id"]
+    assert extra in eos and tok.eos_token_id in eos and tok.convert_tokens_to_ids("<|eot_id|>") in eos
+    without = save_model(AutoModelForCausalLM.from_pretrained(src), tok, tmp_path / "out2")
+    assert extra not in json.loads((without / "generation_config.json").read_text())["eos_token_id"]

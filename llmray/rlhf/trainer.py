@@ -222,7 +222,7 @@ class PolicyWorker(_Trainable):
 
         from llmray.models import save_model
 
-        save_model(self.model, AutoTokenizer.from_pretrained(tokenizer_dir), Path(out_dir))
+        save_model(self.model, AutoTokenizer.from_pretrained(tokenizer_dir), Path(out_dir), tokenizer_dir)
         return out_dir
 
 

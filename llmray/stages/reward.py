@@ -125,7 +125,7 @@ class RewardTask(BaseTask):
         from llmray.models import save_model
         from llmray.posttrain import merge_lora
 
-        save_model(merge_lora(model), AutoTokenizer.from_pretrained(str(self.model_dir)), out_dir)
+        save_model(merge_lora(model), AutoTokenizer.from_pretrained(str(self.model_dir)), out_dir, self.model_dir)
 
 
 def build_reward_model(model_dir: Path, pad_id: int, lora=None):

@@ -120,7 +120,7 @@ class SftTask(BaseTask):
         from llmray.models import save_model
         from llmray.posttrain import merge_lora
 
-        save_model(merge_lora(model), AutoTokenizer.from_pretrained(str(self.model_dir)), out_dir)
+        save_model(merge_lora(model), AutoTokenizer.from_pretrained(str(self.model_dir)), out_dir, self.model_dir)
 
 
 def encode_chat_row(tokenizer, record: dict) -> dict:
