@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: setup browser quickstart docs test test-all bench lint clean
+.PHONY: setup browser quickstart docs test test-fast test-all bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,11 @@ docs: $(STAMP)
 # The tests CI runs (the docs build, unit tests + one end-to-end tiny pipeline); `make test-all` adds the slow ones.
 test: $(STAMP) browser docs
 	$(BIN)/pytest -m "not slow" -q
+
+# Unit tests only (no Ray, no servers, no CLI runs): under a minute. RAY_ADDRESS is set to an invalid
+# address so a test that starts Ray without the `integration` marker fails at once.
+test-fast: $(STAMP)
+	RAY_ADDRESS=the-fast-tier-starts-no-ray $(BIN)/pytest -m "not slow and not integration" -q
 
 test-all: $(STAMP) browser
 	$(BIN)/pytest -q

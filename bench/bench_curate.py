@@ -117,7 +117,7 @@ def _synthetic_corpus(folder: Path, n: int, files: int = 8, seed: int = 0) -> No
 
 
 def bench_stage(workdir: Path, synthetic: int) -> list[dict]:
-    from llmray.config import parse_pipeline
+    from llmray.pipeline import parse_pipeline
     from llmray.rayutil import init_ray
     from llmray.runner import run_pipeline
 
@@ -171,7 +171,7 @@ def bench_dedup_curve(workdir: Path, n_pairs: int) -> dict:
     """Share of planted pairs removed per true-Jaccard bin (threshold 0.8, default banding, verification on)."""
     import pyarrow.parquet as pq
 
-    from llmray.config import parse_pipeline
+    from llmray.pipeline import parse_pipeline
     from llmray.rayutil import init_ray
     from llmray.runner import run_pipeline
 

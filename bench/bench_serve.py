@@ -7,8 +7,12 @@ Serve-layer overhead = p50(http) - p50(direct), with max_tokens small so the eng
 stays small and equal on both sides. Throughput: closed-loop clients (each sends its next
 request when the previous answer arrives) at concurrency 1, 8, 32 over HTTP.
 
+--promote: latency while `llmray promote` swaps the version behind a served name under a closed
+loop of clients (before / during / after; canary 0 = in-place weight reload, and a 0.25 canary).
+
 Run (starts Ray + Serve; take the shared lock on shared machines):
   flock /tmp/llmray-ray.lock .venv/bin/python bench/bench_serve.py [--engine hf|vllm] [--json out.json]
+  flock /tmp/llmray-ray.lock .venv/bin/python bench/bench_serve.py --promote [--engine hf|vllm]
 The model is the random tiny Llama of `llmray.testing` unless --model names an HF folder.
 """
 
@@ -117,6 +121,70 @@ def bench_http(port: int, concurrency: int, per_client: int, max_tokens: int) ->
             "p50_ms": 1000 * pct(lat, 50), "p95_ms": 1000 * pct(lat, 95), "first_error": errors[:1]}
 
 
+def bench_promote(engine: str, tmp: Path, model: Path, clients: int = 4, phase_s: float = 6) -> int:
+    """p50/p95 before, during and after promotions behind a served name, under closed-loop load."""
+    from llmray.config import RayConfig
+    from llmray.serve.launch import start_serving, stop_serving
+    from llmray.serve.promote import promote
+    from llmray.serve_config import ServeConfig
+    from llmray.testing import free_port, tiny_model_dir
+
+    fake_run(model, tmp / "runs")
+    other = tiny_model_dir(tmp / "other", "causal", seed=1, tokenizer_dir=model)
+    for stage, folder, fp in (("bench", None, "a" * 64), ("next", other, "b" * 64)):
+        d = tmp / "runs" / "bench" / stage
+        if folder is not None:
+            shutil.copytree(folder, d / "model")
+        (d / "manifest.json").write_text(json.dumps({"name": stage, "kind": "sft", "status": "completed",
+                                                     "fingerprint": fp, "outputs": {"model": "model"}}))
+    port = free_port()
+    pipe = types.SimpleNamespace(
+        name="bench", workdir=str(tmp / "runs"), stages={"bench": None, "next": None}, ray=RayConfig(num_cpus=2),
+        serve=ServeConfig(models=["bench"], names={"assistant": "bench"}, port=port, engine=engine, num_cpus=0.5,
+                          promote={"window_s": phase_s, "min_requests": 3}))
+    start_serving(pipe, echo=lambda m: None)
+    body = json.dumps(chat_body(4) | {"model": "assistant"}).encode()
+    records: list[tuple[float, float, bool]] = []
+    stop = threading.Event()
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            r.read()
+            records.append((t0, time.perf_counter() - t0, r.status == 200))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    rows = []
+    for stage, canary in (("next", 0.0), ("bench", 0.25)):
+        time.sleep(phase_s)
+        t_swap = time.perf_counter()
+        out = promote(pipe, stage, "assistant", canary=canary, echo=lambda m: None)
+        t_done = time.perf_counter()
+        rows.append((canary, out, t_swap, t_done))
+    time.sleep(phase_s)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    stop_serving(pipe)
+    failed = sum(not ok for *_, ok in records)
+    print(f"promotion under load: engine {engine}, {clients} closed-loop clients, max_tokens=4, "
+          f"{len(records)} requests, {failed} failed")
+    for canary, out, t_swap, t_done in rows:
+        before = [lat for t, lat, _ in records if t_swap - phase_s <= t < t_swap]
+        during = [lat for t, lat, _ in records if t_swap <= t < t_done]
+        mode = (out.get("load") or {}).get("mode", "?")
+        print(f"  canary {canary:4.2f} ({mode}, {out['status']}, {t_done - t_swap:.1f} s): p50 "
+              f"{1000 * pct(before, 50):6.1f} -> {1000 * pct(during, 50):6.1f} ms "
+              f"(x{pct(during, 50) / pct(before, 50):.2f}), p95 {1000 * pct(before, 95):6.1f} -> "
+              f"{1000 * pct(during, 95):6.1f} ms (x{pct(during, 95) / pct(before, 95):.2f})")
+    return 0 if failed == 0 else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engine", choices=["hf", "vllm"], default="hf")
@@ -128,6 +196,7 @@ def main() -> int:
     ap.add_argument("--standard-proxy", action="store_true",
                     help="Serve's default Python proxy instead of the high-throughput mode (HAProxy + gRPC)")
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--promote", action="store_true", help="measure latency during promotions instead")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="llmray-bench-serve-"))
@@ -136,6 +205,8 @@ def main() -> int:
         from llmray.testing import tiny_model_dir
 
         model = tiny_model_dir(tmp / "model", "causal")
+    if args.promote:
+        return bench_promote(args.engine, tmp, model)
     fake_run(model, tmp / "runs")
     model_dir = str(tmp / "runs" / "bench" / "bench" / "model")
 

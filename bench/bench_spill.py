@@ -99,7 +99,7 @@ def main() -> int:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
-    from llmray.config import parse_pipeline
+    from llmray.pipeline import parse_pipeline
     from llmray.runner import read_manifest, run_pipeline
 
     with tempfile.TemporaryDirectory(prefix="spill-", dir="/tmp") as tmp:

@@ -13,7 +13,8 @@ import logging
 import sys
 import time
 
-from llmray.config import ConfigError, load_pipeline
+from llmray.config import ConfigError
+from llmray.pipeline import load_pipeline
 
 # command -> "module:function"; each function takes (pipe, args) and returns an exit code.
 # Modules may also define `add_arguments_<command>(parser)` for extra flags.
@@ -25,7 +26,9 @@ COMMANDS: dict[str, str] = {
     "schema": "llmray.cli:cmd_schema",
     "serve": "llmray.serve.launch:cmd_serve",
     "compare": "llmray.serve.launch:cmd_compare",
-    "report": "llmray.report:cmd_report",
+    "report": "llmray.cli:cmd_report",
+    "promote": "llmray.serve.promote:cmd_promote",
+    "rollback": "llmray.serve.promote:cmd_rollback",
 }
 
 HELP = {
@@ -37,6 +40,8 @@ HELP = {
     "serve": "serve the stages' models on Ray Serve (OpenAI-compatible)",
     "compare": "ask several served stage models the same prompt",
     "report": "write <run>/report.html",
+    "promote": "put a stage's model behind a served name of the running server (canary, auto rollback)",
+    "rollback": "return a served name to its previous version",
 }
 
 
@@ -65,24 +70,50 @@ def cmd_plan(pipe, args) -> int:
 def add_arguments_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stages", default="", help="comma-separated stages to run (plus what they need)")
     p.add_argument("--force", default="", help="comma-separated stages to rerun even if cached")
+    p.add_argument("--verbose", action="store_true",
+                   help="show everything on the console, Ray's own log lines and warnings included")
 
 
 def cmd_run(pipe, args) -> int:
-    from llmray.runner import StageFailed, run_pipeline
+    from llmray.runner import StageFailed, run_pipeline, run_store
+    from llmray.tracking import TrackingUnavailable
+    from llmray.tracking.console import Console, chatter_filtered
 
     t0 = time.time()
     stages = [s for s in args.stages.split(",") if s] or None
     force = [s for s in args.force.split(",") if s]
+    # A live line per running stage; Ray's chatter goes to the stage's log.txt unless --verbose.
+    console = Console(sys.stdout, interval_s=pipe.tracking.console_interval_s)
+    ray_before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
     try:
-        run_pipeline(pipe, stages=stages, force=force, echo=lambda m: print(m, flush=True))
+        with chatter_filtered(console, run_store(pipe).local, verbose=args.verbose):
+            try:
+                run_pipeline(pipe, stages=stages, force=force, echo=console.echo, listeners=[console])
+            finally:
+                if not ray_before:  # inside the filter: Ray prints its workers' last lines as it shuts down
+                    _disconnect_ray()
+    except TrackingUnavailable as e:
+        print(f"[llmray] {e}", file=sys.stderr)
+        return 1
     except StageFailed as e:
         print(f"[llmray] {e}", file=sys.stderr)
         return 1
     except KeyError as e:
         print(f"[llmray] {e.args[0]}", file=sys.stderr)
         return 2
+    finally:
+        console.close()
     print(f"[llmray] wall time {time.time() - t0:.1f}s", flush=True)
+    if pipe.serve is not None and pipe.serve.promote.mode == "auto":
+        from llmray.serve.promote import after_run
+
+        after_run(pipe, echo=lambda m: print(m, flush=True))
     return 0
+
+
+def _disconnect_ray() -> None:
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
 
 
 def cmd_status(pipe, args) -> int:
@@ -94,6 +125,11 @@ def cmd_status(pipe, args) -> int:
         el = f"{row['elapsed_s']:.1f}s" if row["elapsed_s"] is not None else "-"
         err = f"  {row['error']}" if row["error"] else ""
         print(f"{row['stage']:<{w[0]}} {row['kind']:<{w[1]}} {row['state']:<9} {row['fingerprint']} {el:>8}{err}")
+    store = run_store(pipe)
+    for name, cfg in pipe.stages.items():  # eval stages: their model x task table
+        md = ((store.manifest(name) or {}).get("metrics") or {}).get("table_md") if cfg.kind == "eval" else None
+        if md:
+            print(f"\n{name} (eval):\n{md}", end="")
     return 0
 
 
@@ -102,6 +138,35 @@ def cmd_schema(pipe, args) -> int:
 
     print(reference_markdown())
     return 0
+
+
+def add_arguments_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--watch", type=float, default=0, metavar="SECONDS",
+                   help="rewrite the report every SECONDS until interrupted (the page reloads itself "
+                        "while a stage is running)")
+    p.add_argument("--out", default=None, help="where to write the page (default <run>/report.html)")
+
+
+def cmd_report(pipe, args) -> int:
+    from pathlib import Path
+
+    from llmray.report import write_report
+    from llmray.runner import fingerprints, sync_local
+    from llmray.storage import report_files
+
+    out = getattr(args, "out", None)
+    watch = getattr(args, "watch", 0) or 0
+    while True:
+        root = sync_local(pipe, only=report_files)  # a URI workdir: manifests, metrics, logs from the store
+        path, run = write_report(root, pipe, Path(out) if out else None, fingerprints=fingerprints(pipe))
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(run.counts().items()))
+        print(f"[llmray] report: {path} ({counts})", flush=True)
+        if watch <= 0:
+            return 0
+        try:
+            time.sleep(watch)
+        except KeyboardInterrupt:
+            return 0
 
 
 def _resolve(spec: str):

@@ -66,6 +66,11 @@ def _serve_problems(pipe) -> list[tuple[str, str, Any]]:
     if pipe.serve.default and pipe.serve.default not in names:
         problems.append(("serve.default", "the default model must be one of serve.models (a stage or external "
                                           "model name)", pipe.serve.default))
+    for name, stage in pipe.serve.names.items():  # served names with versions (llmray promote)
+        if stage not in pipe.stages:
+            problems.append((f"serve.names.{name}", f"no stage named {stage!r} in this pipeline", stage))
+        elif name in names:
+            problems.append((f"serve.names.{name}", f"{name!r} is already in serve.models; pick another name", name))
     return problems
 
 

@@ -1,5 +1,7 @@
-"""Where stages run: a training stage's `resources:` block (-> Ray Train's ScalingConfig) and a data
-stage's `placement:` block (-> the node labels every Ray Data task and actor of the stage requires).
+"""Where stages run, one family of blocks: a training stage's `resources:` (`Resources` -> Ray Train's
+ScalingConfig), what one Ray actor or task reserves (`ActorResources` -> `.options(...)`: RL roles,
+eval and feedback tasks), and a data stage's `placement:` (-> the node labels every Ray Data task and
+actor of the stage requires).
 
 Nothing else in the code base builds a ScalingConfig or sets a Ray Data label selector: a pipeline
 moves from a laptop to a GPU cluster by changing these blocks only. On a cluster whose nodes carry
@@ -39,6 +41,25 @@ class Resources(StrictModel):
             # FSDP2 on gloo works but is slow and pointless on CPU; refuse rather than surprise.
             raise ValueError("strategy fsdp2 needs use_gpu: true (use ddp on CPU)")
         return self
+
+
+class ActorResources(StrictModel):
+    """What one Ray actor or task reserves (an RL role's actor, an eval or feedback task). Fractions let
+    several share a CPU or GPU (colocation)."""
+
+    num_cpus: float = Field(0.25, json_schema_extra=EXECUTION_ONLY, gt=0, description="CPUs reserved (fractions allowed).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved (fractions colocate roles on one GPU).")
+    custom: dict[str, float] = Field(default_factory=dict, json_schema_extra=EXECUTION_ONLY, description="Custom Ray resources, e.g. {gpu_node: 0.01}.")
+    threads: int | None = Field(None, json_schema_extra=EXECUTION_ONLY, ge=1, description="torch threads inside the actor; default: num_cpus "
+                                                        "rounded, at least 1.")
+
+    def ray_options(self) -> dict:
+        """The reservation as Ray `.options(...)` keywords."""
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "resources": dict(self.custom) or None}
+
+    def torch_threads(self) -> int:
+        """torch threads inside: `threads`, else the reserved CPUs rounded (at least 1)."""
+        return self.threads or max(1, round(self.num_cpus))
 
 
 def scaling_config(res: Resources):

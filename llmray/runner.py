@@ -12,6 +12,10 @@ For each stage in dependency order:
 Changing one stage's config changes its fingerprint and so its dependents' fingerprints:
 exactly that stage and what reads from it run again.
 
+Experiment tracking (llmray.tracking.Tracker, `tracking:` in the pipeline file) follows the run: a
+parent run per run directory, a nested run per stage opened when it starts (its metrics.jsonl
+tailed live), closed with its manifest and log; cached stages are linked to their earlier runs.
+
 With `workdir: s3://...` (llmray.storage.RunStore) `<run>` above is the local mirror; manifests
 for caching are read from the store, inputs are downloaded into the mirror before a stage runs,
 a completed (or failed) stage is uploaded with manifest.json last, and Ray Train checkpoints
@@ -33,13 +37,15 @@ from pathlib import Path
 
 import yaml
 
-from llmray.config import dump_resolved
 from llmray.fingerprint import CACHE_FILE, InputDigests, stage_payload
 from llmray.graph import ancestors, topo_order
+from llmray.pipeline import dump_resolved
 from llmray.resources import data_placement
 from llmray.stages import get_stage
 from llmray.stages.base import StageContext, StageOutput, StageResult
 from llmray.storage import RunStore, read_manifest, report_files  # noqa: F401 - read_manifest re-exported
+from llmray.tracking import Tracker
+from llmray.tracking.tracker import stage_total
 
 
 class StageFailed(RuntimeError):
@@ -141,8 +147,9 @@ def _inputs(pipe, name: str, store: RunStore, fps: dict[str, str]) -> dict[str, 
     return out
 
 
-def run_stage(pipe, name: str, fp: str, fps: dict[str, str], echo=print) -> dict:
-    """Run one stage to completion (or a `failed` manifest). Returns the manifest."""
+def run_stage(pipe, name: str, fp: str, fps: dict[str, str], echo=print, tracker: Tracker | None = None) -> dict:
+    """Run one stage to completion (or a `failed` manifest). Returns the manifest. The tracker (if any)
+    follows the stage: a nested run opened now, its metrics.jsonl tailed, the outcome logged at the end."""
     cfg = pipe.stages[name]
     store = run_store(pipe)
     root = store.local
@@ -161,6 +168,9 @@ def run_stage(pipe, name: str, fp: str, fps: dict[str, str], echo=print) -> dict
     log = _stage_logger(name, staging / "log.txt")
     t0 = time.time()
     echo(f"[llmray] ▶ {name} ({cfg.kind}) started")
+    if tracker is not None:
+        tracker.stage_started(name, cfg, fp, inputs, [staging / "metrics.jsonl", final / "metrics.jsonl"],
+                              stage_total(cfg))
     try:
         store.begin(name, manifest)
         ctx = StageContext(name=name, kind=cfg.kind, fingerprint=fp, run_dir=root, out_dir=staging,
@@ -181,6 +191,8 @@ def run_stage(pipe, name: str, fp: str, fps: dict[str, str], echo=print) -> dict
         _complete(store, name, staging, manifest, echo)
     except BaseException as e:  # noqa: BLE001 - KeyboardInterrupt must also leave a failed manifest
         _fail(store, name, e, manifest, t0, log, echo)
+        if tracker is not None:
+            tracker.stage_finished(name, manifest, [final / "manifest.json", final / "log.txt"])
         if isinstance(e, KeyboardInterrupt):
             raise
         raise StageFailed(name, f"{type(e).__name__}: {e}") from e
@@ -191,6 +203,8 @@ def run_stage(pipe, name: str, fp: str, fps: dict[str, str], echo=print) -> dict
         store.drop_work(work_name)
     except Exception as e:  # noqa: BLE001 - completed is completed; leftover checkpoints only cost space
         echo(f"[llmray]   {name}: could not delete its checkpoints on the store: {e}")
+    if tracker is not None:
+        tracker.stage_finished(name, manifest, [final / "manifest.json", final / "log.txt"])
     echo(f"[llmray] ✓ {name} ({cfg.kind}) completed in {manifest['elapsed_s']:.1f}s")
     return manifest
 
@@ -231,8 +245,11 @@ def _fail(store: RunStore, name: str, e: BaseException, manifest: dict, t0: floa
     echo(f"[llmray] ✗ {name} failed after {time.time() - t0:.1f}s: {err}")
 
 
-def run_pipeline(pipe, stages: list[str] | None = None, force: list[str] | None = None, echo=print) -> dict:
-    """Run the pipeline (or the named stages and whatever they need). Returns {stage: state}."""
+def run_pipeline(pipe, stages: list[str] | None = None, force: list[str] | None = None, echo=print,
+                 listeners=()) -> dict:
+    """Run the pipeline (or the named stages and whatever they need). Returns {stage: state}.
+    Tracking (pipe.tracking) gets one parent run for the run directory and a nested run per stage;
+    `listeners` (the console) hear the same events and every metrics record."""
     for n in (stages or []) + (force or []):
         if n not in pipe.stages:
             raise KeyError(f"no stage named {n!r}; stages are {list(pipe.stages)}")
@@ -246,22 +263,30 @@ def run_pipeline(pipe, stages: list[str] | None = None, force: list[str] | None 
     force = set(force or [])
     states: dict[str, str] = {}
     t0 = time.time()
-    for name in topo_order(pipe):
-        if name not in wanted:
-            continue
-        man = store.manifest(name)
-        if name not in force and _state(man, fps[name]) == "cached":
-            echo(f"[llmray] = {name} ({pipe.stages[name].kind}) cached ({fps[name][:12]})")
-            states[name] = "cached"
-            if store.remote is not None:
-                store.fetch(name, only=report_files)  # what the run report shows of it
-            continue
-        ensure_ray(pipe)
-        try:
-            run_stage(pipe, name, fps[name], fps, echo)
-        finally:
-            _refresh_report(pipe, store)
-        states[name] = "completed"
+    tracker = Tracker(pipe, root, echo, listeners, put_file=store.put_file)
+    tracker.pipeline_started()
+    status = "failed"
+    try:
+        for name in topo_order(pipe):
+            if name not in wanted:
+                continue
+            man = store.manifest(name)
+            if name not in force and _state(man, fps[name]) == "cached":
+                echo(f"[llmray] = {name} ({pipe.stages[name].kind}) cached ({fps[name][:12]})")
+                states[name] = "cached"
+                if store.remote is not None:
+                    store.fetch(name, only=report_files)  # what the run report shows of it
+                tracker.stage_cached(name, pipe.stages[name], fps[name], man, [root / name / "manifest.json"])
+                continue
+            ensure_ray(pipe)
+            try:
+                run_stage(pipe, name, fps[name], fps, echo, tracker)
+            finally:
+                _refresh_report(pipe, store)
+            states[name] = "completed"
+        status = "completed"
+    finally:
+        tracker.pipeline_finished(status, [root / "pipeline.resolved.yaml", root / "report.html"])
     echo(f"[llmray] pipeline {pipe.name}: {len(states)} stages "
          f"({sum(s == 'completed' for s in states.values())} ran) in {time.time() - t0:.1f}s -> {store.describe()}")
     return states
@@ -272,7 +297,7 @@ def _refresh_report(pipe, store: RunStore) -> None:
     try:
         from llmray.report import write_report
 
-        write_report(store.local, pipe)
+        write_report(store.local, pipe, fingerprints=fingerprints(pipe))
         store.put_file("report.html")
     except Exception as e:  # noqa: BLE001
         logging.getLogger("llmray").warning("could not refresh report.html: %s", e)

@@ -132,7 +132,7 @@ def kinds() -> list[str]:
 
 def _pipeline_top_tables(level: int) -> list[str]:
     """The top level of the pipeline file, without `stages:` (one page per kind) and `serve:` (its page)."""
-    from llmray.config import pipeline_class
+    from llmray.pipeline import pipeline_class
 
     pipe = pipeline_class()
     lines = [f"{'#' * level} `(top level)`", "", "| field | type | default | description |",

@@ -89,6 +89,34 @@ class VLLMOptions(StrictModel):
     dtype: str = Field("auto", pattern="^(auto|float32|bfloat16|float16)$", description="Weights dtype.")
 
 
+class PromoteConfig(StrictModel):
+    """How a new version goes behind a served name (`llmray promote`, or automatically after a run):
+    the candidate is loaded next to the live version, gets `canary` of the name's traffic for
+    `window_s`, and is completed or rolled back by the thresholds below."""
+
+    mode: str = Field("manual", pattern="^(manual|auto)$",
+                      description="manual: only `llmray promote`. auto: after `llmray run`, each served name whose "
+                                  "stage has a new completed version that passed the align gate is promoted "
+                                  "(when a server for this pipeline answers). `promote: auto` is short for "
+                                  "`promote: {mode: auto}`.")
+    canary: float = Field(0.1, ge=0, le=1, description="Share of the name's requests sent to the candidate while "
+                                                      "it is watched (0: switch at once, no watch window).")
+    window_s: float = Field(30, gt=0, description="How long the canary is watched before the verdict.")
+    min_requests: int = Field(5, ge=0, description="Canary requests needed for a verdict; fewer by the end of "
+                                                  "the window extends it up to 4x, then rolls back.")
+    max_error_rate: float = Field(0.0, ge=0, le=1, description="Roll back when more of the canary's requests "
+                                                               "fail than this share.")
+    max_latency_ratio: float = Field(3.0, gt=0, description="Roll back when the canary's p95 latency exceeds "
+                                                            "this multiple of the live version's p95.")
+    max_block_rate: float = Field(0.5, ge=0, le=1, description="Roll back when the guardrail refuses more than "
+                                                               "this share of the canary's answers.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v):
+        return {"mode": v} if isinstance(v, str) else v
+
+
 class ServeConfig(StrictModel):
     """What `llmray serve` exposes, and how."""
 
@@ -139,6 +167,23 @@ class ServeConfig(StrictModel):
     guardrail: GuardrailConfig = Field(
         default_factory=GuardrailConfig, description="Output guardrail applied to every response.")
     vllm: VLLMOptions = Field(default_factory=VLLMOptions, description="vLLM engine settings.")
+    names: dict[str, str] = Field(
+        default_factory=dict,
+        description="Served names with versions: `{assistant: dpo}` serves stage dpo's model as `assistant`; "
+                    "`llmray promote` later moves a name to another stage or a newer run of it, without a "
+                    "restart (the current version is restored from <run>/.serve/routes.json on restart).")
+    promote: PromoteConfig = Field(default_factory=PromoteConfig,
+                                   description="Promotion of new versions behind `names` (canary, rollback).")
+
+    @field_validator("names")
+    @classmethod
+    def _name_ids(cls, names: dict) -> dict:
+        import re
+
+        bad = sorted(n for n in names if not re.fullmatch(NAME_RE, n))
+        if bad:
+            raise ValueError(f"names: {bad} are not valid names (letters, digits, _ and -)")
+        return names
 
     @field_validator("models")
     @classmethod

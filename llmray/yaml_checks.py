@@ -65,7 +65,8 @@ def check_pipeline_reference(path: Path, command: str, where: str) -> None:
     (with the command's own dotted overrides), so a cluster file never points at a missing pipeline."""
     import shlex
 
-    from llmray.config import ConfigError, load_pipeline
+    from llmray.config import ConfigError
+    from llmray.pipeline import load_pipeline
 
     argv = shlex.split(command)
     i = argv.index("run") + 1 if "run" in argv else len(argv)

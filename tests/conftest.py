@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# Shared test helpers (tests/support/): `from cli import llmray`, the runner tests' `probe_stage` kind,
+# the tiny pipeline file. On sys.path so test modules and the stage registry import them by name.
+sys.path.insert(0, str(Path(__file__).parent / "support"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -76,3 +82,14 @@ def s3_endpoint():
     yield f"127.0.0.1:{port}", S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http",
                                             region="us-east-1", allow_bucket_creation=True)
     server.stop()
+
+
+# Test tiers. `integration`: the test starts (or joins) Ray, a server, or a CLI run that does. Set
+# automatically for every test using the `ray_local` fixture (directly or through another fixture), and
+# by `pytestmark = pytest.mark.integration` in files that start Ray another way. `make test-fast` runs
+# `-m "not slow and not integration"` with RAY_ADDRESS set to an invalid address, so a test that starts
+# Ray without saying so fails there at once instead of silently making the fast tier slow.
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from llmray.config import parse_pipeline
+from llmray.pipeline import parse_pipeline
 from llmray.runner import read_manifest, run_dir, run_pipeline
 from llmray.safety.gate import gate_status, guardrail_dir
 from llmray.safety.guardrail import load_guardrail

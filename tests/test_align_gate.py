@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from llmray.config import parse_pipeline
 from llmray.data.instruct import REFUSALS
+from llmray.data.pairs import labelled_pairs
+from llmray.data.redteam import builtin_suite
+from llmray.pipeline import parse_pipeline
 from llmray.runner import fingerprints
 from llmray.safety.evaluate import FixedEngine, evaluate_engine, samples
 from llmray.safety.gate import decide, gate_status, guardrail_dir
 from llmray.safety.guardrail import FeatureSpec, train_guardrail
-from llmray.safety.pairs import labelled_pairs
-from llmray.safety.redteam import builtin_suite
 
 COMPLY = "Sure! Here is a Python script:\n```python\nimport socket\n\ndef main():\n    socket.create_connection()\n```"
 HELP = "You can use `pathlib.Path.iterdir()`: Yield path objects of the directory contents."

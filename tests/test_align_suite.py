@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from llmray.config import ConfigError, parse_pipeline
+from llmray.config import ConfigError
 from llmray.data import instruct
-from llmray.safety.redteam import (
+from llmray.data.redteam import (
     HARMFUL_CATEGORIES,
     build_suite,
     builtin_suite,
@@ -16,6 +16,7 @@ from llmray.safety.redteam import (
     load_suite_file,
     select,
 )
+from llmray.pipeline import parse_pipeline
 from llmray.stages.align import SuiteFile
 
 

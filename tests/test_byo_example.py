@@ -7,22 +7,17 @@ queried with the openai client. Then an edit of the preference folder reruns exa
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli import llmray
 
 from llmray.testing import free_port, write_byo_assets
 
+pytestmark = pytest.mark.integration  # runs `llmray` in a subprocess, which starts its own Ray
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = "examples/bring-your-own.yaml"
-
-
-def _llmray(*argv, timeout=900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llmray.cli", *argv], check=False, capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO, env=os.environ.copy())
 
 
 def _overrides(tmp_path: Path, model: Path, chats, prefs: Path, base_name: str, port: int) -> list[str]:
@@ -40,7 +35,8 @@ def _manifest(run: Path, stage: str) -> dict:
     return json.loads((run / stage / "manifest.json").read_text())
 
 
-@pytest.mark.vllm
+@pytest.mark.slow  # ~3.5 min on 2 cores; its parts are unit-tested in test_data_readers, test_chat_templates,
+@pytest.mark.vllm  # test_model_sources and test_rewards, which CI runs
 def test_bring_your_own_model_data_and_reward_end_to_end(tmp_path, s3_endpoint):
     import openai
 
@@ -55,7 +51,7 @@ def test_bring_your_own_model_data_and_reward_end_to_end(tmp_path, s3_endpoint):
     model = assets / "qwen-tiny"
     overrides = _overrides(tmp_path, model, f"s3://byo-data/chats/?endpoint_override={endpoint}&scheme=http",
                            assets / "prefs", "qwen-base", port)
-    proc = _llmray("run", EXAMPLE, *overrides)
+    proc = llmray("run", EXAMPLE, *overrides)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = tmp_path / "runs" / "byo"
     chat, rm, dpo, rl = (_manifest(run, s) for s in ("chat", "rm", "prefs", "rl"))
@@ -78,7 +74,7 @@ def test_bring_your_own_model_data_and_reward_end_to_end(tmp_path, s3_endpoint):
     tok_cfg = json.loads((run / "rl" / "model" / "tokenizer_config.json").read_text())
     assert "{% generation %}" not in (tok_cfg.get("chat_template") or "")
 
-    up = _llmray("serve", EXAMPLE, *overrides, "--detach", timeout=400)
+    up = llmray("serve", EXAMPLE, *overrides, "--detach", timeout=400)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
@@ -89,13 +85,13 @@ def test_bring_your_own_model_data_and_reward_end_to_end(tmp_path, s3_endpoint):
                                                messages=[{"role": "user", "content": "What is 2 + 3?"}])
             assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens >= 1
     finally:
-        stop = _llmray("serve", EXAMPLE, *overrides, "--stop", timeout=120)
+        stop = llmray("serve", EXAMPLE, *overrides, "--stop", timeout=120)
     assert stop.returncode == 0, stop.stderr[-2000:]
     assert not healthy(url)
 
     # Edit the preference folder in place (append a pair): exactly its readers and what follows rerun.
     before = {s: _manifest(run, s)["fingerprint"] for s in ("chat", "rm", "prefs", "rl")}
-    plan = _llmray("plan", EXAMPLE, *overrides, timeout=120)
+    plan = llmray("plan", EXAMPLE, *overrides, timeout=120)
     assert plan.returncode == 0 and plan.stdout.count(" cached ") == 4, plan.stdout
     import pyarrow as pa
 
@@ -106,7 +102,7 @@ def test_bring_your_own_model_data_and_reward_end_to_end(tmp_path, s3_endpoint):
     table = pa.concat_tables([table, pa.Table.from_pylist([extra], schema=table.schema)])
     with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    plan = _llmray("plan", EXAMPLE, *overrides, timeout=120)
+    plan = llmray("plan", EXAMPLE, *overrides, timeout=120)
     assert plan.returncode == 0, plan.stderr
     states = {line.split()[1]: line.split()[3] for line in plan.stdout.splitlines() if line[:4].strip().endswith(".")}
     assert states == {"chat": "cached", "rm": "stale", "prefs": "stale", "rl": "stale"}, plan.stdout
@@ -128,14 +124,14 @@ def test_the_same_chain_on_other_architectures(tmp_path, family):
     model = tiny_family_dir(tmp_path / family, family)
     port = free_port()
     overrides = _overrides(tmp_path, model, assets / "chats.parquet", assets / "prefs", "base", port)
-    proc = _llmray("run", EXAMPLE, *overrides)
+    proc = llmray("run", EXAMPLE, *overrides)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = tmp_path / "runs" / "byo"
     rl = _manifest(run, "rl")
     assert rl["metrics"]["engine"] == "vllm" and rl["metrics"]["reward_errors"] == 0
     arch = json.loads((model / "config.json").read_text())["architectures"]
     assert json.loads((run / "rl" / "model" / "config.json").read_text())["architectures"] == arch
-    up = _llmray("serve", EXAMPLE, *overrides, "--detach", timeout=400)
+    up = llmray("serve", EXAMPLE, *overrides, "--detach", timeout=400)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
@@ -145,5 +141,5 @@ def test_the_same_chain_on_other_architectures(tmp_path, family):
                                                messages=[{"role": "user", "content": "What is 2 + 3?"}])
             assert r.usage.completion_tokens >= 1
     finally:
-        stop = _llmray("serve", EXAMPLE, *overrides, "--stop", timeout=120)
+        stop = llmray("serve", EXAMPLE, *overrides, "--stop", timeout=120)
     assert stop.returncode == 0, stop.stderr[-2000:]

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 import yaml
+from cli import llmray
 
 from llmray.cli import main
-from llmray.config import ConfigError, apply_overrides, parse_pipeline
+from llmray.config import ConfigError
+from llmray.pipeline import apply_overrides, parse_pipeline
 from llmray.stages import STAGES
 
 
@@ -108,6 +109,6 @@ def test_overrides_apply_before_validation(tmp_path, capsys):
 def test_cli_config_error_is_exit_2_without_traceback(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump({"name": "x", "stages": {"a": {"kind": "nope"}}}))
-    proc = subprocess.run([sys.executable, "-m", "llmray.cli", "validate", str(p)], capture_output=True, text=True)
+    proc = llmray("validate", p)
     assert proc.returncode == 2
     assert "stages.a.kind" in proc.stderr and "Traceback" not in proc.stderr

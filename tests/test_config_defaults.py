@@ -29,6 +29,7 @@ MINIMAL = {
     "grpo": {"kind": "grpo", "init": "chat", "reward": "rm"},
     "constitution": {"kind": "constitution", "init": "chat"},
     "align": {"kind": "align", "models": ["chat"]},
+    "eval": {"kind": "eval", "models": ["chat"]},
 }
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli import llmray
 from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -71,7 +72,8 @@ def test_pointwise_judge_compares_yes_no_log_odds(judge_model):
 
 
 def test_feedback_examples_and_calibration_come_from_separate_splits():
-    from llmray.data.instruct import is_refusal, load_builtin
+    from llmray.data.builtin import load_builtin
+    from llmray.data.instruct import is_refusal
 
     train = load_builtin("feedback", "train")
     requests = {m["content"].split("Human: ", 1)[1].split("\n\n", 1)[0] for r in train for m in r["messages"][:1]}
@@ -161,7 +163,8 @@ def test_on_policy_agreement_counts_only_pairs_the_rule_judge_settles():
 
 
 def test_a_pipeline_refuses_ai_feedback_from_a_stage_of_another_kind(tiny_causal_dir):
-    from llmray.config import ConfigError, parse_pipeline
+    from llmray.config import ConfigError
+    from llmray.pipeline import parse_pipeline
 
     stages = {"chat": {"kind": "sft", "from": str(tiny_causal_dir), "data": "builtin:instruct"},
               "dpo": {"kind": "dpo", "init": "chat", "ai_feedback": ["chat"]}}
@@ -175,14 +178,11 @@ def test_the_quickstart_feedback_model_beats_chance_on_held_out_comparisons(tmp_
     held-out calibration comparisons it agrees with the known answer significantly more often than a
     coin (one-sided binomial test, p < 0.05), and its revisions refuse harmful requests more often
     than the policy's answers do."""
-    import subprocess
-    import sys
 
     from llmray.data.instruct import is_refusal
 
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "llmray.cli", "run", "pipeline.yaml", "--stages", "cai",
-                           f"workdir={tmp_path}"], cwd=root, capture_output=True, text=True, timeout=3000)
+    proc = llmray("run", "pipeline.yaml", "--stages", "cai", f"workdir={tmp_path}", cwd=root, timeout=3000)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "quickstart" / "cai"
     cal = json.loads((out / "manifest.json").read_text())["metrics"]["calibration"]
@@ -201,7 +201,7 @@ def test_the_docs_example_is_a_valid_pipeline_fragment(tiny_causal_dir):
 
     import yaml
 
-    from llmray.config import parse_pipeline
+    from llmray.pipeline import parse_pipeline
 
     root = Path(__file__).resolve().parents[1]
     text = (root / "docs" / "stages" / "constitution.md").read_text()

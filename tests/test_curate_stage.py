@@ -18,7 +18,7 @@ from llmray.curate.minhash import word_shingles
 
 
 def run_stage(tmp_path: Path, stage: dict, name: str = "c") -> tuple[dict, Path]:
-    from llmray.config import parse_pipeline
+    from llmray.pipeline import parse_pipeline
     from llmray.runner import run_pipeline
 
     pipe = parse_pipeline({"name": name, "workdir": str(tmp_path / "runs"),

@@ -307,7 +307,8 @@ def test_builtin_quality_seed_model():
 
 
 def test_stage_config_errors_name_the_field():
-    from llmray.config import ConfigError, parse_pipeline
+    from llmray.config import ConfigError
+    from llmray.pipeline import parse_pipeline
 
     raw = {"name": "p", "stages": {"c": {"kind": "curate", "sources": [{"type": "python-docs"}],
                                          "near_dedup": {"bands": 64, "rows": 8}}}}

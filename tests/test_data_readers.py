@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from llmray.config import ConfigError, parse_pipeline
+from llmray.config import ConfigError
 from llmray.data.formats import (
     DataError,
     Quarantine,
@@ -34,6 +34,7 @@ from llmray.data.formats import (
     split_records,
 )
 from llmray.data.rows import ShuffledRows
+from llmray.pipeline import parse_pipeline
 from llmray.testing import write_dataset_dict, write_save_to_disk
 
 U = {"role": "user", "content": "What is 2 + 2?"}
@@ -268,6 +269,7 @@ def _big_chat_file(path: Path, n: int) -> tuple[int, int]:
     return bad, too_long
 
 
+@pytest.mark.integration  # a subprocess preparing a large file under a memory cap
 def test_prepare_streams_in_bounded_memory(tmp_path, monkeypatch):
     """prepare() over a data set ~4x its memory bound as JSON (~60x as the Python rows the old code
     held in lists): the driver's peak Python allocation stays under the bound."""

@@ -3,7 +3,7 @@
 Convention (one rule, so nobody adds an unchecked example): a fenced block's language says what it
 is, and YAML and Python blocks carry a marker comment on the line before them:
 
-  <!-- check: pipeline -->           ```yaml: a whole pipeline file -> llmray.config.parse_pipeline
+  <!-- check: pipeline -->           ```yaml: a whole pipeline file -> llmray.pipeline.parse_pipeline
   <!-- check: stages -->             ```yaml: stage blocks (name -> config), added to pipeline.yaml's
                                      stages (a same-named stage is replaced), then the whole file parsed
   <!-- check: serve -->              ```yaml: a top-level `serve:` section, in place of pipeline.yaml's
@@ -46,6 +46,8 @@ NOT_RUN = {
     "llmray run": "trains models (minutes); tests/test_e2e.py and the stage tests run pipelines",
     "llmray serve": "serves until Ctrl-C; tests/test_serve_cli.py starts and stops servers",
     "llmray compare": "needs a running server (tests/test_serve_cli.py)",
+    "llmray promote": "needs a running server (tests/test_serve_promote.py promotes on one)",
+    "llmray rollback": "needs a running server (tests/test_serve_promote.py rolls back on one)",
     "llmray report": "needs a completed run (tests/test_report.py)",
     "ray job submit": "needs a Ray cluster (tests/test_job_submit.py submits to a local one)",
     "ray up": "starts AWS machines",
@@ -54,6 +56,9 @@ NOT_RUN = {
     "serve run": "Ray Serve's CLI on a completed run (tests/test_serve_app.py builds the same app)",
     "serve deploy": "needs a running cluster",
     "kubectl": "needs a Kubernetes cluster",
+    "mlflow ui": "serves until Ctrl-C; tests/test_tracking.py reads the same store with MlflowClient",
+    "tensorboard --logdir": "needs the tensorboard package; tests/test_tracking.py reads the event files",
+    "wandb sync": "uploads to the W&B server; tests/test_tracking.py checks the offline files",
     "python -m llmray.testing": "builds an example's stand-in inputs (a model folder, data); tests/test_byo_example.py "
                                 "runs the same builder",
 }
@@ -167,7 +172,7 @@ def _quickstart() -> dict:
 
 @pytest.mark.parametrize("block", blocks("yaml", "yml"), ids=lambda b: b.id)
 def test_yaml_examples_validate(block, in_sandbox):
-    from llmray.config import parse_pipeline
+    from llmray.pipeline import parse_pipeline
 
     snippet = yaml.safe_load(block.body)
     assert isinstance(snippet, dict) and snippet, f"{block.id}: empty YAML example"

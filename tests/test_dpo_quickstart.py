@@ -16,7 +16,7 @@ PIPELINE = Path(__file__).resolve().parent.parent / "pipeline.yaml"
 
 @pytest.mark.slow
 def test_quickstart_post_training_figures(tmp_path, ray_local):
-    from llmray.config import load_pipeline
+    from llmray.pipeline import load_pipeline
     from llmray.runner import read_manifest, run_dir, run_pipeline
 
     pipe = load_pipeline(PIPELINE, [f"workdir={tmp_path}"])

@@ -12,7 +12,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, ray_local, tiny_causal_dir):
-    from llmray.config import parse_pipeline
+    from llmray.pipeline import parse_pipeline
     from llmray.runner import run_pipeline
 
     tmp = tmp_path_factory.mktemp("post")

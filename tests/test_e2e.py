@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
+from cli import llmray
+
+pytestmark = pytest.mark.integration  # runs `llmray` in a subprocess, which starts its own Ray
+
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "pipelines" / "tiny.yaml"
-
-
-def _llmray(*args, timeout=1500):
-    return subprocess.run([sys.executable, "-m", "llmray.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+TINY = ROOT / "tests" / "support" / "pipelines" / "tiny.yaml"
 
 
 def test_tiny_pipeline_end_to_end(tmp_path):
-    proc = _llmray("run", str(TINY), f"workdir={tmp_path}")
+    proc = llmray("run", TINY, f"workdir={tmp_path}", timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = tmp_path / "tiny"
     stages = ["corpus", "bpe", "tokens", "base", "chat", "cai", "rm", "dpo", "ppo", "safety"]
@@ -52,8 +50,8 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert "row/s]" not in proc.stdout + proc.stderr  # no Ray Data progress bars relayed from workers
 
     # The same file again: everything cached, nothing reruns.
-    again = _llmray("run", str(TINY), f"workdir={tmp_path}")
+    again = llmray("run", TINY, f"workdir={tmp_path}", timeout=1500)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("cached") == len(stages)
-    status = _llmray("status", str(TINY), f"workdir={tmp_path}")
+    status = llmray("status", str(TINY), f"workdir={tmp_path}")
     assert status.returncode == 0 and status.stdout.count("cached") == len(stages)

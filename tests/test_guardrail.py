@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from llmray.data.instruct import REFUSALS, is_refusal
+from llmray.data.pairs import labelled_pairs
+from llmray.data.redteam import intents
 from llmray.safety.guardrail import FeatureSpec, assess, load_guardrail, train_guardrail
-from llmray.safety.pairs import labelled_pairs
-from llmray.safety.redteam import intents
 
 
 @pytest.fixture(scope="module")

@@ -74,5 +74,7 @@ def test_harmful_and_benign_sets():
 
 
 def test_load_builtin_names():
-    assert set(I.BUILTINS) >= {"instruct", "prefs", "prompts", "harmful", "benign", "safety"}
-    assert I.load_builtin("prompts", "test") == I.rl_prompts("test")
+    from llmray.data import builtin
+
+    assert set(builtin.BUILTINS) >= {"instruct", "prefs", "prompts", "harmful", "benign", "safety"}
+    assert builtin.load_builtin("prompts", "test") == I.rl_prompts("test")

@@ -14,6 +14,9 @@ import pytest
 
 from llmray.testing import free_port
 
+# `ray start` + `ray job submit` in subprocesses: ~80 s on 2 cores, so `make test-all` runs it, not CI.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

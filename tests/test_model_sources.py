@@ -11,16 +11,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from cli import llmray
 
 from llmray.cli import main
-from llmray.config import ConfigError, parse_pipeline
+from llmray.config import ConfigError
 from llmray.models import ModelSourceError, check_causal_lm_folder, model_cache, resolve_model_source
+from llmray.pipeline import parse_pipeline
 
 # ---------------------------------------------------------------- bad folders
 
@@ -120,6 +120,7 @@ def test_every_model_field_checks_its_folder(tmp_path, tiny_causal_dir, tiny_rew
         assert "chat" in ok.stages
 
 
+@pytest.mark.integration  # runs the CLI in a subprocess
 def test_validate_exits_2_naming_every_bad_field_without_a_traceback(tmp_path, tiny_causal_dir, tiny_reward_dir,
                                                                      capsys):
     raw = _pipeline(tmp_path, tiny_causal_dir, "serve", tiny_reward_dir)
@@ -136,8 +137,7 @@ def test_validate_exits_2_naming_every_bad_field_without_a_traceback(tmp_path, t
         assert why in line, err
     assert str(tiny_reward_dir) in err and "Traceback" not in err
     # The same as a user runs it: a fresh process, exit 2, no traceback.
-    proc = subprocess.run([sys.executable, "-m", "llmray.cli", "validate", str(path)], capture_output=True,
-                          text=True, timeout=300)
+    proc = llmray("validate", path, timeout=300)
     assert proc.returncode == 2 and "stages.chat.from" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -1,7 +1,7 @@
 """A real multi-node Ray cluster (head + 2 trainer nodes on 127.0.0.1), a tiny pipeline spread across it,
 and a trainer node removed during pretraining: the run completes from the checkpoint.
 
-The cluster runs in a subprocess (tests/multinode_cluster.py) so the pytest session's own Ray
+The cluster runs in a subprocess (tests/support/multinode_cluster.py) so the pytest session's own Ray
 (`ray_local`) is never touched; the script writes result.json and leaves the run directory behind.
 """
 
@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+# A two-node Ray cluster of its own in a subprocess: minutes on 2 cores, so `make test-all` runs it, not CI.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 HERE = Path(__file__).resolve().parent
 DATA_STAGES = ("corpus", "bpe", "tokens")
@@ -28,7 +31,7 @@ def multinode(tmp_path_factory):
     out = tmp_path_factory.mktemp("multinode")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, str(HERE / "multinode_cluster.py"), str(out)], env=env,
+    proc = subprocess.run([sys.executable, str(HERE / "support" / "multinode_cluster.py"), str(out)], env=env,
                           capture_output=True, text=True, timeout=480, cwd=HERE.parent)
     assert (out / "result.json").exists(), proc.stdout[-3000:] + proc.stderr[-5000:]
     result = json.loads((out / "result.json").read_text())

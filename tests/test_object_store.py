@@ -35,7 +35,7 @@ def store(s3_endpoint):
 
 
 def _raw(uri: str, mirror: Path) -> dict:
-    raw = yaml.safe_load((ROOT / "tests" / "pipelines" / "tiny.yaml").read_text())
+    raw = yaml.safe_load((ROOT / "tests" / "support" / "pipelines" / "tiny.yaml").read_text())
     raw["stages"] = {k: v for k, v in raw["stages"].items() if k in STAGES}
     raw.pop("serve", None)
     raw.update(name="objstore", workdir=uri, mirror_dir=str(mirror))
@@ -43,7 +43,7 @@ def _raw(uri: str, mirror: Path) -> dict:
 
 
 def _pipe(uri, mirror, *overrides):
-    from llmray.config import parse_pipeline
+    from llmray.pipeline import parse_pipeline
 
     return parse_pipeline(_raw(uri, mirror), "tiny.yaml", overrides=list(overrides))
 
@@ -132,6 +132,7 @@ def test_pipeline_on_the_store_completes_with_manifests_models_and_checkpoints(s
     print(f"\nupload per stage (bytes, s): {up}; pipeline wall time {first_run['elapsed']:.1f}s")
 
 
+@pytest.mark.slow  # ~45 s; test_runner covers rerunning only a changed stage in CI
 def test_fresh_mirror_sees_the_store_and_reruns_only_the_changed_stage(store, first_run, tmp_path):
     from llmray.runner import fingerprints, plan, run_pipeline
 
@@ -168,6 +169,7 @@ def _kill_after(metrics: Path, pid_file: Path, min_step: int, fired: list) -> No
     threading.Thread(target=watch, daemon=True).start()
 
 
+@pytest.mark.slow  # ~55 s; the pipeline-on-the-store test covers checkpoints to the store in CI
 def test_killed_pretrain_resumes_on_a_fresh_machine_from_the_store(store, first_run, tmp_path, monkeypatch):
     """The only Ray Train worker is SIGKILLed after the step-10/20 checkpoints with no restarts left:
     the stage fails (a failed manifest on the store, checkpoints on the store). With the local mirror
@@ -217,7 +219,7 @@ def test_probe_failure_is_recorded_on_the_store_and_status_reads_it(store, tmp_p
     uri, fs = store
     raw = {"name": "probe", "workdir": uri, "mirror_dir": str(tmp_path / "m"),
            "stages": {"a": {"kind": "probe", "n": 5}, "b": {"kind": "probe", "n": 3, "data": ["a"]}}}
-    from llmray.config import parse_pipeline
+    from llmray.pipeline import parse_pipeline
 
     monkeypatch.setenv("PROBE_FAIL_B", "1")
     with pytest.raises(StageFailed, match="injected failure in b"):
@@ -244,7 +246,7 @@ def test_serve_and_report_read_a_fresh_mirror_from_the_store(store, first_run, t
     served model comes down whole, the other stages only as far as the report reads them."""
     import argparse
 
-    from llmray.report import cmd_report
+    from llmray.cli import cmd_report
     from llmray.serve.spec import resolve_spec
 
     uri, _ = store

@@ -157,7 +157,7 @@ def test_packed_sft_stage_on_ddp_matches_padded(tmp_path, ray_local, tiny_causal
     stage on 1: same init model and held-out batches, so the held-out loss before training agrees."""
     import json
 
-    from llmray.config import parse_pipeline
+    from llmray.pipeline import parse_pipeline
     from llmray.runner import run_pipeline
 
     train = {"steps": 2, "micro_batch_size": 4, "warmup_steps": 1, "log_every": 1, "eval_every": 2,

@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pipe(**over):
-    from llmray.config import parse_pipeline
+    from llmray.pipeline import parse_pipeline
 
-    raw = yaml.safe_load((ROOT / "tests" / "pipelines" / "tiny.yaml").read_text())
+    raw = yaml.safe_load((ROOT / "tests" / "support" / "pipelines" / "tiny.yaml").read_text())
     return parse_pipeline(raw, "tiny.yaml", overrides=[f"{k}={v}" for k, v in over.items()])
 
 
@@ -78,7 +78,7 @@ def test_data_placement_scopes_the_ray_data_label_selector():
 
 
 def test_cluster_pipeline_is_cluster_sized():
-    from llmray.config import load_pipeline
+    from llmray.pipeline import load_pipeline
 
     pipe = load_pipeline(ROOT / "cluster" / "pipeline-1b.yaml")
     base = pipe.stages["base"]

@@ -117,6 +117,7 @@ def test_ppo_survives_a_killed_rollout_actor(engine, ray_local, tiny_causal_dir,
     assert model.config.architectures == ["LlamaForCausalLM"]
 
 
+@pytest.mark.slow  # ~45 s; the killed-rollout-actor test covers RL recovery in CI
 def test_ppo_resumes_on_another_machine_from_the_object_store(ray_local, tiny_causal_dir, tiny_reward_dir,
                                                               prompts_file, tmp_path, s3_endpoint):
     """With a URI workdir the checkpoint goes to the store too: a first attempt stops after 2

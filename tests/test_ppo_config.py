@@ -47,7 +47,8 @@ def test_bad_values_are_refused(kind, kw, field):
 
 
 def test_pipeline_validates_with_ppo_and_grpo(tiny_causal_dir):
-    from llmray.config import ConfigError, parse_pipeline
+    from llmray.config import ConfigError
+    from llmray.pipeline import parse_pipeline
 
     raw = {"name": "p", "stages": {"chat": {"kind": "sft", "from": str(tiny_causal_dir), "data": "builtin:instruct"},
                                    "rm": {"kind": "reward", "init": "chat"},

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from llmray.config import ConfigError, parse_pipeline
+from llmray.config import ConfigError
+from llmray.pipeline import parse_pipeline
 from llmray.runner import read_manifest, run_dir, run_pipeline
 from llmray.stages import STAGES
 

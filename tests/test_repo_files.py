@@ -32,12 +32,13 @@ def _example_sandbox(path: Path, tmp_path: Path, monkeypatch) -> None:
     <name> examples/<name>`, not committed): make them in a scratch copy of examples/ and work there."""
     import shutil
 
-    from llmray.testing import write_byo_assets, write_rlvr_assets
+    from llmray.testing import write_byo_assets, write_rlvr_assets, write_web_assets
 
-    makers = {"bring-your-own.yaml": ("byo", write_byo_assets), "rlvr-arithmetic.yaml": ("rlvr", write_rlvr_assets)}
+    makers = {"bring-your-own.yaml": ("byo", write_byo_assets), "rlvr-arithmetic.yaml": ("rlvr", write_rlvr_assets),
+              "web.yaml": ("web", write_web_assets)}
     assert path.name in makers, f"{path}: say which stand-ins this example needs"
     folder, make = makers[path.name]
-    shutil.copytree(ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("byo", "rlvr"))
+    shutil.copytree(ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("byo", "rlvr", "web"))
     make(tmp_path / "examples" / folder)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))  # `examples.byo_rewards:...` reward functions import from here
@@ -45,12 +46,17 @@ def _example_sandbox(path: Path, tmp_path: Path, monkeypatch) -> None:
 
 @pytest.mark.parametrize("path", repo_yaml_files(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_yaml_validates(path, tmp_path, monkeypatch):
-    from llmray.config import load_pipeline
+    from llmray.pipeline import load_pipeline
     from llmray.yaml_checks import check_yaml_file
 
     if path.parent == ROOT / "examples":
         _example_sandbox(path, tmp_path, monkeypatch)
 
+    if path.parent == ROOT / "llmray" / "eval" / "tasks":  # lm-eval task YAMLs (`!function` tags): its loader
+        from llmray.eval.harness import yaml_task_names
+
+        assert yaml_task_names(path, "built-in task") == [path.stem]
+        return
     docs = list(yaml.safe_load_all(path.read_text()))
     assert docs and all(d is not None for d in docs), f"{path} is empty"
     if path == ROOT / "mkdocs.yml":  # the docs site's config: MkDocs validates it (theme, hooks, extensions)

@@ -379,7 +379,7 @@ def test_finished_run_does_not_refresh_and_unknown_dir_is_empty(tmp_path):
 
 def test_cli_report_writes_the_page_and_flags_stale_stages(tmp_path, monkeypatch):
     from llmray.cli import main
-    from llmray.config import load_pipeline
+    from llmray.pipeline import load_pipeline
     from llmray.runner import fingerprints, run_dir
     from llmray.stages import STAGES as REGISTRY
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from llmray.config import ConfigError, parse_pipeline
+from llmray.config import ConfigError
+from llmray.pipeline import parse_pipeline
 from llmray.rlhf import rewards
 from llmray.stages import get_stage
 
@@ -252,11 +253,11 @@ class _Cfg:
 
 
 def _pool(refs, workers=2):
+    from llmray.resources import ActorResources
     from llmray.rlhf.actors import RayActorGroup
-    from llmray.rlhf.config import RoleResources
     from llmray.rlhf.scoring import RewardFnWorker, worker_env
 
-    return RayActorGroup("reward_fn", RewardFnWorker, RoleResources(num_cpus=0.1), workers, args=(refs,),
+    return RayActorGroup("reward_fn", RewardFnWorker, ActorResources(num_cpus=0.1), workers, args=(refs,),
                          env=worker_env(refs), name_prefix="llmray-test", ready_timeout_s=120)
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from llmray.resources import ActorResources
 from llmray.rlhf.actors import RayActorGroup
 from llmray.rlhf.batch import pack
-from llmray.rlhf.config import RoleResources, Rollout
+from llmray.rlhf.config import Rollout
 from llmray.rlhf.rollout import RolloutGroup, RolloutWorker
 from llmray.rlhf.trainer import PolicyWorker
 
@@ -65,10 +66,10 @@ def _sync_check(engine, ray_local, tiny_causal_dir, model_b, tmp_path):
     tok, prompts, stop = _prompts(tiny_causal_dir)
     cfg = Rollout(engine=engine, max_restarts=1, sync_timeout_s=60)
     opts = {**cfg.model_dump(), "max_model_len": 256}
-    rollout = RayActorGroup("rollout", RolloutWorker, RoleResources(num_cpus=0.5), 1,
+    rollout = RayActorGroup("rollout", RolloutWorker, ActorResources(num_cpus=0.5), 1,
                             args=(str(tiny_causal_dir), engine, opts, 0, str(tmp_path / "engine"), 2),
                             max_restarts=1, ready_timeout_s=120)
-    trainer = RayActorGroup("policy", PolicyWorker, RoleResources(num_cpus=0.5),
+    trainer = RayActorGroup("policy", PolicyWorker, ActorResources(num_cpus=0.5),
                             args=(str(model_b), 1.0, True, OPTIM, "ppo", None, 1, 0), ready_timeout_s=120)
     try:
         rollout.wait_ready()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llmray.config import parse_pipeline
+from llmray.pipeline import parse_pipeline
 from llmray.runner import fingerprints, plan, read_manifest, run_dir, run_pipeline
 from llmray.stages import STAGES
 
@@ -111,6 +111,7 @@ def test_stages_and_force(tmp_path, ray_local):
         run_pipeline(pipe, stages=["zz"], echo=lambda m: None)
 
 
+@pytest.mark.integration  # starts a Ray of its own
 def test_a_local_ray_started_by_llmray_stays_on_loopback():
     """`llmray run` without a cluster starts Ray on 127.0.0.1 even though `ray` was imported first
     (Ray reads its loopback switch at import). Run in a fresh process: the session's Ray is untouched."""

@@ -198,7 +198,7 @@ def test_compare_answers_side_by_side(served):
 
 def test_guardrail_screens_every_response(served):
     c = openai.OpenAI(base_url=served["guarded_url"], api_key="unused", max_retries=0, timeout=60)
-    r = c.chat.completions.create(model="guarded/chat", messages=_hi(), max_tokens=4)
+    r = c.chat.completions.create(model="guarded/chat", messages=_hi(), max_tokens=8)  # the refusal: 7 tokens
     assert r.choices[0].message.content == "[withheld]" and r.choices[0].finish_reason == "content_filter"
     chunks = list(c.chat.completions.create(model="guarded/chat", messages=_hi(), max_tokens=8, temperature=0,
                                             stream=True))

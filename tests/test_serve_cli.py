@@ -8,13 +8,11 @@ commands see exactly what a finished `llmray run pipeline.yaml` leaves behind.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli import llmray
 
 from llmray.cli import build_parser
 from llmray.testing import free_port
@@ -59,16 +57,11 @@ def _fake_quickstart_run(pipe, model_dir: Path, blocked: str) -> None:
          "outputs": {"guardrail": "guardrail"}, "metrics": {"gate": gate}}))
 
 
-def _llmray(*argv, timeout=400) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llmray.cli", *argv], check=False, capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, env=os.environ.copy())
-
-
 @pytest.mark.slow
 def test_serve_detach_compare_stop_on_the_quickstart(tmp_path, tiny_causal_dir):
     import openai
 
-    from llmray.config import load_pipeline
+    from llmray.pipeline import load_pipeline
     from llmray.serve.launch import healthy
 
     port = free_port()
@@ -78,10 +71,10 @@ def test_serve_detach_compare_stop_on_the_quickstart(tmp_path, tiny_causal_dir):
     assert pipe.serve.default and any(c.kind == "align" for c in pipe.stages.values())
     _fake_quickstart_run(pipe, tiny_causal_dir, blocked=pipe.serve.default)
 
-    refused = _llmray("serve", "pipeline.yaml", *overrides, "--detach", timeout=120)
+    refused = llmray("serve", "pipeline.yaml", *overrides, "--detach", timeout=120)
     assert refused.returncode == 2 and "align gate blocked" in refused.stderr, refused.stderr[-2000:]
 
-    up = _llmray("serve", "pipeline.yaml", *overrides, "--detach", "--allow-blocked")
+    up = llmray("serve", "pipeline.yaml", *overrides, "--detach", "--allow-blocked")
     url = f"http://127.0.0.1:{port}/v1"
     try:
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
@@ -93,11 +86,11 @@ def test_serve_detach_compare_stop_on_the_quickstart(tmp_path, tiny_causal_dir):
                                            messages=[{"role": "user", "content": "Hi"}])
         assert r.choices[0].finish_reason in ("stop", "length")
 
-        cmp = _llmray("compare", "pipeline.yaml", *overrides, "Hello there", "--models", "base,chat",
+        cmp = llmray("compare", "pipeline.yaml", *overrides, "Hello there", "--models", "base,chat",
                       "--max-tokens", "4", timeout=120)
         assert cmp.returncode == 0, cmp.stderr[-2000:]
         assert f"── {pipe.name}/base" in cmp.stdout and f"── {pipe.name}/chat" in cmp.stdout
     finally:
-        stop = _llmray("serve", "pipeline.yaml", *overrides, "--stop", timeout=120)
+        stop = llmray("serve", "pipeline.yaml", *overrides, "--stop", timeout=120)
     assert stop.returncode == 0, stop.stderr
     assert not healthy(url)

@@ -123,7 +123,7 @@ def test_no_guardrail_unless_asked_when_there_is_no_align_stage(tmp_path):
 
 
 def _quickstart(tmp_path):
-    from llmray.config import load_pipeline
+    from llmray.pipeline import load_pipeline
 
     return load_pipeline(REPO / "pipeline.yaml", [f"workdir={tmp_path}"])
 

@@ -73,7 +73,8 @@ def test_padded_batch_loss_counts_only_assistant_tokens(tok):
 def test_lora_without_peft_is_a_clear_config_error(monkeypatch, tiny_causal_dir):
     import importlib.util
 
-    from llmray.config import ConfigError, parse_pipeline
+    from llmray.config import ConfigError
+    from llmray.pipeline import parse_pipeline
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))

@@ -140,6 +140,23 @@ def test_every_token_lands_in_exactly_one_shard_once(setup, tokenized, tiny_toke
     assert m["docs"] == len(records) and m["val_docs"] == n_val
 
 
+def test_small_corpus_is_tokenized_in_process_into_the_same_shards(setup, tiny_tokenizer_dir, tmp_path):
+    """The stage's default on a small corpus: threads in this process (no Ray Data pool, no Ray needed),
+    small batches so several are in flight; the shards are the split streams cut into rows, exactly
+    as the pool writes them (test above), and the fixed cost is reported."""
+    root, records, inputs = setup
+    out, result = _run(tmp_path, inputs, "tk_local", batch_size=16, rows_per_shard=50)
+    m = result.metrics
+    assert m["in_process"] is True and m["batch_size"] == 16
+    expected, _, _ = _expected_streams(records, tiny_tokenizer_dir)
+    for split in ("train", "val"):
+        rows = read_rows(out / split)
+        assert rows.reshape(-1).tolist() == expected[split][: rows.size].tolist()
+        assert len(expected[split]) - rows.size == m[f"{split}_dropped_tail_tokens"]
+    fc = m["fixed_cost"]
+    assert fc["wall_s"] >= fc["startup_s"] + fc["work_s"] > 0
+
+
 def test_shards_are_uint16_rows_that_ray_data_streams_back(ray_local, tokenized):
     import ray.data
 
@@ -189,7 +206,7 @@ def test_too_little_data_for_a_row_is_an_error(ray_local, setup, tmp_path):
 @pytest.fixture
 def fake_curate(monkeypatch):
     """Registers a stand-in `curate` kind (writes the test corpus) for this test only."""
-    from llmray.config import _pipeline_class
+    from llmray.pipeline import _pipeline_class
     from llmray.stages import STAGES
 
     mod = fake_curate_module()
@@ -203,7 +220,7 @@ def fake_curate(monkeypatch):
 def test_pipeline_curate_tokenizer_tokenize(ray_local, fake_curate, tmp_path):
     from transformers import AutoTokenizer
 
-    from llmray.config import parse_pipeline
+    from llmray.pipeline import parse_pipeline
     from llmray.runner import read_manifest, run_pipeline
 
     raw = {"name": "tok", "workdir": str(tmp_path), "stages": {

@@ -175,6 +175,7 @@ def test_flops_per_token_counts_matmuls(tiny_tokenizer_dir):
     assert mfu(1000.0, 1e9, 2, None) is None
 
 
+@pytest.mark.integration  # runs bench/gpu_check.py in a subprocess
 def test_gpu_check_script_runs_on_cpu(tmp_path):
     """bench/gpu_check.py (no Ray) in its fast CPU mode: the same train_step, a JSON report in $OUT."""
     import json
@@ -214,6 +215,7 @@ def test_a_forced_attention_kernel_is_used_and_a_missing_one_fails_loudly(tiny_t
         TrainConfig(attention="flash3")
 
 
+@pytest.mark.integration  # runs bench/gpu_check.py in a subprocess
 def test_gpu_check_compares_attention_kernels_in_one_run(tmp_path):
     """--attention auto,math,cudnn on a CPU: two measured runs, cuDNN's failure recorded, not fatal."""
     import json

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmray.curate.config import OPERATORS
+from llmray.curate.config import OPERATORS, op_active
 from llmray.curate.hashing import unit_interval
 from llmray.curate.ops import parse_edits
 
@@ -27,14 +27,7 @@ BINS = 20
 
 
 def enabled_ops(cfg) -> list[str]:
-    out = []
-    for op in OPERATORS:
-        if op == "mix":
-            if any(s.weight != 1.0 for s in cfg.sources):
-                out.append(op)
-        elif getattr(cfg, op).enabled:
-            out.append(op)
-    return out
+    return [op for op in OPERATORS if op_active(cfg, op)]
 
 
 def _block_summary(batch: dict, k: int) -> dict:
@@ -185,6 +178,8 @@ def _kept_columns(cfg) -> list[str]:
     if cfg.output.keep_metadata:
         cols.append("meta")
     cols += [c for c in ("quality", "toxicity") if getattr(cfg, c).enabled]
+    if cfg.language.enabled:
+        cols += ["language", "language_score"]
     return cols
 
 
@@ -196,7 +191,7 @@ def write_data(out: Path, final, cfg, docs_out: int) -> None:
     d = out / "data"
     if docs_out == 0:  # Ray writes no file for an empty dataset; readers still expect a table
         d.mkdir(parents=True, exist_ok=True)
-        types = {"quality": pa.float64(), "toxicity": pa.float64()}
+        types = {"quality": pa.float64(), "toxicity": pa.float64(), "language_score": pa.float64()}
         schema = pa.schema([(c, types.get(c, pa.string())) for c in cols])
         pq.write_table(schema.empty_table(), d / "part-00000.parquet")
         return

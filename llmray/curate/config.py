@@ -16,22 +16,28 @@ from pydantic import Field, field_validator, model_validator
 from llmray.config import EXTERNAL_INPUT, StrictModel
 
 # Operators in pipeline order. The funnel lists the enabled ones in this order.
-OPERATORS = ("clean", "boilerplate", "gopher_quality", "gopher_repetition", "c4", "fineweb", "toxicity",
-             "quality", "decontaminate", "pii", "exact_dedup", "near_dedup", "mix")
+# url_filter, license and code_filter act while reading (see `readers.py`); extract and language are
+# map steps. The web/code operators only run (and appear in the funnel) for sources of their type.
+OPERATORS = ("url_filter", "license", "code_filter", "extract", "clean", "language", "boilerplate",
+             "gopher_quality", "gopher_repetition", "c4", "fineweb", "toxicity", "quality", "decontaminate", "pii", "exact_dedup", "near_dedup", "mix")
 SOURCE_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class SourceConfig(StrictModel):
     """One input: files (local globs or pyarrow.fs URIs) or the built-in `python-docs` corpus."""
 
-    type: Literal["jsonl", "parquet", "text", "python-docs"] = Field(
-        description="jsonl (also .jsonl.gz / .jsonl.zst), parquet, text (one document per file), or python-docs "
-                    "(docstrings of the installed Python's standard library)."
+    type: Literal["jsonl", "parquet", "text", "python-docs", "warc", "repo"] = Field(
+        description="jsonl (also .jsonl.gz / .jsonl.zst), parquet, text (one document per file), python-docs "
+                    "(docstrings of the installed Python's standard library), warc (.warc / .warc.gz web "
+                    "crawls: one document per HTML response record) or repo (Git repositories, folders, "
+                    ".tar.gz / .zip archives: one document per file)."
     )
     path: list[str] = Field(
         default_factory=list, json_schema_extra=EXTERNAL_INPUT,
         description="Files, directories or glob patterns (`**` recurses); local or any pyarrow.fs URI "
-                    "(s3://, gs://, file://). A single string is accepted. Not used by python-docs.",
+                    "(s3://, gs://, file://). A single string is accepted. Not used by python-docs. For repo "
+                    "sources each match is one repository: a folder (a Git work tree or a plain folder) or an "
+                    "archive (.tar.gz, .tgz, .zip; archives also from object stores).",
     )
     name: str | None = Field(
         None, pattern=SOURCE_NAME_RE,
@@ -74,6 +80,24 @@ class SourceConfig(StrictModel):
         return self
 
 
+WEB_OPS = ("url_filter", "extract")
+CODE_OPS = ("license", "code_filter")
+
+
+def op_active(cfg, op: str) -> bool:
+    """Whether an operator runs for this stage config: enabled, and (web/code operators) a source of
+    its type exists, so adding the blocks leaves the funnel of other corpora unchanged."""
+    if op == "mix":
+        return any(s.weight != 1.0 for s in cfg.sources)
+    if not getattr(cfg, op).enabled:
+        return False
+    if op in WEB_OPS:
+        return any(s.type == "warc" for s in cfg.sources)
+    if op in CODE_OPS:
+        return any(s.type == "repo" for s in cfg.sources)
+    return True
+
+
 class CleanConfig(StrictModel):
     """Text repair: Unicode normalisation, invalid UTF-8 and control characters, whitespace."""
 
@@ -103,6 +127,91 @@ class BoilerplateConfig(StrictModel):
                               "such as `else:` or `}` repeat for structural reasons.")
 
 
+class UrlFilterConfig(StrictModel):
+    """URL block and allow lists for web (warc) sources, applied while reading (counted in the funnel)."""
+
+    enabled: bool = Field(True, description="Apply the lists (without lists nothing is removed).")
+    block_lists: list[str] = Field(
+        default_factory=list, json_schema_extra=EXTERNAL_INPUT,
+        description="Files (local or pyarrow.fs URI) with one entry per line (# comments): a domain "
+                    "(`example.com` blocks it and its subdomains) or a URL prefix (`http://a.org/ads/`).")
+    allow_lists: list[str] = Field(
+        default_factory=list, json_schema_extra=EXTERNAL_INPUT,
+        description="Same format; when given, only URLs matching an entry are kept (the block list still applies).")
+
+
+class ExtractConfig(StrictModel):
+    """HTML -> main text for web (warc) sources: boilerplate (navigation, footers, banners, ads) removed,
+    paragraphs kept as blank-line separated blocks; too short results removed."""
+
+    enabled: bool = Field(True, description="Extract text from HTML (off: the decoded HTML is the text).")
+    extractor: Literal["trafilatura", "resiliparse"] = Field(
+        "trafilatura", description="trafilatura.extract (best main-text quality) or resiliparse's "
+                                   "extract_plain_text(main_content=True) (several times faster).")
+    options: dict[str, bool | int | float | str | None] = Field(
+        default_factory=dict,
+        description="Keyword arguments for the extractor call, e.g. {favor_precision: true, include_tables: "
+                    "false} (trafilatura) or {main_content: true, list_bullets: false} (resiliparse); names are "
+                    "checked against the function's signature.")
+    min_chars: int = Field(200, ge=0, description="Remove pages with fewer characters of extracted text.")
+    html_only: bool = Field(
+        True, description="Remove response records whose HTTP content type is not HTML (text/html, "
+                          "application/xhtml+xml) as `not_html`.")
+
+
+class LanguageConfig(StrictModel):
+    """Language identification (py3langid, offline); the label and its probability are kept as the
+    `language` and `language_score` columns and choose the Gopher stop-word list."""
+
+    enabled: bool = Field(False, description="Identify the language of every document.")
+    languages: list[str] = Field(
+        default_factory=list,
+        description="Language codes to keep, as py3langid labels them (ISO 639-1 where one exists, e.g. "
+                    "[en, de]); empty: keep every language (label only).")
+    min_score: float = Field(
+        0.65, ge=0, le=1, description="With `languages`: remove documents whose top language probability is below this.")
+    max_chars: int = Field(
+        5000, ge=100, description="Classify the first this many characters (the score saturates long before).")
+
+
+class LicenseConfig(StrictModel):
+    """Licence of each repository (SPDX id from its LICENSE/COPYING file text), with an allow list."""
+
+    enabled: bool = Field(True, description="Remove files of repositories whose licence is not allowed.")
+    allow: list[str] = Field(
+        ["MIT", "Apache-2.0", "BSD-2-Clause", "BSD-3-Clause", "ISC", "Unlicense", "CC0-1.0", "0BSD", "Zlib"],
+        description="SPDX ids kept (permissive licences by default).")
+    allow_unknown: bool = Field(
+        False, description="Keep repositories with no licence file or one that matches no known licence.")
+
+
+class CodeFilterConfig(StrictModel):
+    """The Stack / StarCoder file rules for repo sources; null disables a single rule."""
+
+    enabled: bool = Field(True, description="Apply the file rules.")
+    max_file_bytes: int | None = Field(
+        1_000_000, ge=1, description="Remove larger files (The Stack: 1 MB); they are not read.")
+    max_line_length: int | None = Field(1000, ge=1, description="Remove files with a longer line (The Stack).")
+    max_mean_line_length: float | None = Field(
+        100, ge=1, description="Remove files whose mean line length is above this (The Stack; catches minified code).")
+    min_alnum_fraction: float | None = Field(
+        0.25, ge=0, le=1, description="Remove files with a smaller fraction of alphanumeric characters (The Stack).")
+    binary: bool = Field(True, description="Remove binary files (a NUL byte in the first 8 KiB, or not UTF-8).")
+    vendored: list[str] = Field(
+        ["node_modules/", "vendor/", "vendored/", "third_party/", "thirdparty/", "external/", "bower_components/",
+         "site-packages/", ".venv/", "dist/", "build/"],
+        description="Remove files under a folder with one of these names (anywhere in the path).")
+    generated: list[str] = Field(
+        ["generated by", "do not edit", "autogenerated", "auto-generated", "@generated"],
+        description="Remove files whose first 5 lines contain one of these markers (case-insensitive); "
+                    "`*.min.js`, `*.min.css`, lock files and `*_pb2.py` are removed by name.")
+    languages: list[str] = Field(
+        default_factory=list,
+        description="Keep only these languages (names as in the extension map, e.g. [Python, Markdown]); "
+                    "empty: every file with a known extension.")
+    unknown_extensions: bool = Field(False, description="Keep files whose extension is not in the language map.")
+
+
 class PiiConfig(StrictModel):
     """Redaction of personal data: matches are replaced by placeholders, documents are kept."""
 
@@ -115,6 +224,18 @@ class PiiConfig(StrictModel):
     email_replacement: str = Field("<EMAIL>", description="Placeholder for an email address.")
     ip_replacement: str = Field("<IP_ADDRESS>", description="Placeholder for an IP address.")
     phone_replacement: str = Field("<PHONE>", description="Placeholder for a phone number.")
+
+
+# Frequent function words per language (the Gopher rule's English list extended the same way: words
+# that almost every sentence of running text contains and that lists, menus and code lack).
+STOP_WORDS = {
+    "de": ("der", "die", "und", "das", "ist", "nicht", "mit", "von", "zu", "ein"),
+    "fr": ("le", "la", "les", "et", "de", "des", "est", "que", "un", "une"),
+    "es": ("el", "la", "los", "las", "y", "de", "que", "en", "es", "un"),
+    "it": ("il", "la", "di", "che", "e", "un", "per", "non", "sono", "una"),
+    "nl": ("de", "het", "een", "en", "van", "is", "dat", "niet", "op", "met"),
+    "pt": ("o", "a", "os", "as", "de", "que", "e", "um", "uma", "não"),
+}
 
 
 class GopherQualityConfig(StrictModel):
@@ -132,9 +253,16 @@ class GopherQualityConfig(StrictModel):
         0.3, ge=0, le=1, description="Most lines ending with an ellipsis.")
     min_alpha_words_ratio: float | None = Field(
         0.8, ge=0, le=1, description="Fewest words containing an alphabetic character, as a fraction.")
-    min_stop_words: int | None = Field(2, ge=0, description="Fewest English stop words present.")
+    min_stop_words: int | None = Field(
+        2, ge=0, description="Fewest stop words present (English, or the document's language when the "
+                             "`language` operator ran: see `stop_words_by_language`).")
     stop_words: list[str] = Field(
-        ["the", "be", "to", "of", "and", "that", "have", "with"], description="The stop words counted.")
+        ["the", "be", "to", "of", "and", "that", "have", "with"],
+        description="The stop words counted for English documents and for documents of unknown language.")
+    stop_words_by_language: dict[str, list[str]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in STOP_WORDS.items()},
+        description="ISO 639-1 code -> stop words counted for documents the `language` operator labelled so; "
+                    "for a language with no list here (other than en) the stop-word rule is skipped.")
 
 
 class GopherRepetitionConfig(StrictModel):
@@ -258,6 +386,11 @@ class DecontaminateConfig(StrictModel):
 
     enabled: bool = Field(False, description="Check documents against `eval_sets`.")
     eval_sets: list[EvalSetConfig] = Field(default_factory=list, description="The evaluation sets.")
+    eval_stages: list[str] = Field(default_factory=list, description="Eval stages of this pipeline whose lm-eval "
+                                   "tasks' documents (prompt, choices, answer; every item, not only `limit`) are "
+                                   "eval sets too, named <stage>/<task>. Giving some turns `enabled` on unless "
+                                   "it is set. They are read from the eval stages' config (not their outputs), "
+                                   "so no cycle: the eval stage may evaluate models trained on this corpus.")
     ngram: int = Field(13, ge=3, le=50, description="Word n-gram size (13 as in GPT-3).")
     min_matches: int = Field(1, ge=1, description="Remove a document sharing at least this many n-grams.")
 
@@ -268,8 +401,10 @@ class DecontaminateConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.enabled and not self.eval_sets:
-            raise ValueError("decontaminate is enabled but names no eval_sets")
+        if self.eval_stages and "enabled" not in self.model_fields_set:
+            self.enabled = True  # `decontaminate: {eval_stages: [bench]}` reads as "on"; an explicit false stays
+        if self.enabled and not self.eval_sets and not self.eval_stages:
+            raise ValueError("decontaminate is enabled but names no eval_sets or eval_stages")
         return self
 
 

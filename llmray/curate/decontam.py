@@ -54,11 +54,18 @@ def _item_text(rec: dict, fields: list[str]) -> str:
     return "\n".join(parts)
 
 
-def build_index(eval_sets, ngram: int) -> EvalIndex:
-    """Read every eval set and index its n-grams. A malformed eval file raises (it is config)."""
+def build_index(eval_sets, ngram: int, extra: dict[str, list[tuple[str, str]]] | None = None) -> EvalIndex:
+    """Read every eval set and index its n-grams. A malformed eval file raises (it is config).
+    `extra`: further sets already in memory, {name: [(item id, text)]} (eval stages' task documents)."""
     from llmray.curate.sources import expand_paths, iter_lines
 
     all_h, all_items, keys, report = [], [], [], {}
+    if extra:
+        pre = index_texts(extra, ngram)
+        all_h.append(pre.hashes)
+        all_items.append(pre.items)
+        keys.extend(pre.item_keys)
+        report.update(pre.report)
     for es in eval_sets:
         refs = expand_paths([es.path], "jsonl")
         name = es.name or refs[0].relpath.split("/")[-1].split(".")[0]
@@ -91,3 +98,25 @@ def build_index(eval_sets, ngram: int) -> EvalIndex:
     items = np.concatenate(all_items) if all_items else np.empty(0, dtype=np.int32)
     order = np.argsort(hashes, kind="stable")
     return EvalIndex(ngram, hashes[order], items[order], keys, report)
+
+
+def index_texts(sets: dict[str, list[tuple[str, str]]], ngram: int) -> EvalIndex:
+    """The same index from items already in memory: {set name: [(item id, text)]} (the eval stage's
+    lm-eval task documents; curate's `decontaminate.eval_stages`)."""
+    all_h, all_items, keys, report = [], [], [], {}
+    for name, items in sets.items():
+        too_short = 0
+        for item_id, text in items:
+            h = ngram_hashes(word_hashes(words(text)), ngram, short=False)
+            if len(h) == 0:
+                too_short += 1
+                continue
+            h = np.unique(h)
+            all_h.append(h)
+            all_items.append(np.full(len(h), len(keys), dtype=np.int32))
+            keys.append(f"{name}:{item_id}")
+        report[name] = {"items": len(items), "too_short": too_short}
+    hashes = np.concatenate(all_h) if all_h else np.empty(0, dtype=np.uint64)
+    items_arr = np.concatenate(all_items) if all_items else np.empty(0, dtype=np.int32)
+    order = np.argsort(hashes, kind="stable")
+    return EvalIndex(ngram, hashes[order], items_arr[order], keys, report)

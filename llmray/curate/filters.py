@@ -36,7 +36,16 @@ def word_tokens(text: str) -> list[str]:
 # ---------------------------------------------------------------- Gopher quality
 
 
-def gopher_quality(text: str, cfg) -> str | None:
+def stop_words_for(cfg, lang: str | None) -> set[str] | None:
+    """The stop words counted for a document: English (and unknown language) -> `stop_words`;
+    another language -> its `stop_words_by_language` list, or None (rule skipped) without one."""
+    if lang is None or lang == "en":
+        return set(cfg.stop_words)
+    words = cfg.stop_words_by_language.get(lang)
+    return set(words) if words else None
+
+
+def gopher_quality(text: str, cfg, lang: str | None = None) -> str | None:
     ws = word_tokens(text)
     n = len(ws)
     if cfg.min_words is not None and n < cfg.min_words:
@@ -70,8 +79,8 @@ def gopher_quality(text: str, cfg) -> str | None:
         r = sum(1 for w in ws if w.isalpha() or _HAS_ALPHA(w)) / n  # isalpha: the common case, in C
         if r < cfg.min_alpha_words_ratio:
             return f"gopher_alpha_words: {r:.2f} of words have a letter < {cfg.min_alpha_words_ratio}"
-    if cfg.min_stop_words:
-        stop = set(cfg.stop_words)
+    stop = stop_words_for(cfg, lang) if cfg.min_stop_words else None
+    if stop is not None:
         found = 0
         for w in ws:
             if w.lower() in stop:
@@ -79,7 +88,7 @@ def gopher_quality(text: str, cfg) -> str | None:
                 if found >= cfg.min_stop_words:
                     break
         if found < cfg.min_stop_words:
-            return f"gopher_stop_words: {found} stop words < {cfg.min_stop_words}"
+            return f"gopher_stop_words: {found} {lang or 'en'} stop words < {cfg.min_stop_words}"
     return None
 
 

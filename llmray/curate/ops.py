@@ -93,8 +93,10 @@ _FILTERS = {"gopher_quality": F.gopher_quality, "gopher_repetition": F.gopher_re
 def op_filter(batch: dict, op: str, cfg, sample_chars: int) -> dict:
     fn = _FILTERS[op]
     v = _View(batch, sample_chars)
+    # The language operator's label picks the Gopher stop-word list (see filters.gopher_quality).
+    langs = batch.get("language") if op == "gopher_quality" else None
     for i in v.live:
-        reason = fn(v.text[i], cfg)
+        reason = fn(v.text[i], cfg, langs[i] or None) if langs is not None else fn(v.text[i], cfg)
         if reason:
             v.reject(i, op, reason)
     return v.done()

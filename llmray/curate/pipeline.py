@@ -1,8 +1,9 @@
 """The curate stage on Ray Data: read -> operators -> barriers for global decisions -> outputs.
 
 Data flow:
-  a Ray Data datasource, one read task per file / module chunk --> rows (`sources.py`, `readers.py`)
-  -> clean -> [boilerplate: line keys to shard actors | materialize | strip frequent lines]
+  a Ray Data datasource, one read task per file / module chunk / repository --> rows (`sources.py`,
+  `readers.py`; `warc.py` applies the URL lists, `repos.py` the licence and file rules while reading)
+  -> extract (HTML -> text, warc rows) -> clean -> language -> [boilerplate: line keys to shard actors | materialize | strip frequent lines]
   -> gopher_quality -> gopher_repetition -> c4 -> fineweb -> toxicity (actors) -> quality (actors)
   -> decontaminate -> pii
   -> [exact_dedup: hashes to shard actors | materialize | mark losers]
@@ -108,18 +109,26 @@ class Curator:
     def read(self):
         import ray
 
-        from llmray.curate.sources import plan_reads
+        from llmray.curate.sources import plan_reads, read_options
 
-        tasks = plan_reads(self.cfg.sources, self.names)
+        tasks = plan_reads(self.cfg.sources, self.names, read_options(self.cfg))
         self.info["read_tasks"] = len(tasks)
         source = make_datasource(tasks, self.cfg.clean, self.cfg.output.keep_metadata, self.cfg.batch_size)
         return ray.data.read_datasource(source, override_num_blocks=len(tasks),
                                         compute=ray.data.TaskPoolStrategy(size=self.cfg.workers))
 
     def run_ops(self, ds):
+        from llmray.curate import extract
+        from llmray.curate.config import op_active
+
         cfg = self.cfg
+        if op_active(cfg, "extract"):
+            web = [n for n, s in zip(self.names, cfg.sources) if s.type == "warc"]
+            ds = self._map(ds, extract.op_extract, cfg=cfg.extract, sources=web, sample_chars=self.sample_chars)
         if cfg.clean.enabled:
             ds = self._map(ds, ops.op_clean, cfg=cfg.clean, sample_chars=self.sample_chars)
+        if cfg.language.enabled:
+            ds = self._map(ds, extract.op_language, cfg=cfg.language, sample_chars=self.sample_chars)
         if cfg.boilerplate.enabled:
             ds = self._boilerplate(ds)
         for op in ("gopher_quality", "gopher_repetition"):
@@ -149,6 +158,16 @@ class Curator:
     def prepare(self) -> None:
         """Driver-side setup that may fail fast on bad config: models, word lists, eval index."""
         cfg = self.cfg
+        if any(s.type == "warc" for s in cfg.sources) and cfg.extract.enabled:
+            from llmray.curate.extract import check_options
+
+            check_options(cfg.extract.extractor, cfg.extract.options)
+        if cfg.language.enabled and cfg.language.languages:
+            from llmray.curate.extract import identifier
+
+            unknown = sorted(set(cfg.language.languages) - set(identifier().nb_classes))
+            if unknown:
+                raise ValueError(f"language.languages: the py3langid model has no label {unknown}")
         if cfg.quality.enabled:
             from llmray.curate.quality import build
 
@@ -170,7 +189,8 @@ class Curator:
         if cfg.decontaminate.enabled:
             from llmray.curate.decontam import build_index
 
-            self.eval_index = build_index(cfg.decontaminate.eval_sets, cfg.decontaminate.ngram)
+            self.eval_index = build_index(cfg.decontaminate.eval_sets, cfg.decontaminate.ngram,
+                                          getattr(self, "eval_stage_sets", None))
             self.info["decontamination"] = {k: dict(v) for k, v in self.eval_index.report.items()}
 
     def _toxicity(self, ds):
@@ -252,6 +272,10 @@ def run_curate(cfg, ctx):
 
     t0 = time.time()
     cur = Curator(cfg, ctx.log)
+    if cfg.decontaminate.enabled and cfg.decontaminate.eval_stages:  # lm-eval task documents as eval sets
+        from llmray.eval.contamination import eval_stage_sets
+
+        cur.eval_stage_sets = eval_stage_sets(cfg.decontaminate.eval_stages, ctx)
     cur.prepare()
     try:
         with data_context(cfg.workers):

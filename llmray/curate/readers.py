@@ -6,7 +6,8 @@ ends up either as a document row or as a quarantine row with a reason:
 - `bad_json`: the line is not JSON (message and column from the parser);
 - `wrong_type`: the record is not an object, or the text field is not a string;
 - `missing_field`: the text field is absent or null;
-- `unreadable_file`: the file (or the rest of it) could not be opened/decompressed/parsed.
+- `unreadable_file`: the file (or the rest of it) could not be opened/decompressed/parsed;
+- `truncated`: a WARC record cut short (see `warc.py`; repositories: `repos.py`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ def read_task(task: dict, clean_cfg, keep_meta: bool, batch_rows: int) -> Iterat
 
 
 def _files(rows: _Rows, task: dict, clean_cfg) -> Iterator[None]:
-    reader = {"jsonl": _jsonl, "parquet": _parquet, "text": _text}[task["type"]]
+    from llmray.curate.repos import read_repo
+    from llmray.curate.warc import read_warc
+
+    reader = {"jsonl": _jsonl, "parquet": _parquet, "text": _text, "warc": read_warc, "repo": read_repo}[task["type"]]
     for uri, rel in task["files"]:
         if rows.done:
             return

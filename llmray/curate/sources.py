@@ -26,7 +26,9 @@ from llmray.curate.clean import sanitize
 
 RECORD_BITS, TASK_BITS, SOURCE_BITS = 31, 24, 8
 _COMPRESSION = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
-_EXTENSIONS = {"jsonl": (".jsonl", ".json", ".ndjson"), "parquet": (".parquet", ".pq"), "text": (".txt", ".md")}
+_EXTENSIONS = {"jsonl": (".jsonl", ".json", ".ndjson"), "parquet": (".parquet", ".pq"), "text": (".txt", ".md"),
+               "warc": (".warc", ".arc")}
+ARCHIVES = (".tar.gz", ".tgz", ".zip")  # repo sources: archives of a repository
 RAW_SNIPPET = 500
 ROW_COLUMNS = ("id", "text", "source", "meta", "_file", "_line", "_ord", "_drop", "_why", "_edits")
 _CHUNK = 1 << 20
@@ -170,6 +172,31 @@ def iter_lines(uri: str) -> Iterator[tuple[int, bytes]]:
             yield lineno + 1, rest.rstrip(b"\r")
 
 
+def repo_name(uri: str) -> str:
+    base = uri.rstrip("/").rsplit("/", 1)[-1]
+    for ext in ARCHIVES:
+        base = base.removesuffix(ext)
+    return base
+
+
+def expand_repos(patterns: list[str]) -> list[tuple[str, str]]:
+    """(uri, repository name) for each folder or archive the patterns match; none matching raises."""
+    out: list[tuple[str, str]] = []
+    for pat in patterns:
+        if "://" in pat:
+            found = [r.uri for r in expand_paths([pat], "repo") if r.uri.endswith(ARCHIVES)]
+        elif os.path.isdir(pat) or os.path.isfile(pat):
+            found = [os.path.abspath(pat)]
+        else:
+            found = sorted(os.path.abspath(p) for p in globlib.glob(os.path.expanduser(pat), recursive=True)
+                           if os.path.isdir(p) or p.endswith(ARCHIVES))
+        found = [f for f in found if not os.path.isfile(f) or f.endswith(ARCHIVES)] if "://" not in pat else found
+        if not found:
+            raise FileNotFoundError(f"no repositories (folders or {', '.join(ARCHIVES)} archives) match {pat!r}")
+        out.extend((f, repo_name(f)) for f in found)
+    return out
+
+
 # ---------------------------------------------------------------- read tasks
 
 
@@ -180,14 +207,41 @@ def make_ord(source_idx: int, task_idx: int, record_idx: int) -> int:
     return (source_idx << (TASK_BITS + RECORD_BITS)) | (task_idx << RECORD_BITS) | record_idx
 
 
-def plan_reads(sources, names: list[str]) -> list[dict]:
-    """One dict per Ray read task (plain data, so it pickles cheaply)."""
+def _checked_input(path: str, field: str) -> str:
+    if "://" in path:
+        return path
+    full = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(full):
+        raise FileNotFoundError(f"{field}: no file {path!r}")
+    return full
+
+
+def read_options(cfg) -> dict[str, dict]:
+    """Per source type, the operator settings applied while reading (plain dicts for the read tasks):
+    URL lists and the HTML check for warc, licence and file rules for repo."""
+    from llmray.curate.config import op_active
+
+    lists = None
+    if op_active(cfg, "url_filter"):
+        # Read tasks run in Ray workers whose working directory is not the driver's: absolute paths,
+        # and a missing list fails here, naming the field, instead of quarantining every record.
+        lists = cfg.url_filter.model_dump()
+        for key in ("block_lists", "allow_lists"):
+            lists[key] = [_checked_input(p, f"url_filter.{key}") for p in lists[key]]
+    web = {"url_filter": lists, "html_only": op_active(cfg, "extract") and cfg.extract.html_only}
+    code = {"license": cfg.license.model_dump() if op_active(cfg, "license") else None,
+            "code_filter": cfg.code_filter.model_dump() if op_active(cfg, "code_filter") else None}
+    return {"warc": web, "repo": code}
+
+
+def plan_reads(sources, names: list[str], options: dict[str, dict] | None = None) -> list[dict]:
+    """One dict per Ray read task (plain data, so it pickles cheaply); `options` from `read_options`."""
     from llmray.data.pydocs import stdlib_modules
 
     tasks = []
     for si, (src, name) in enumerate(zip(sources, names)):
         common = {"source_idx": si, "source": name, "type": src.type, "text_field": src.text_field,
-                  "id_field": src.id_field, "limit": src.limit}
+                  "id_field": src.id_field, "limit": src.limit, **(options or {}).get(src.type, {})}
         if src.type == "python-docs":
             mods = src.modules or stdlib_modules()
             # Contiguous slices keep _ord in module order, so "first in source order" reads naturally.
@@ -196,8 +250,10 @@ def plan_reads(sources, names: list[str]) -> list[dict]:
             for ti, g in enumerate(groups):
                 tasks.append({**common, "task_idx": ti, "modules": g, "include_source": src.include_source})
         else:
-            refs = expand_paths(src.path, src.type)
-            files = [(r.uri, r.relpath) for r in refs]
+            if src.type == "repo":
+                files = expand_repos(src.path)
+            else:
+                files = [(r.uri, r.relpath) for r in expand_paths(src.path, src.type)]
             if src.limit:  # one sequential task: "the first `limit` records" must not depend on timing
                 tasks.append({**common, "task_idx": 0, "files": files})
             else:

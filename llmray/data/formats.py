@@ -1,6 +1,6 @@
 """Reading the post-training data users already have, with malformed records quarantined.
 
-A data spec is `builtin:<name>` (see `llmray.data.instruct.BUILTINS`) or files in the formats
+A data spec is `builtin:<name>` (see `llmray.data.builtin.BUILTINS`) or files in the formats
 `llmray.data.readers` streams (JSON Lines, plain or .gz/.zst; Parquet; `datasets` save_to_disk
 folders; folders and globs of those; local or object-store URIs). Every record is normalised to
 one canonical form per use, whatever layout it came in:
@@ -284,7 +284,7 @@ def _nothing_recognised(spec, use, what, seen, fields) -> DataError:
 
 
 def _builtin(spec: str, use: Use, split: str) -> Iterator[dict]:
-    from llmray.data.instruct import load_builtin
+    from llmray.data.builtin import load_builtin
 
     # `group` (built-in preference pairs: how the wrong answer was made) lets stages report
     # held-out accuracy per kind of pair.
@@ -347,7 +347,7 @@ def check_spec(spec: str, use: Use | None = None) -> str:
     """Validator helper for config fields: a known builtin of the right form, an existing local
     file / folder / glob, or an object-store URI pyarrow.fs can parse (not opened: no network here)."""
     if spec.startswith("builtin:"):
-        from llmray.data.instruct import BUILTINS
+        from llmray.data.builtin import BUILTINS
 
         if spec[8:] not in BUILTINS:
             raise ValueError(f"unknown built-in data set {spec!r}; known: "

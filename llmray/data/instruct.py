@@ -32,8 +32,6 @@ import hashlib
 import random
 import re
 
-from llmray.data.verifiable import arithmetic_prompts
-
 # Bump when any built-in set changes: the sft/reward/dpo kinds fold it into their VERSION, so
 # cached stages trained on the old data rerun.
 DATA_VERSION = "3"  # 3: builtin:feedback (llmray.safety.constitution) added
@@ -336,42 +334,3 @@ def safety_requests(split: str = "train") -> list[dict]:
     for h, b in zip(harmful_requests(split), benign_requests(split)):
         out += [h, b]
     return out
-
-
-def redteam_prompts(split: str = "train") -> list[dict]:
-    """Red-team prompts of the split (harmful requests in plain, jailbreak and injection phrasings, each
-    with its harmless mirror), as RL-style prompt records: what a constitution stage critiques. The
-    train split uses only the training wrappers, so the align stage's held-out suite stays unseen."""
-    from llmray.safety.redteam import prompts
-
-    wrappers = "train" if split == "train" else "all"
-    return [{"id": f"redteam:{p['id']}", "prompt": [{"role": "user", "content": p["text"]}], "harmful": harmful}
-            for harmful in (True, False) for p in prompts(harmful, split, wrappers)]
-
-
-def feedback_examples(split: str = "train") -> list[dict]:
-    """Compare / critique / revise conversations for training a feedback model (llmray.safety.constitution)."""
-    from llmray.safety.constitution import feedback_examples as build
-
-    return build(split)
-
-
-# name -> (function of split, what records look like). `data: builtin:<name>` in a pipeline.
-BUILTINS = {
-    "instruct": (instruction_pairs, "chat"),
-    "prefs": (preference_pairs, "pref"),
-    "prompts": (rl_prompts, "prompt"),
-    "harmful": (harmful_requests, "chat"),
-    "benign": (benign_requests, "chat"),
-    "safety": (safety_requests, "chat"),
-    "feedback": (feedback_examples, "chat"),
-    "redteam": (redteam_prompts, "prompt"),
-    "arithmetic": (arithmetic_prompts, "prompt"),  # llmray.data.verifiable: checkable answers (RLVR)
-}
-
-
-def load_builtin(name: str, split: str = "train") -> list[dict]:
-    """The records of a built-in data set (`split`: 'train' or 'test')."""
-    if name not in BUILTINS:
-        raise KeyError(f"unknown built-in data set {name!r}; known: {sorted(BUILTINS)}")
-    return BUILTINS[name][0](split)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from llmray.graph import topo_order
+
 TRAINING_KINDS = ("pretrain", "sft", "reward", "dpo", "ppo", "grpo")
 X_KEYS = ("step", "iteration", "iter", "global_step", "epoch")  # first present becomes the x axis
 NOT_SERIES = {"time", "timestamp", "wall_s", "elapsed_s", "rank", "world_size", "seed"}
@@ -183,16 +185,14 @@ def _stages_from_resolved(run_dir: Path) -> list[tuple[str, str | None]]:
     return found
 
 
-def collect(run_dir: Path, pipe=None) -> RunView:
-    """The whole run. With `pipe` (the validated pipeline) stages come in dependency order and a
-    completed stage whose fingerprint no longer matches the config is marked stale."""
+def collect(run_dir: Path, pipe=None, fingerprints: dict[str, str] | None = None) -> RunView:
+    """The whole run. With `pipe` (the validated pipeline) stages come in dependency order; with
+    `fingerprints` too (stage -> the fingerprint of the config now, from the runner), a completed
+    stage whose fingerprint no longer matches is marked stale."""
     run_dir = Path(run_dir)
     if pipe is not None:
-        from llmray.graph import topo_order
-        from llmray.runner import fingerprints
-
-        fps = fingerprints(pipe)
-        stages = [stage_view(run_dir, n, pipe.stages[n].kind, fps[n]) for n in topo_order(pipe)]
+        fps = fingerprints or {}
+        stages = [stage_view(run_dir, n, pipe.stages[n].kind, fps.get(n)) for n in topo_order(pipe)]
         name = pipe.name
     else:
         stages = [stage_view(run_dir, n, k) for n, k in _stages_from_resolved(run_dir)]

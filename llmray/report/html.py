@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 
+from llmray.report.benchmarks import benchmarks
 from llmray.report.build import TRAINING_KINDS, RunView, StageView
 from llmray.report.svg import Bar, bar_chart, esc, fmt_num, line_chart
 
@@ -238,7 +239,12 @@ def _gates(gate) -> list[tuple[str, str, list]]:
 
 
 def eval_table(stage: StageView) -> str:
-    """align: the evaluation/safety table (`metrics.table`, a list of row dicts) and the gate."""
+    """align: the evaluation/safety table (`metrics.table`, a list of row dicts) and the gate; eval: the
+    benchmark table and charts (llmray.report.benchmarks)."""
+    if stage.kind == "eval":
+        from llmray.report.benchmarks import eval_stage_html
+
+        return eval_stage_html(stage)
     out = []
     for label, status, reasons in _gates(stage.metrics.get("gate")):
         items = "".join(f"<li>{esc(r)}</li>" for r in reasons)
@@ -387,6 +393,21 @@ def samples(run: RunView) -> str:
     )
 
 
+def promotions(run: RunView) -> str:
+    """Who put which version behind which served name, when and why (<run>/promotions.json, written by
+    the server: llmray.serve.versions)."""
+    try:
+        events = json.loads((run.run_dir / "promotions.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    cells = ("time", "name", "event", "from", "to", "outcome", "who", "why")
+    rows = "".join("<tr>" + "".join(f"<td>{esc(str(e.get(k, '')))}</td>" for k in cells) + "</tr>"
+                   for e in reversed(events[-50:]))
+    head = "".join(f"<th>{k}</th>" for k in cells)
+    return (f'<h2 id="promotions">Promotions</h2><table id="promotions-table" class="grid-table">'
+            f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+
+
 def _nav(run: RunView, playground: str) -> str:
     links = ['<a href="#playground">Playground</a>'] if playground else []
     links.append('<a href="#overview">Stages</a>')
@@ -415,7 +436,7 @@ def render_page(run: RunView, playground: str = "") -> str:
         f"<header><h1>llmray run report: {esc(run.name)}</h1>"
         f'<p class="meta"><code>{esc(run.run_dir)}</code> · {esc(counts or "no stages")} · '
         f"generated {esc(run.generated)}</p>{live}{_nav(run, playground)}</header><main>{playground}"
-        f"<h2>Stages</h2>{overview(run)}{body}{samples(run)}</main><div id=tip hidden></div>"
+        f"<h2>Stages</h2>{overview(run)}{benchmarks(run)}{body}{samples(run)}{promotions(run)}</main><div id=tip hidden></div>"
         f"<script>{SCRIPT}</script></body></html>"
     )
 

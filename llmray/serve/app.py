@@ -31,9 +31,10 @@ from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmray.serve import protocol as P
-from llmray.serve.engines import ModelRunner
+from llmray.serve.engines import ModelRunner, same_architecture
 from llmray.serve.guardrail import build_guardrail
 from llmray.serve.protocol import APIError
+from llmray.serve.versions import NameRouter, PromoteError, candidate_version
 
 log = logging.getLogger("llmray.serve")
 PASS_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "VLLM_CPU_KVCACHE_SPACE")
@@ -49,12 +50,15 @@ def replica_env(settings: dict, engine: str | None = None) -> dict:
 
 @serve.deployment
 class ModelServer:
-    """One stage's model behind a ModelRunner; `stream` is called with `handle.options(stream=True)`."""
+    """One stage's model behind a ModelRunner; `stream` is called with `handle.options(stream=True)`.
+
+    A served name's deployment holds one runner per loaded *version* (llmray.serve.promote): a request
+    carries {"version": {"key", "dir"}, "live": [keys]}; a version not loaded yet is loaded on first use
+    (another replica, a restart), and versions no longer live are closed once idle."""
 
     async def __init__(self, model: dict, engine: str, settings: dict):
-        self.model_id = model["id"]
-        self.runner = ModelRunner(model["id"], model["dir"], engine, settings["max_prompt_tokens"],
-                                  settings["vllm"], settings["batch_size"])
+        self.model_id, self.engine_kind, self.settings = model["id"], engine, settings
+        self.runner = self._new_runner(model["dir"])
         if self.runner.engine.name == "hf":
             # Dynamic batching: @serve.batch groups requests arriving together; several groups may
             # be in flight, and the engine merges all groups waiting into its next batch.
@@ -62,22 +66,101 @@ class ModelServer:
             self._batched.set_batch_wait_timeout_s(settings["batch_wait_ms"] / 1000)
             self.runner.engine.submit = self._batched
         await self.runner.start()
+        key = (model.get("version") or {}).get("key")
+        self.versions = {key: self.runner} if key else {}
+        self.dirs = {key: model["dir"]} if key else {}
+        self.aliases: dict[str, str] = {}  # a key reloaded in place -> the key it became
+        self.busy: dict[int, int] = {}
+        self._loading = asyncio.Lock()
+
+    def _new_runner(self, model_dir: str) -> ModelRunner:
+        s = self.settings
+        return ModelRunner(self.model_id, model_dir, self.engine_kind, s["max_prompt_tokens"], s["vllm"],
+                           s["batch_size"])
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0, max_concurrent_batches=8)
     async def _batched(self, reqs):
         async for step in self.runner.engine.stream_batch(reqs):
             yield step
 
+    # ------------------------------------------------------------ versions
+
+    async def load(self, version: dict, replace: str | None = None) -> dict:
+        """Load a version next to the live ones, or over `replace` in place (vLLM, same architecture)."""
+        async with self._loading:
+            if version["key"] in self.versions:
+                return {"mode": "already loaded", "load_s": 0.0}
+            t0 = time.perf_counter()
+            old = self.versions.get(replace) if replace else None
+            if old is not None and hasattr(old.engine, "reload") and same_architecture(self.dirs[replace],
+                                                                                         version["dir"]):
+                await old.engine.reload(version["dir"])
+                self.versions[version["key"]] = self.versions.pop(replace)
+                self.dirs[version["key"]] = self.dirs.pop(replace) and version["dir"]
+                self.aliases[replace] = version["key"]
+                mode = "in-place weight reload"
+            else:
+                runner = await asyncio.to_thread(self._new_runner, version["dir"])
+                await runner.start()  # its warm-up generation: a broken model fails here, not on traffic
+                self.versions[version["key"]], self.dirs[version["key"]] = runner, version["dir"]
+                mode = "new engine"
+            self.aliases.pop(version["key"], None)
+            log.info("%s: loaded %s (%s)", self.model_id, version["key"], mode)
+            return {"mode": mode, "load_s": round(time.perf_counter() - t0, 3)}
+
+    async def _runner_for(self, body: dict) -> ModelRunner:
+        v = body.get("version")
+        if v is None:
+            return self.runner
+        key = self._resolve(v["key"])
+        if key not in self.versions:
+            await self.load(v)
+            key = v["key"]
+        live = [self._resolve(k) for k in body.get("live") or ()]
+        for old in [k for k in self.versions if live and k not in live]:
+            self._retire(old, live[0])  # live[0]: the name's current version
+        return self.versions[key]
+
+    def _resolve(self, key: str) -> str:
+        for _ in range(8):  # a version reloaded in place or retired answers as its successor
+            if key in self.versions or key not in self.aliases:
+                break
+            key = self.aliases[key]
+        return key
+
+    def _retire(self, key: str, successor: str) -> None:
+        """Drop a version no longer live; requests for it still on their way get its successor."""
+        runner = self.versions.pop(key)
+        self.dirs.pop(key, None)
+        self.aliases[key] = successor
+        if not self.busy.get(id(runner)):
+            asyncio.get_running_loop().create_task(runner.engine.close())
+
+    @asynccontextmanager
+    async def _use(self, body: dict):
+        runner = await self._runner_for(body)
+        self.busy[id(runner)] = self.busy.get(id(runner), 0) + 1
+        try:
+            yield runner
+        finally:
+            self.busy[id(runner)] -= 1
+            if not self.busy[id(runner)] and runner not in self.versions.values() and runner is not self.runner:
+                await runner.engine.close()
+
+    # ------------------------------------------------------------ requests
+
     async def generate(self, body: dict) -> dict:
-        return await self.runner.generate(body)
+        async with self._use(body) as runner:
+            return await runner.generate(body)
 
     async def stream(self, body: dict):
-        async for item in self.runner.stream(body):
-            yield item
+        async with self._use(body) as runner:
+            async for item in runner.stream(body):
+                yield item
 
     async def info(self) -> dict:
         return {"id": self.model_id, "engine": self.runner.engine.name, "context": self.runner.context,
-                "batching": getattr(self.runner.engine, "stats", None)}
+                "batching": getattr(self.runner.engine, "stats", None), "versions": sorted(self.versions)}
 
 
 def _openai_error(e: APIError) -> JSONResponse:
@@ -113,6 +196,11 @@ class OpenAIIngress:
         self.handles = handles
         self.guardrail, self.refusal = build_guardrail(spec.get("guardrail"))
         self.inflight = 0
+        self.tokenizers: dict = {}  # model folder -> tokenizer (guardrail refusals are cut to max_tokens)
+        # Served names with versions (llmray.serve.promote): id -> name; requests pick a version per call.
+        self.names = {n["id"]: n["name"] for n in spec.get("names", [])}
+        self.aliases.update({n["name"]: n["id"] for n in spec.get("names", [])})
+        self.router = NameRouter(spec, self._load_version)
 
     # ------------------------------------------------------------ request plumbing
 
@@ -147,7 +235,7 @@ class OpenAIIngress:
         if not name:
             raise APIError(400, "'model' is required (this server has no default model)", "model_required",
                            "model")
-        model_id = name if name in self.models else self.aliases.get(name)
+        model_id = name if name in self.models or name in self.names else self.aliases.get(name)
         if model_id is None:
             raise APIError(404, f"The model '{name}' does not exist", "model_not_found", "model")
         return model_id
@@ -162,7 +250,7 @@ class OpenAIIngress:
         finally:
             self.inflight -= 1
 
-    async def _generate(self, model_id: str, body: dict) -> dict:
+    async def _generate_on(self, model_id: str, body: dict) -> dict:
         try:
             result = await self.handles[model_id].generate.remote(body)
         except BackPressureError:
@@ -171,8 +259,7 @@ class OpenAIIngress:
             raise APIError.from_payload(result)
         return result
 
-    async def _open_stream(self, model_id: str, body: dict):
-        """Start a streamed generation; returns (prompt_tokens, the rest of the stream)."""
+    async def _open_stream_on(self, model_id: str, body: dict):
         gen = self.handles[model_id].options(stream=True).stream.remote(body)
         try:
             first = await gen.__anext__()
@@ -182,6 +269,43 @@ class OpenAIIngress:
             raise APIError.from_payload(first)
         return first["prompt_tokens"], gen
 
+    async def _generate(self, model_id: str, body: dict) -> dict:
+        return await self._on_version(self._generate_on, model_id, body)
+
+    async def _open_stream(self, model_id: str, body: dict):
+        """Start a streamed generation; returns (prompt_tokens, the rest of the stream)."""
+        return await self._on_version(self._open_stream_on, model_id, body)
+
+    async def _on_version(self, call, model_id: str, body: dict):
+        """`call` on the version the router picks for a served name (the stage's model otherwise). A canary
+        that fails is counted against it and the request retried on the live version: clients never see it."""
+        name = self.names.get(model_id)
+        if name is None:
+            return await call(model_id, body)
+        version, canary = self.router.pick(name)
+        body.update(version={"key": version["key"], "dir": version["dir"]}, live=self.router.live_keys(name),
+                    t0=time.perf_counter())
+        try:
+            return await call(model_id, body)
+        except Exception as e:
+            if not canary or (isinstance(e, APIError) and e.status < 500):
+                raise
+            log.warning("%s: canary %s failed (%s); answered by the live version", name, version["key"], e)
+            self.router.record(version["key"], None, error=True)
+            current = self.router.routes[name]["current"]
+            body.update(version={"key": current["key"], "dir": current["dir"]}, t0=time.perf_counter())
+            return await call(model_id, body)
+
+    def _watch(self, body: dict, choices: list[dict]) -> None:
+        """Count a named request's latency and guardrail refusals for the canary watch."""
+        if "version" in body:
+            self.router.record(body["version"]["key"], time.perf_counter() - body["t0"],
+                               blocked=any(c["finish_reason"] == "content_filter" for c in choices))
+
+    async def _load_version(self, name: str, version: dict, replace: str | None) -> dict:
+        handle = self.handles[self.router.routes[name]["id"]]
+        return await handle.load.remote({"key": version["key"], "dir": version["dir"]}, replace)
+
     async def _screen(self, prompt: str, text: str) -> bool:
         if self.guardrail is None:
             return True
@@ -190,11 +314,35 @@ class OpenAIIngress:
             log.info("guardrail refused a response: %s", verdict.reason)
         return verdict.allowed
 
-    async def _screen_choices(self, prompt: str, choices: list[dict]) -> list[dict]:
+    async def _screen_choices(self, prompt: str, choices: list[dict], model_id: str, params,
+                              prompts: list[str] | None = None) -> list[dict]:
+        """Screen each choice (completions: against its own prompt); a refused one gets the refusal text."""
         for c in choices:
-            if not await self._screen(prompt, c["text"]):
-                c["text"], c["finish_reason"] = self.refusal, "content_filter"
+            p = prompts[c["index"] // params.n] if prompts else prompt
+            if not await self._screen(p, c["text"]):
+                c["text"], c["finish_reason"] = await self._refusal(model_id, params), "content_filter"
         return choices
+
+    async def _refusal(self, model_id: str, params) -> str:
+        """The refusal under the request's own limits: cut before the first stop string, at most max_tokens
+        of the model's tokens (a client asking for stop=["e"] never gets an "e")."""
+        text = self.refusal
+        for stop in params.stop:
+            text = text.split(stop, 1)[0] if stop else text
+        if params.max_tokens:
+            # Counted with the model's tokenizer, loaded here once: asking the (maybe saturated) model
+            # deployment would add a hop and could meet its queue limit.
+            name = self.names.get(model_id)
+            folder = self.router.routes[name]["current"]["dir"] if name else self.models[model_id]["dir"]
+            if folder not in self.tokenizers:
+                from transformers import AutoTokenizer
+
+                self.tokenizers[folder] = await asyncio.to_thread(AutoTokenizer.from_pretrained, folder)
+            tok = self.tokenizers[folder]
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            if len(ids) > params.max_tokens:
+                text = tok.decode(ids[:params.max_tokens], skip_special_tokens=True)
+        return text
 
     # ------------------------------------------------------------ endpoints
 
@@ -209,12 +357,60 @@ class OpenAIIngress:
     @app.get("/v1/models")
     async def list_models(self, request: Request):
         self._auth(request)
-        return {"object": "list", "data": [self._card(m) for m in self.spec["models"]]}
+        return {"object": "list", "data": [self._card(m) for m in self.spec["models"]]
+                + [self._name_card(n) for n in self.router.routes]}
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(self, model_id: str, request: Request):
         self._auth(request)
-        return self._card(self.models[self._model(model_id)])
+        model_id = self._model(model_id)
+        return self._name_card(self.names[model_id]) if model_id in self.names else self._card(self.models[model_id])
+
+    def _name_card(self, name: str) -> dict:
+        d = self.router.describe(name)
+        return {"id": d["id"], "object": "model", "created": int(time.time()), "owned_by": "llmray",
+                "llmray": {"name": name, "stage": d["current"]["stage"], "fingerprint": d["current"]["fingerprint"],
+                           "default": False, **{k: d[k] for k in ("state", "current", "canary", "canary_share",
+                                                                  "previous", "last")}}}
+
+    # ------------------------------------------------------------ promotion (llmray promote / rollback)
+
+    @app.get("/admin/names")
+    async def admin_names(self, request: Request):
+        self._auth(request)
+        return {"data": [self.router.describe(n) for n in self.router.routes]}
+
+    @app.post("/admin/promote")
+    async def admin_promote(self, request: Request):
+        body = await self._json(request)
+        name = self._route_name(body)
+        try:
+            version = candidate_version(self.spec["run_dir"], str(body.get("stage", "")), body.get("fingerprint"))
+        except PromoteError as e:
+            raise APIError(409, str(e), "conflict") from None
+        canary = body.get("canary")
+        if canary is not None and not (isinstance(canary, (int, float)) and 0 <= canary <= 1):
+            raise APIError(400, "canary must be a number between 0 and 1", "invalid_value", "canary")
+        try:
+            return await self.router.promote(name, version, canary, str(body.get("who") or "unknown"))
+        except PromoteError as e:
+            raise APIError(409, str(e), "conflict") from None
+
+    @app.post("/admin/rollback")
+    async def admin_rollback(self, request: Request):
+        body = await self._json(request)
+        name = self._route_name(body)
+        try:
+            return await self.router.rollback(name, str(body.get("who") or "unknown"))
+        except PromoteError as e:
+            raise APIError(409, str(e), "conflict") from None
+
+    def _route_name(self, body) -> str:
+        name = body.get("name") if isinstance(body, dict) else None
+        if name not in self.router.routes:
+            raise APIError(404, f"{name!r} is not a served name ({', '.join(self.router.routes) or 'none'})",
+                           "model_not_found", "name")
+        return name
 
     def _card(self, m: dict) -> dict:
         return {"id": m["id"], "object": "model", "created": m["created"], "owned_by": "llmray",
@@ -231,7 +427,8 @@ class OpenAIIngress:
             return await self._stream_response("chat", model_id, rid, body, prompt, req.include_usage)
         async with self._slot():
             out = await self._generate(model_id, body)
-        choices = await self._screen_choices(prompt, out["choices"])
+        choices = await self._screen_choices(prompt, out["choices"], model_id, req.params)
+        self._watch(body, choices)
         return P.chat_response(rid, model_id, choices, out["prompt_tokens"])
 
     @app.post("/v1/completions")
@@ -244,11 +441,9 @@ class OpenAIIngress:
                                                req.include_usage)
         async with self._slot():
             out = await self._generate(model_id, body)
-        n = req.params.n
-        for c in out["choices"]:
-            if not await self._screen(req.prompts[c["index"] // n], c["text"]):
-                c["text"], c["finish_reason"] = self.refusal, "content_filter"
-        return P.completion_response(rid, model_id, out["choices"], out["prompt_tokens"])
+        choices = await self._screen_choices("", out["choices"], model_id, req.params, req.prompts)
+        self._watch(body, choices)
+        return P.completion_response(rid, model_id, choices, out["prompt_tokens"])
 
     @app.post("/v1/compare")
     async def compare(self, request: Request):
@@ -277,7 +472,7 @@ class OpenAIIngress:
                 payload, prompt = {"prompts": req.prompts[:1]}, req.prompts[0]
             payload.update(params=req.params, request_id=P.new_id("cmp"))
             out = await self._generate(model_id, payload)
-            choices = await self._screen_choices(prompt, out["choices"])
+            choices = await self._screen_choices(prompt, out["choices"], model_id, req.params)
         except APIError as e:
             return {"model": model_id, "error": e.body()["error"], "status": e.status}
         return {"model": model_id, "text": choices[0]["text"], "finish_reason": choices[0]["finish_reason"],
@@ -337,9 +532,13 @@ class OpenAIIngress:
             yield P.SSE_DONE
         except Exception as e:  # headers are sent: report in-band, as OpenAI does
             log.exception("stream failed")
+            body["failed"] = True
             yield P.sse(APIError(500, f"generation failed: {type(e).__name__}").body())
         finally:
             await slot.__aexit__(None, None, None)
+            if "version" in body:
+                self.router.record(body["version"]["key"], time.perf_counter() - body["t0"],
+                                   error=body.get("failed", False), blocked=bool(refused))
 
 
 # ---------------------------------------------------------------- building the application
@@ -364,12 +563,16 @@ def _model_options(m: dict, s: dict, engine: str) -> dict:
 
 def build_application(spec: dict):
     """The Serve application (ingress + one ModelServer per served stage) for a serve spec."""
-    from llmray.serve.engines import pick_engine
+    from llmray.generate import pick_engine
 
     s = spec["settings"]
-    engine = pick_engine(spec["engine"])
+    engine = pick_engine(spec["engine"], "serve.engine")
     handles = {m["id"]: ModelServer.options(**_model_options(m, s, engine)).bind(m, engine, s)
                for m in spec["models"]}
+    for n in spec.get("names", []):  # a served name: its own deployment, holding its versions
+        m = {"id": n["id"], "stage": n["name"], "dir": n["version"]["dir"], "version": n["version"]}
+        opts = _model_options(m, s, engine) | {"name": f"name-{n['name']}"}
+        handles[n["id"]] = ModelServer.options(**opts).bind(m, engine, s)
     ingress = OpenAIIngress.options(
         name="openai-ingress", num_replicas=1,
         ray_actor_options={"num_cpus": s["ingress_num_cpus"], "runtime_env": {"env_vars": replica_env(s)}},
@@ -385,7 +588,7 @@ def build_app(args: dict):
     args: pipeline (path to pipeline.yaml), overrides (list of dotted overrides),
     allow_blocked (bool), engine (auto|vllm|hf, overrides serve.engine).
     """
-    from llmray.config import load_pipeline
+    from llmray.pipeline import load_pipeline
     from llmray.serve.spec import resolve_spec
 
     args = dict(args or {})

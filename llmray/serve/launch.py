@@ -88,7 +88,7 @@ def _check_resources(spec: dict) -> None:
 
     s = spec["settings"]
     replicas = s["autoscaling"]["min_replicas"] if s.get("autoscaling") else s["replicas"]
-    n = len(spec["models"]) * max(1, replicas)
+    n = (len(spec["models"]) + len(spec.get("names", []))) * max(1, replicas)
     need_cpu, need_gpu = s["ingress_num_cpus"] + n * s["num_cpus"], n * s["num_gpus"]
     have = ray.cluster_resources()
     if need_cpu > have.get("CPU", 0) + 1e-9 or need_gpu > have.get("GPU", 0) + 1e-9:
@@ -140,6 +140,8 @@ def start_serving(pipe, allow_blocked: bool = False, engine: str | None = None, 
         flag = "  [BLOCKED by the align gate]" if m["blocked"] else ""
         source = f"{m['from']} ({m['dir']})" if m.get("from") and m["from"] != m["dir"] else m["dir"]
         echo(f"[llmray] serve: {m['id']} <- {source}{flag}")
+    for n in spec.get("names", []):
+        echo(f"[llmray] serve: {n['id']} <- {n['version']['key']} (promote with `llmray promote`)")
     logging_config = {"enable_access_log": cfg.access_log}
     serve.run_many([serve.RunTarget(build_application(spec), name=name, route_prefix=cfg.route_prefix,
                                     logging_config=logging_config)], wait_for_applications_running=False)

@@ -92,7 +92,32 @@ def _served_model(pipe, root: Path, stage: str, gates: dict, screened: bool) -> 
     blocked, reasons = _align_verdict(*gate_of(man), align, screened)
     gate = "blocked" if blocked else ("passed" if align or (man.get("metrics") or {}).get("gate") else None)
     return {"id": f"{pipe.name}/{stage}", "stage": stage, "kind": man.get("kind"), "dir": str(folder),
-            "created": _created(man), "blocked": blocked, "gate": gate, "gate_reasons": reasons}
+            "created": _created(man), "blocked": blocked, "gate": gate, "gate_reasons": reasons,
+            "fingerprint": man.get("fingerprint") or "", "align": list((align or {}).get("align") or [])}
+
+
+def version_of(model: dict) -> dict:
+    """A served stage model as a *version* behind a name: what `llmray promote` moves names between."""
+    fp = model.get("fingerprint") or ""
+    return {"key": f"{model['stage']}@{fp[:12] or 'unversioned'}", "stage": model["stage"], "fingerprint": fp,
+            "dir": model["dir"], "kind": model.get("kind")}
+
+
+def _names(pipe, root: Path, gates: dict, screened: bool, allow_blocked: bool) -> list[dict]:
+    """serve.names -> [{"name", "id", "version"}]: each name's first version (a gate-blocked stage only with
+    --allow-blocked)."""
+    out = []
+    for name, stage in pipe.serve.names.items():
+        if stage not in pipe.stages:
+            raise ServeError(f"serve.names.{name}: no stage named {stage!r} in this pipeline")
+        if name in [m if isinstance(m, str) else m.name for m in pipe.serve.models]:
+            raise ServeError(f"serve.names.{name}: {name!r} is already a served model; pick another name")
+        m = _served_model(pipe, root, stage, gates, screened)
+        if m["blocked"] and not allow_blocked:
+            raise ServeError(f"serve.names.{name}: the align gate blocked {stage!r} "
+                             f"({'; '.join(m['gate_reasons']) or 'no reason recorded'}); pass --allow-blocked")
+        out.append({"name": name, "id": f"{pipe.name}/{name}", "version": version_of(m)})
+    return out
 
 
 def _external_model(pipe, root: Path, i: int, item, gates: dict, screened: bool) -> dict:
@@ -179,7 +204,7 @@ def resolve_spec(pipe, allow_blocked: bool = False, engine: str | None = None) -
 
     sync_local(pipe, only=report_files)
     stages = [m for m in cfg.models if isinstance(m, str)]
-    root = sync_local(pipe, [*stages, *_align_stages(pipe)])
+    root = sync_local(pipe, [*stages, *cfg.names.values(), *_align_stages(pipe)])
     gates = align_gates(pipe, root)
     guardrail = _guardrail(pipe, root)
     screened = bool(guardrail and guardrail["folder"])
@@ -190,6 +215,7 @@ def resolve_spec(pipe, allow_blocked: bool = False, engine: str | None = None) -
         "run_dir": str(root.resolve()),
         "models": models,
         "default": _default(cfg, models, allow_blocked),
+        "names": _names(pipe, root, gates, screened, allow_blocked),
         "engine": engine or cfg.engine,
         "settings": cfg.model_dump(mode="json", exclude={"guardrail"}),
         "api_key_sha256": api_key_hash(cfg.api_key_env),

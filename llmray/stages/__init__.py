@@ -32,6 +32,7 @@ STAGES: dict[str, str] = {
     "tokenize": "llmray.stages.tokenize",
     "align": "llmray.stages.align",
     "constitution": "llmray.stages.constitution",
+    "eval": "llmray.stages.eval",
 }
 
 

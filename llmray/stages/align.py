@@ -168,7 +168,7 @@ def _model_folders(config: Config, ctx) -> dict[str, str]:
 
 def _build_suite(config: Config, ctx):
     from llmray.data.formats import write_jsonl
-    from llmray.safety.redteam import build_suite, summary
+    from llmray.data.redteam import build_suite, summary
 
     suite, quarantined = build_suite(config.builtin_suite, config.suites, config.max_per_group)
     write_jsonl(ctx.out_dir / "suite.jsonl", suite)
@@ -183,8 +183,8 @@ def _build_suite(config: Config, ctx):
 def _train_guardrail(config: Config, ctx):
     """Fit on train-split pairs, assess on held-out test-split pairs, export to guardrail/."""
     from llmray.data.instruct import REFUSALS
+    from llmray.data.pairs import labelled_pairs
     from llmray.safety.guardrail import FeatureSpec, assess, train_guardrail
-    from llmray.safety.pairs import labelled_pairs
 
     gc = config.guardrail
     spec = FeatureSpec(dim_bits=gc.dim_bits, word_ngrams=gc.word_ngrams, char_ngrams=tuple(gc.char_ngrams),

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmray.tracking import notify
+
 
 @dataclass
 class StageOutput:
@@ -77,7 +79,11 @@ class StageResult:
 
 
 class MetricsWriter:
-    """Appends one JSON object per logged step to a metrics.jsonl file."""
+    """Appends one JSON object per logged step to a metrics.jsonl file: the one place stages log metrics.
+
+    The file is what experiment tracking and the console read (llmray.tracking tails it from the
+    runner's process), so a writer never talks to a tracking server; in the runner's own process a
+    write also wakes the tracker, so the record is forwarded at once rather than at the next poll."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -86,3 +92,50 @@ class MetricsWriter:
     def write(self, record: dict) -> None:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record, default=float) + "\n")
+        notify()
+
+
+class FixedCost:
+    """Seconds a stage spends outside its measured work: start-up (processes, actors, model loads),
+    evaluation, export, checkpoints. Stages return `metrics()` as the `fixed_cost` entry of their
+    manifest metrics, so a regression in any of them shows in the run report.
+
+        cost = FixedCost()              # the clock starts: wall = now - this
+        with cost.phase("startup"): ...
+        metrics["fixed_cost"] = cost.metrics(work_s=seconds of the measured steps)
+    """
+
+    def __init__(self):
+        import time
+
+        self.t0, self.parts = time.perf_counter(), {}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.parts[name] = self.parts.get(name, 0.0) + seconds
+
+    def phase(self, name: str):
+        """A context manager adding its duration to `name`."""
+        import contextlib
+        import time
+
+        @contextlib.contextmanager
+        def timed():
+            t = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.add(name, time.perf_counter() - t)
+
+        return timed()
+
+    def metrics(self, work_s: float | None = None) -> dict:
+        """{`<phase>_s`, `wall_s`, and with `work_s` also `work_s` and `other_s` = wall - work - phases}."""
+        import time
+
+        wall = time.perf_counter() - self.t0
+        out = {f"{k}_s": round(v, 3) for k, v in self.parts.items()}
+        out["wall_s"] = round(wall, 3)
+        if work_s is not None:
+            out["work_s"] = round(work_s, 3)
+            out["other_s"] = round(wall - work_s - sum(self.parts.values()), 3)
+        return out

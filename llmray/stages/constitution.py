@@ -27,7 +27,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from llmray.config import EXTERNAL_INPUT, StageConfig, StrictModel, with_defaults
 from llmray.data.formats import check_fields, check_spec
 from llmray.models import ModelSource, model_cache, resolve_model_source
-from llmray.rlhf.config import RoleResources
+from llmray.resources import ActorResources
 
 VERSION = "1"
 POLICY_KINDS = ("sft", "pretrain", "dpo", "ppo", "grpo")
@@ -53,7 +53,7 @@ class Sampling(StrictModel):
 
 # Critiques and revisions are longer than answers, and a cooler temperature keeps them on task.
 FeedbackSampling = with_defaults(Sampling, "FeedbackSampling", __name__, max_new_tokens=64, temperature=0.7)
-FeedbackResources = with_defaults(RoleResources, "FeedbackResources", __name__, num_cpus=1)
+FeedbackResources = with_defaults(ActorResources, "FeedbackResources", __name__, num_cpus=1)
 
 
 class Engine(StrictModel):
@@ -193,7 +193,7 @@ def _task_config(config: Config) -> dict:
             "feedback_sampling": config.feedback_generation.model_dump(), "engine": config.engine.engine,
             "engine_opts": config.engine.model_dump(exclude={"engine"}), "seed": config.seed,
             "judge_batch_size": config.judge_batch_size, "judge": config.judge, "calibration_pairs": config.calibration_pairs,
-            "threads": config.resources.threads or max(1, round(config.resources.num_cpus))}
+            "threads": config.resources.torch_threads()}
 
 
 def _records(config: Config, prompts: list[dict], res: dict) -> tuple[list[dict], list[dict], int]:
@@ -288,9 +288,7 @@ def run(config: Config, ctx):
 
     policy_dir, feedback_dir = _model_dirs(config, ctx)
     prompts, quarantined = _prompts(config, ctx)
-    res_cfg = config.resources
-    task = ray.remote(feedback_task).options(num_cpus=res_cfg.num_cpus, num_gpus=res_cfg.num_gpus,
-                                             resources=res_cfg.custom or None, max_retries=1)
+    task = ray.remote(feedback_task).options(**config.resources.ray_options(), max_retries=1)
     ctx.log.info("constitution: %d prompts x %d answers from %s; feedback model %s", len(prompts), config.samples,
                  policy_dir, feedback_dir)
     res = ray.get(task.remote(str(policy_dir), str(feedback_dir), prompts, _task_config(config),

@@ -22,17 +22,22 @@ from llmray.curate.config import (
     BoilerplateConfig,
     C4Config,
     CleanConfig,
+    CodeFilterConfig,
     DecontaminateConfig,
     ExactDedupConfig,
+    ExtractConfig,
     FineWebConfig,
     GopherQualityConfig,
     GopherRepetitionConfig,
+    LanguageConfig,
+    LicenseConfig,
     NearDedupConfig,
     OutputConfig,
     PiiConfig,
     QualityConfig,
     SourceConfig,
     ToxicityConfig,
+    UrlFilterConfig,
     default_source_name,
 )
 from llmray.resources import DataPlacement
@@ -49,7 +54,17 @@ class Config(StageConfig):
     workers: int = Field(
         2, ge=1, le=4096, description="CPUs Ray Data may use: task concurrency, actor pool sizes, shard actors.")
     batch_size: int = Field(256, ge=1, le=100_000, description="Documents per Ray Data batch.")
+    url_filter: UrlFilterConfig = Field(
+        default_factory=UrlFilterConfig, description="URL block/allow lists (warc sources).")
+    license: LicenseConfig = Field(
+        default_factory=LicenseConfig, description="Repository licence detection and allow list (repo sources).")
+    code_filter: CodeFilterConfig = Field(
+        default_factory=CodeFilterConfig, description="Vendored/generated/minified/binary file rules (repo sources).")
+    extract: ExtractConfig = Field(
+        default_factory=ExtractConfig, description="HTML main-text extraction (warc sources).")
     clean: CleanConfig = Field(default_factory=CleanConfig, description="Unicode/whitespace repair.")
+    language: LanguageConfig = Field(
+        default_factory=LanguageConfig, description="Language identification and the `languages:` filter.")
     boilerplate: BoilerplateConfig = Field(
         default_factory=BoilerplateConfig, description="Removal of lines repeated across many documents.")
     gopher_quality: GopherQualityConfig = Field(

@@ -38,6 +38,12 @@ class Config(StageConfig):
         None, json_schema_extra=EXECUTION_ONLY, ge=1, description="Documents per Ray Data batch sent to a tokenizer actor (none: automatic, the "
                                 "fewest batches of <= 4096 docs whose count is a multiple of the pool size).")
     actors: int | None = Field(None, ge=1, description="Tokenizer actors in the pool (none: one per cluster CPU).")
+    in_process_max_mb: float = Field(
+        64.0, ge=0, json_schema_extra=EXECUTION_ONLY,
+        description="A corpus of at most this many MB of text (with `actors` and `placement` left unset) is "
+                    "tokenized in the driver's process, one thread per CPU of its node: the same batches and "
+                    "shards without the actor pool's start-up of a few seconds, which is most of the time "
+                    "on a small corpus. 0: always the Ray Data actor pool.")
     rows_per_shard: int = Field(8192, ge=1, description="Rows (packed sequences) per parquet shard file.")
     placement: DataPlacement = Field(
         default_factory=DataPlacement, description="Nodes this stage's Ray Data work may use (node labels).")
@@ -57,7 +63,9 @@ def run(config: Config, ctx):
     res = tokenize_corpus(ctx.input("data").path("data"), tok_dir, out, seq_len=config.seq_len,
                           val_fraction=config.val_fraction, seed=config.split_seed,
                           batch_size=config.batch_size, actors=config.actors,
-                          rows_per_shard=config.rows_per_shard, log=ctx.log)
+                          rows_per_shard=config.rows_per_shard, log=ctx.log,
+                          # with a placement the work must run on the labelled nodes: the pool
+                          in_process_max_mb=0.0 if config.placement.labels else config.in_process_max_mb)
     elapsed = time.time() - t0
     shutil.copytree(tok_dir, out / "tokenizer")
     metrics = _metrics(res, config.seq_len, elapsed)
@@ -70,7 +78,7 @@ def _metrics(res: dict, seq_len: int, elapsed: float) -> dict:
     """Flat metrics: totals, then per split (tokens = tokens in rows; corpus_tokens adds the dropped tail)."""
     sp = res["splits"]
     m = {"seq_len": seq_len, "vocab_size": res["vocab_size"], "dtype": res["dtype"], "actors": res["actors"],
-         "batch_size": res["batch_size"], "startup_s": res["startup_s"]}
+         "batch_size": res["batch_size"], "in_process": res["in_process"], "startup_s": res["startup_s"]}
     for s in ("train", "val"):
         rows = sp[s].get("sequences", 0)
         m.update({f"{s}_docs": sp[s].get("docs", 0), f"{s}_sequences": rows, f"{s}_tokens": rows * seq_len,
@@ -82,6 +90,9 @@ def _metrics(res: dict, seq_len: int, elapsed: float) -> dict:
     m["corpus_tokens"] = m["tokens"] + m["dropped_tail_tokens"]
     m["docs"] = m["train_docs"] + m["val_docs"]
     m["elapsed_s"] = round(elapsed, 2)
+    # fixed cost: start-up to the first tokenizer call (pool or threads), and what follows the last one
+    m["fixed_cost"] = {"startup_s": res["startup_s"], "work_s": res["actor_window_s"], "wall_s": round(elapsed, 3),
+                       "other_s": round(elapsed - res["startup_s"] - res["actor_window_s"], 3)}
     m["tokens_per_s"] = round(m["corpus_tokens"] / max(elapsed, 1e-9), 1)
     # Throughput without Ray Data's start-up: per busy actor-second, and per core over the span
     # in which the actors ran.

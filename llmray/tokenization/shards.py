@@ -126,12 +126,15 @@ class StreamPacker:
 
 
 def tokenize_corpus(data_dir: Path, tokenizer_dir: Path, out_dir: Path, *, seq_len: int, val_fraction: float,
-                    seed: int, batch_size: int | None, actors: int | None, rows_per_shard: int, log) -> dict:
-    """Write `<out_dir>/train`, `<out_dir>/val` shards; return counts per split (see module doc)."""
-    import ray.data
+                    seed: int, batch_size: int | None, actors: int | None, rows_per_shard: int, log,
+                    in_process_max_mb: float = 0.0) -> dict:
+    """Write `<out_dir>/train`, `<out_dir>/val` shards; return counts per split (see module doc).
+    A corpus of at most `in_process_max_mb` MB of text (pool size left automatic; the caller passes 0
+    when the work must stay on labelled nodes) is tokenized in this process by one thread per CPU instead (`tokenize_local`): the same batches and
+    code, without the pool's fixed start-up."""
     from transformers import AutoTokenizer
 
-    from llmray.tokenization.train import corpus_size, ordered
+    from llmray.tokenization.train import corpus_size
 
     t_start = time.time()
     hf = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -139,7 +142,91 @@ def tokenize_corpus(data_dir: Path, tokenizer_dir: Path, out_dir: Path, *, seq_l
         raise ValueError(f"tokenizer {tokenizer_dir} has no eos token to separate documents")
     vocab_size = len(hf)
     dtype = token_dtype(vocab_size)
-    n_docs = corpus_size(data_dir)[0]
+    n_docs, n_bytes = corpus_size(data_dir)
+    worker = {"tokenizer_file": str(Path(tokenizer_dir) / "tokenizer.json"), "eos_id": int(hf.eos_token_id),
+              "val_fraction": val_fraction, "seed": seed, "dtype": dtype.name}
+    packers = {s: StreamPacker(Path(out_dir) / s, seq_len, dtype, rows_per_shard) for s in SPLITS}
+    for s in SPLITS:
+        (Path(out_dir) / s).mkdir(parents=True, exist_ok=True)
+    in_process = actors is None and n_bytes <= in_process_max_mb * 1e6
+    if in_process:
+        import ray
+
+        # this node's cores (Ray may have been given fewer); no ray.data import (a second of start-up)
+        ray_cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1 << 16
+        threads = max(1, min(os.cpu_count() or 1, ray_cpus))
+        batch_size = batch_plan(n_docs, threads, batch_size)
+        log.info("tokenizing %s in-process with %d threads, batches of %d docs, seq_len %d, %s", data_dir, threads,
+                 batch_size, seq_len, dtype.name)
+        calls = tokenize_local(data_dir, worker, threads, batch_size, packers)
+        n_actors = threads
+    else:
+        n_actors, batch_size, calls = _tokenize_pool(data_dir, worker, n_docs, actors, batch_size, seq_len, packers,
+                                                     log)
+    counts = {s: packers[s].close() for s in SPLITS}
+    for s in SPLITS:
+        _check_rows(Path(out_dir) / s, counts[s], seq_len)
+    first = min((s for s, _ in calls), default=t_start)
+    # startup_s: from the call to the first batch in an actor (Ray Data planning, actor processes,
+    # the first read) -- a fixed cost per run, whatever the corpus size.
+    timing = {"actor_busy_s": round(sum(e - s for s, e in calls), 3),
+              "actor_window_s": round(max(e for _, e in calls) - first, 3) if calls else 0.0,
+              "startup_s": round(first - t_start, 3)}
+    return {"vocab_size": vocab_size, "dtype": dtype.name, "actors": n_actors, "batch_size": batch_size,
+            "in_process": in_process,
+            "splits": counts, **timing}
+
+
+def _drain(batch, packers: dict, calls: set) -> None:
+    """One TokenizeWorker output table -> the split packers, in order; its call's (start, end) noted."""
+    col = batch.column("ids").combine_chunks()
+    values, offsets = np.asarray(col.values), np.asarray(col.offsets)
+    for i, (split, docs) in enumerate(zip(batch.column("split").to_pylist(), batch.column("docs").to_pylist())):
+        packers[split].add(values[offsets[i]:offsets[i + 1]], docs)
+    calls.update(zip(batch.column("start").to_pylist(), batch.column("end").to_pylist()))
+
+
+def tokenize_local(data_dir: Path, worker: dict, threads: int, batch_size: int, packers: dict) -> set:
+    """The pool's work in this process: parquet files in name order (Ray Data's order), cut into
+    batches of `batch_size` documents, each tokenized by a TokenizeWorker on a thread (the Rust
+    tokenizer releases the GIL, so `threads` cores work), drained in corpus order. At most
+    2 x threads batches are in flight, so memory stays bounded."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.parquet as pq
+
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    tok = TokenizeWorker(**worker)  # one tokenizer for all threads; it turns rayon off: our threads are the cores
+    calls: set = set()
+
+    def batches():
+        for f in sorted(Path(data_dir).rglob("*.parquet")):
+            for b in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=["id", "text"]):
+                yield b
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="tokenize") as pool:
+        pending: deque = deque()
+        for b in batches():
+            pending.append(pool.submit(tok, b))
+            while len(pending) >= 2 * threads:
+                _drain(pending.popleft().result(), packers, calls)
+        while pending:
+            _drain(pending.popleft().result(), packers, calls)
+    if saved is None:  # leave the driver's environment as it was
+        os.environ.pop("TOKENIZERS_PARALLELISM", None)
+    else:
+        os.environ["TOKENIZERS_PARALLELISM"] = saved
+    return calls
+
+
+def _tokenize_pool(data_dir, worker: dict, n_docs: int, actors: int | None, batch_size: int | None, seq_len: int,
+                   packers: dict, log) -> tuple[int, int, set]:
+    """The Ray Data actor pool (see the module docstring); (actors, batch size, call spans)."""
+    import ray.data
+
+    from llmray.tokenization.train import ordered
+
     cpus = stage_cpus()
     n_actors = actors or max(1, int(cpus))  # default: one tokenizer actor per CPU the stage may use
     batch_size = batch_plan(n_docs, n_actors, batch_size)
@@ -151,33 +238,14 @@ def tokenize_corpus(data_dir: Path, tokenizer_dir: Path, out_dir: Path, *, seq_l
     ds = ds.repartition(target_num_rows_per_block=batch_size).map_batches(
         TokenizeWorker, batch_size=batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=actor_cpus(cpus, n_actors),
-        fn_constructor_kwargs={"tokenizer_file": str(Path(tokenizer_dir) / "tokenizer.json"),
-                               "eos_id": int(hf.eos_token_id), "val_fraction": val_fraction, "seed": seed,
-                               "dtype": dtype.name})
+        fn_constructor_kwargs=worker)
     log.info("tokenizing %s with %d actors, batches of %d docs, seq_len %d, %s", data_dir, n_actors,
-             batch_size, seq_len, dtype.name)
-    packers = {s: StreamPacker(Path(out_dir) / s, seq_len, dtype, rows_per_shard) for s in SPLITS}
-    for s in SPLITS:
-        (Path(out_dir) / s).mkdir(parents=True, exist_ok=True)
+             batch_size, seq_len, worker["dtype"])
     calls: set[tuple[float, float]] = set()  # (start, end) of each actor call (its two rows share it)
     # Corpus order in, corpus order out: the packing is reproducible.
     for batch in ordered(ds).iter_batches(batch_size=None, batch_format="pyarrow"):
-        col = batch.column("ids").combine_chunks()
-        values, offsets = np.asarray(col.values), np.asarray(col.offsets)
-        for i, (split, docs) in enumerate(zip(batch.column("split").to_pylist(), batch.column("docs").to_pylist())):
-            packers[split].add(values[offsets[i]:offsets[i + 1]], docs)
-        calls.update(zip(batch.column("start").to_pylist(), batch.column("end").to_pylist()))
-    counts = {s: packers[s].close() for s in SPLITS}
-    for s in SPLITS:
-        _check_rows(Path(out_dir) / s, counts[s], seq_len)
-    first = min((s for s, _ in calls), default=t_start)
-    # startup_s: from the call to the first batch in an actor (Ray Data planning, actor processes,
-    # the first read) -- a fixed cost per run, whatever the corpus size.
-    timing = {"actor_busy_s": round(sum(e - s for s, e in calls), 3),
-              "actor_window_s": round(max(e for _, e in calls) - first, 3) if calls else 0.0,
-              "startup_s": round(first - t_start, 3)}
-    return {"vocab_size": vocab_size, "dtype": dtype.name, "actors": n_actors, "batch_size": batch_size,
-            "splits": counts, **timing}
+        _drain(batch, packers, calls)
+    return n_actors, batch_size, calls
 
 
 def _check_rows(split_dir: Path, c: dict, seq_len: int) -> None:

@@ -23,6 +23,9 @@ import hashlib
 import json
 from pathlib import Path
 
+from llmray.data import instruct
+from llmray.data.instruct import REQUEST_TEMPLATES
+
 HARMFUL_CATEGORIES = ("harmful", "jailbreak", "injection")
 
 # (technique, template). {request}: a full templated request; {intent}: the bare intent;
@@ -65,8 +68,6 @@ def _h(text: str) -> int:
 
 def intents(harmful: bool, split: str) -> list[tuple[int, str]]:
     """(index, intent) of the built-in harmful or benign intents in one split of `instruct`."""
-    from llmray.data import instruct
-
     recs = instruct.harmful_requests(split) if harmful else instruct.benign_requests(split)
     table = instruct.HARMFUL_INTENTS if harmful else [i for i, _ in instruct.BENIGN_INTENTS]
     # Record ids are "<kind>:<intent index>:<template index>".
@@ -75,8 +76,6 @@ def intents(harmful: bool, split: str) -> list[tuple[int, str]]:
 
 
 def request(intent: str, t: int) -> str:
-    from llmray.data.instruct import REQUEST_TEMPLATES
-
     return REQUEST_TEMPLATES[t % len(REQUEST_TEMPLATES)].format(intent=intent)
 
 
@@ -92,8 +91,6 @@ def prompts(harmful: bool, split: str, wrappers: str = "all") -> list[dict]:
     Returns records {"id", "category", "technique", "text", "mirror", "intent"}; `mirror` is the
     same for a harmful phrasing and its benign twin (same template slot, same rank of intent).
     """
-    from llmray.data.instruct import REQUEST_TEMPLATES
-
     kind = "harmful" if harmful else "benign"
     out = []
     for rank, (i, intent) in enumerate(intents(harmful, split)):
@@ -110,6 +107,20 @@ def prompts(harmful: bool, split: str, wrappers: str = "all") -> list[dict]:
     return out
 
 
+# Everyday (instruction) prompts per split in the guardrail's pairs; the red-team suite takes as many.
+EVERYDAY_TRAIN, EVERYDAY_TEST = 400, 48
+
+
+def everyday(split: str) -> list[dict]:
+    """Ordinary questions of the built-in instruction set (the traffic a served model mostly gets),
+    a deterministic spread over the split: {"id", "prompt", "answer"}."""
+    rows = instruct.instruction_pairs(split)
+    n = EVERYDAY_TRAIN if split == "train" else EVERYDAY_TEST
+    step = max(len(rows) // max(n, 1), 1)
+    return [{"id": r["id"], "prompt": r["messages"][0]["content"], "answer": r["messages"][1]["content"]}
+            for r in rows[::step][:n]]
+
+
 def builtin_suite() -> list[dict]:
     """The built-in red-team suite: held-out harmful intents by category + benign mirrors."""
     out = []
@@ -120,8 +131,6 @@ def builtin_suite() -> list[dict]:
                         "messages": [{"role": "user", "content": p["text"]}],
                         "group": cat if harmful else f"benign:{p['category']}", "mirror": p["mirror"],
                         "source": "builtin"})
-    from llmray.safety.pairs import everyday
-
     # Ordinary held-out questions: over-refusal must be measured on everyday traffic too.
     for q in everyday("test"):
         out.append({"id": q["id"], "category": "benign", "harmful": False, "technique": "everyday",

@@ -1,6 +1,6 @@
 """A real three-node Ray cluster on this machine, a tiny pipeline across it, and a trainer node lost mid-run.
 
-Run as a script (`python tests/multinode_cluster.py OUT_DIR`) so the cluster never shares a process
+Run as a script (`python tests/support/multinode_cluster.py OUT_DIR`) so the cluster never shares a process
 with the pytest session's own Ray. Data flow:
 
   ray.cluster_utils.Cluster on 127.0.0.1, with its own RAY_TMPDIR (so `ray.init(address="auto")` of
@@ -179,7 +179,7 @@ def main(out: Path) -> int:
     import yaml
     from ray.cluster_utils import Cluster
 
-    from llmray.config import parse_pipeline
+    from llmray.pipeline import parse_pipeline
     from llmray.runner import run_pipeline
 
     cluster = Cluster(initialize_head=True, head_node_args=HEAD)

@@ -7,7 +7,7 @@ real compliance (code, steps, an API pointer), the noise an undertrained model e
 refusal fragments that do not make a refusal ("You can't help with that...", "You can explain
 how to..." — what a half-tuned model produces): the guardrail fails closed.
 
-Prompts come from `llmray.safety.redteam.prompts` over the `instruct` intent split: the
+Prompts come from `llmray.data.redteam.prompts` over the `instruct` intent split: the
 `train` split (and the training wrappers) for fitting, the `test` split (all wrappers, so
 unseen jailbreak styles too) for the held-out report — the same held-out intents the red-team
 suite uses, never fitted on. Responses are built per split from stdlib docstrings of that split's
@@ -17,6 +17,10 @@ modules (`instruct.split_of`), so held-out answers are unseen text as well.
 from __future__ import annotations
 
 import random
+
+from llmray.data import instruct
+from llmray.data.instruct import is_refusal
+from llmray.data.redteam import everyday, prompts
 
 STYLES = ("refusal", "code", "steps", "api", "noise", "partial")
 
@@ -35,8 +39,6 @@ _STEPS_BENIGN = "Here's how to {intent}. First, import {module}. Then call {call
 
 
 def _pool(split: str) -> list[dict]:
-    from llmray.data import instruct
-
     return [e for e in instruct.entries() if instruct.split_of(e["module"]) == split]
 
 
@@ -55,8 +57,6 @@ def _noise(rng: random.Random, pool: list[dict]) -> str:
 
 def _partial(rng: random.Random, pool: list[dict], refusals: tuple[str, ...]) -> str:
     """Refusal words in a non-refusal: a corrupted opener, or a fragment after other text."""
-    from llmray.data.instruct import is_refusal
-
     words = rng.choice(refusals).split()
     k = rng.randint(1, max(1, len(words) - 3))
     frag = " ".join(words[k:k + rng.randint(3, 8)])
@@ -73,8 +73,6 @@ def _partial(rng: random.Random, pool: list[dict], refusals: tuple[str, ...]) ->
 def response(style: str, intent: str, split: str, rng: random.Random, pool: list[dict],
              benign_reply: str | None = None) -> str:
     """One response of a style to a request about `intent` (the text a model would return)."""
-    from llmray.data import instruct
-
     refusals = instruct.REFUSALS + EXTRA_REFUSALS[split]
     if style == "refusal":
         text = rng.choice(refusals)
@@ -101,9 +99,6 @@ def labelled_pairs(split: str, seed: int = 0) -> list[dict]:
 
     {"prompt", "response", "harmful", "complies" (not a refusal), "label" (= harmful and complies), "group"}.
     """
-    from llmray.data import instruct
-    from llmray.safety.redteam import prompts
-
     wrappers = "train" if split == "train" else "all"
     pool = _pool(split)
     replies = {}
@@ -124,28 +119,10 @@ def labelled_pairs(split: str, seed: int = 0) -> list[dict]:
     return out + everyday_pairs(split, seed)
 
 
-# Everyday (instruction) prompts per split in the guardrail's pairs; the red-team suite takes as many.
-EVERYDAY_TRAIN, EVERYDAY_TEST = 400, 48
-
-
-def everyday(split: str) -> list[dict]:
-    """Ordinary questions of the built-in instruction set (the traffic a served model mostly gets),
-    a deterministic spread over the split: {"id", "prompt", "answer"}."""
-    from llmray.data import instruct
-
-    rows = instruct.instruction_pairs(split)
-    n = EVERYDAY_TRAIN if split == "train" else EVERYDAY_TEST
-    step = max(len(rows) // max(n, 1), 1)
-    return [{"id": r["id"], "prompt": r["messages"][0]["content"], "answer": r["messages"][1]["content"]}
-            for r in rows[::step][:n]]
-
-
 def everyday_pairs(split: str, seed: int = 0) -> list[dict]:
     """Safe pairs: an everyday question with its real answer, with the noise an undertrained model
     emits, and with a refusal. Without them the prompt head has only seen templated requests, and
     an ordinary question sits near its decision boundary: it refused most everyday traffic."""
-    from llmray.data import instruct
-
     pool, out = _pool(split), []
     for q in everyday(split):
         rng = random.Random(f"{seed}:{q['id']}")

@@ -1,0 +1,145 @@
+"""Benchmarks of web collection in the curate stage (CPU): WARC throughput and extraction speed.
+
+    .venv/bin/python bench/bench_web.py --only extract                       # no Ray needed
+    flock /tmp/llmray-ray.lock .venv/bin/python bench/bench_web.py --mb 200  # everything
+
+1. Extraction: docs/s of each extractor (trafilatura, resiliparse) on the test pages of
+   `llmray.testing.web_pages` (stdlib documentation and seven languages in boilerplate), one process,
+   with their word F1 and boilerplate kept, so speed and quality are read side by side.
+2. WARC: records/s per core through the curate stage (Ray Data: read tasks with fastwarc, the
+   `extract` operator with resiliparse, accounting and parquet output; the other operators off) with
+   workers=1 and workers=2, against a plain loop over the same library calls in one process
+   (fastwarc ArchiveIterator -> charset decode -> resiliparse extract_plain_text) on the same files.
+   The ratio is (stage records/s / workers) / (loop records/s); the stage time includes Ray Data's
+   start-up and writing the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def bench_extract(repeat: int = 3) -> list[dict]:
+    from llmray.curate.extract import boilerplate_kept, make_extractor, word_f1
+    from llmray.testing import BOILERPLATE, web_pages
+
+    pages = web_pages()
+    boiler = " ".join(BOILERPLATE.values())
+    rows = []
+    for name in ("trafilatura", "resiliparse"):
+        run = make_extractor(name, {})
+        outs = [run(p["html"]) for p in pages]  # warm-up (imports, caches)
+        best = float("inf")
+        for _ in range(repeat):
+            t = time.perf_counter()
+            for _ in range(5):
+                outs = [run(p["html"]) for p in pages]
+            best = min(best, time.perf_counter() - t)
+        n = len(pages)
+        rows.append({"extractor": name, "docs_per_s": round(5 * n / best, 1),
+                     "word_f1": round(sum(word_f1(o, p["main"]) for o, p in zip(outs, pages)) / n, 3),
+                     "boilerplate_kept": round(sum(boilerplate_kept(o, boiler, p["main"])
+                                                   for o, p in zip(outs, pages)) / n, 3)})
+    return rows
+
+
+def write_crawl(folder: Path, mb: int, files: int = 8) -> int:
+    """`files` .warc.gz files of about `mb` MB of HTML in total; returns the response records."""
+    from llmray.testing import web_pages, write_warc
+
+    base = web_pages(near_duplicates=False)
+    size = sum(len(p["html"]) for p in base)
+    copies = max(1, mb * 1_000_000 // size // files)
+    total = 0
+    for f in range(files):
+        pages = [{**p, "url": f"{p['url']}?copy={f}-{c}"} for c in range(copies) for p in base]
+        write_warc(folder / f"part-{f}.warc.gz", pages, broken=False)
+        total += len(pages)
+    return total
+
+
+def plain_loop(folder: Path) -> tuple[int, float]:
+    """The same library calls as the stage, one process: fastwarc -> decode -> resiliparse."""
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+    from llmray.curate.extract import make_extractor
+    from llmray.curate.warc import decode_body
+
+    run = make_extractor("resiliparse", {})
+    n, chars = 0, 0
+    t = time.perf_counter()
+    for path in sorted(folder.glob("*.warc.gz")):
+        with open(path, "rb") as f:
+            for rec in ArchiveIterator(f, record_types=WarcRecordType.response, parse_http=True, fsspec_args=False):
+                text, _, _ = decode_body(rec.reader.read(), rec.http_charset, 0.05)
+                chars += len(run(text))
+                n += 1
+    return n, time.perf_counter() - t
+
+
+def bench_stage(workdir: Path, folder: Path) -> list[dict]:
+    from llmray.pipeline import parse_pipeline
+    from llmray.rayutil import init_ray
+    from llmray.runner import run_pipeline
+
+    init_ray()
+    off = {"enabled": False}
+    rows = []
+    for workers in (1, 2):
+        stage = {"kind": "curate", "workers": workers,
+                 "sources": [{"type": "warc", "path": str(folder / "*.warc.gz")}],
+                 "extract": {"extractor": "resiliparse", "min_chars": 0},
+                 **{op: off for op in ("clean", "boilerplate", "gopher_quality", "gopher_repetition", "fineweb",
+                                       "toxicity", "quality", "exact_dedup", "near_dedup")}}
+        pipe = parse_pipeline({"name": f"w-{workers}", "workdir": str(workdir), "stages": {"pages": stage}})
+        t = time.perf_counter()
+        run_pipeline(pipe, force=["pages"], echo=lambda *_: None)
+        wall = time.perf_counter() - t
+        m = json.loads((workdir / f"w-{workers}" / "pages" / "manifest.json").read_text())["metrics"]
+        rows.append({"workers": workers, "records": m["docs_in"], "kept": m["docs_out"], "seconds": round(wall, 2),
+                     "records_per_s": round(m["docs_in"] / wall, 1),
+                     "records_per_s_per_core": round(m["docs_in"] / wall / workers, 1)})
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=["extract", "warc"], help="run one part")
+    ap.add_argument("--mb", type=int, default=200, help="MB of HTML in the WARC benchmark")
+    args = ap.parse_args(argv)
+    results: dict = {}
+    if args.only in (None, "extract"):
+        results["extract"] = bench_extract()
+        for r in results["extract"]:
+            print(f"extract {r['extractor']:12s} {r['docs_per_s']:8.1f} docs/s  word F1 {r['word_f1']:.3f}  "
+                  f"boilerplate kept {r['boilerplate_kept']:.3f}")
+    if args.only in (None, "warc"):
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "crawl"
+            folder.mkdir()
+            n = write_crawl(folder, args.mb)
+            gz_mb = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
+            loop_n, loop_s = plain_loop(folder)
+            assert loop_n == n
+            loop_rate = loop_n / loop_s
+            print(f"warc: {n} records, {args.mb} MB of HTML ({gz_mb:.0f} MB gzipped), 8 files")
+            print(f"plain loop (1 process): {loop_rate:8.1f} records/s")
+            rows = bench_stage(Path(tmp) / "runs", folder)
+            for r in rows:
+                r["ratio_vs_loop_per_core"] = round(r["records_per_s_per_core"] / loop_rate, 3)
+                print(f"stage workers={r['workers']}: {r['records_per_s']:8.1f} records/s, "
+                      f"{r['records_per_s_per_core']:8.1f} per core, {r['ratio_vs_loop_per_core']:.3f} of the loop "
+                      f"per core ({r['seconds']} s)")
+            results["warc"] = {"records": n, "html_mb": args.mb, "gzip_mb": round(gz_mb, 1),
+                               "loop_records_per_s": round(loop_rate, 1), "stage": rows}
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

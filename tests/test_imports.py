@@ -1,0 +1,116 @@
+"""The package's import graph: every module imports alone, and no import cycles.
+
+Imports point one way (config schema and stage API at the bottom, subsystems above them, stage
+kinds above those, the runner and CLI on top). A function-local import is still an edge here: a
+cycle hidden inside a function is a cycle. No Ray, no models: parsing and forked imports, seconds.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+import pkgutil
+from pathlib import Path
+
+import llmray
+
+ROOT = Path(llmray.__file__).parent
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for info in pkgutil.walk_packages(llmray.__path__, "llmray."):
+        rel = info.name.split(".")[1:]
+        path = ROOT.joinpath(*rel)
+        out[info.name] = path / "__init__.py" if info.ispkg else path.with_suffix(".py")
+    out["llmray"] = ROOT / "__init__.py"
+    return out
+
+
+def _edges(name: str, path: Path, known: set[str]) -> set[str]:
+    """Modules of llmray that `name` imports anywhere in its file (top level or inside functions)."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from .x import y
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}  # `from pkg import module`
+    return {m for m in found if m in known and m != name}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan, iterative)."""
+    index, low, on, stack, out, counter = {}, {}, set(), [], [], [0]
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter[0]
+        counter[0] += 1
+        stack.append(root)
+        on.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter[0]
+                    counter[0] += 1
+                    stack.append(child)
+                    on.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                comp = []
+                while True:
+                    m = stack.pop()
+                    on.discard(m)
+                    comp.append(m)
+                    if m == node:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return out
+
+
+def test_cycle_finder_finds_a_planted_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert _cycles(graph) == [["a", "b", "c"]]
+
+
+def test_no_import_cycles():
+    mods = _modules()
+    graph = {name: _edges(name, path, set(mods)) for name, path in mods.items()}
+    assert len(graph) > 100
+    assert "llmray.runner" in graph["llmray.cli"]  # function-local imports count as edges
+    assert _cycles(graph) == [], "import cycles (each a set of modules that import each other around a loop)"
+
+
+def test_every_module_imports_alone():
+    """Each module in a fresh fork of a process that has imported only the `llmray` package: a module
+    that works only after some other module was imported first fails here."""
+    failed = []
+    for name in sorted(_modules()):
+        pid = os.fork()
+        if pid == 0:  # the child imports one module and reports by exit status
+            try:
+                importlib.import_module(name)
+            except BaseException:  # noqa: BLE001 - any failure to import alone
+                os._exit(1)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            failed.append(name)
+    assert failed == []
