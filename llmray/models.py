@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 import urllib.parse
@@ -22,7 +23,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
-from llmray.config import StrictModel
+from llmray.config import NAME_RE, StrictModel
 from llmray.storage import StorageError, _copy, check_workdir, is_uri, open_uri
 
 PRESETS: dict[str, dict] = {
@@ -327,3 +328,16 @@ def _download(uri: str, cache_dir: Path, field: str | None) -> Path:
     tmp.rename(dest)
     stamp.write_text(json.dumps(record, indent=1))
     return dest
+
+
+def check_model_set(models: list[str], model_dirs: dict) -> None:
+    """The models a multi-model stage (align, eval) takes: stage names in `models` and labelled folders
+    in `from`. At least one, none twice, labels that are valid names; ValueError otherwise."""
+    if not models and not model_dirs:
+        raise ValueError("name at least one model: `models` (stages) or `from` (external models)")
+    dup = sorted({m for m in models if models.count(m) > 1} | (set(models) & set(model_dirs)))
+    if dup:
+        raise ValueError(f"models evaluated twice: {dup}")
+    bad = [k for k in model_dirs if not re.match(NAME_RE, k)]
+    if bad:
+        raise ValueError(f"`from` labels must match {NAME_RE} (got {bad})")

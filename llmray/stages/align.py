@@ -24,8 +24,8 @@ from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from llmray.config import EXTERNAL_INPUT, NAME_RE, StageConfig, StrictModel
-from llmray.models import ModelSource, model_cache, resolve_model_source
+from llmray.config import EXTERNAL_INPUT, StageConfig, StrictModel
+from llmray.models import ModelSource, check_model_set, model_cache, resolve_model_source
 from llmray.safety.guardrail import DEFAULT_THRESHOLD
 
 VERSION = "2"  # 2: everyday questions in the guardrail pairs and the suite; threshold 0.4
@@ -141,16 +141,7 @@ class Config(StageConfig):
 
     @model_validator(mode="after")
     def _check(self):
-        import re
-
-        if not self.models and not self.model_dirs:
-            raise ValueError("name at least one model: `models` (stages) or `from` (external models)")
-        dup = sorted({m for m in self.models if self.models.count(m) > 1} | (set(self.models) & set(self.model_dirs)))
-        if dup:
-            raise ValueError(f"models evaluated twice: {dup}")
-        bad = [k for k in self.model_dirs if not re.match(NAME_RE, k)]
-        if bad:
-            raise ValueError(f"`from` labels must match {NAME_RE} (got {bad})")
+        check_model_set(self.models, self.model_dirs)
         if not self.builtin_suite and not self.suites:
             raise ValueError("no prompts: keep builtin_suite or add `suites`")
         return self

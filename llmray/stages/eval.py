@@ -13,8 +13,8 @@ from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from llmray.config import EXECUTION_ONLY, EXTERNAL_INPUT, NAME_RE, StageConfig, StrictModel, with_defaults
-from llmray.models import ModelSource
+from llmray.config import EXECUTION_ONLY, EXTERNAL_INPUT, StageConfig, StrictModel, with_defaults
+from llmray.models import ModelSource, check_model_set
 from llmray.resources import ActorResources
 
 # Each model is one Ray task doing forward passes the whole time: a whole CPU by default.
@@ -97,16 +97,7 @@ class Config(StageConfig):
 
     @model_validator(mode="after")
     def _check(self):
-        import re
-
-        if not self.models and not self.model_dirs:
-            raise ValueError("name at least one model: `models` (stages) or `from` (external models)")
-        dup = sorted({m for m in self.models if self.models.count(m) > 1} | (set(self.models) & set(self.model_dirs)))
-        if dup:
-            raise ValueError(f"models evaluated twice: {dup}")
-        bad = [k for k in self.model_dirs if not re.match(NAME_RE, k)]
-        if bad:
-            raise ValueError(f"`from` labels must match {NAME_RE} (got {bad})")
+        check_model_set(self.models, self.model_dirs)
         if self.limit is not None and self.limit > 1 and self.limit != int(self.limit):
             raise ValueError(f"limit is a count (a whole number) or a fraction below 1 (got {self.limit})")
         if self.gate.max_drop and self.gate.baseline is None:
