@@ -59,19 +59,13 @@ def build_index(eval_sets, ngram: int, extra: dict[str, list[tuple[str, str]]] |
     `extra`: further sets already in memory, {name: [(item id, text)]} (eval stages' task documents)."""
     from llmray.curate.sources import expand_paths, iter_lines
 
-    all_h, all_items, keys, report = [], [], [], {}
-    if extra:
-        pre = index_texts(extra, ngram)
-        all_h.append(pre.hashes)
-        all_items.append(pre.items)
-        keys.extend(pre.item_keys)
-        report.update(pre.report)
+    sets: dict[str, list[tuple[str, str]]] = dict(extra or {})
     for es in eval_sets:
         refs = expand_paths([es.path], "jsonl")
         name = es.name or refs[0].relpath.split("/")[-1].split(".")[0]
-        if name in report:
+        if name in sets:
             raise ValueError(f"two eval sets are named {name!r}; give them distinct `name`s")
-        n_items = too_short = 0
+        items = sets[name] = []
         for ref in refs:
             for lineno, raw in iter_lines(ref.uri):
                 if not raw.strip():
@@ -82,22 +76,9 @@ def build_index(eval_sets, ngram: int, extra: dict[str, list[tuple[str, str]]] |
                     raise ValueError(f"{ref.uri}:{lineno}: bad JSON in eval set ({e})") from None
                 if not isinstance(rec, dict):
                     raise TypeError(f"{ref.uri}:{lineno}: eval items must be JSON objects")
-                n_items += 1
                 item_id = rec.get(es.id_field) if es.id_field else None
-                key = f"{name}:{item_id if item_id is not None else lineno}"
-                h = ngram_hashes(word_hashes(words(_item_text(rec, es.text_fields))), ngram, short=False)
-                if len(h) == 0:
-                    too_short += 1
-                    continue
-                h = np.unique(h)
-                all_h.append(h)
-                all_items.append(np.full(len(h), len(keys), dtype=np.int32))
-                keys.append(key)
-        report[name] = {"items": n_items, "too_short": too_short}
-    hashes = np.concatenate(all_h) if all_h else np.empty(0, dtype=np.uint64)
-    items = np.concatenate(all_items) if all_items else np.empty(0, dtype=np.int32)
-    order = np.argsort(hashes, kind="stable")
-    return EvalIndex(ngram, hashes[order], items[order], keys, report)
+                items.append((item_id if item_id is not None else lineno, _item_text(rec, es.text_fields)))
+    return index_texts(sets, ngram)
 
 
 def index_texts(sets: dict[str, list[tuple[str, str]]], ngram: int) -> EvalIndex:
