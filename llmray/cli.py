@@ -126,10 +126,10 @@ def cmd_status(pipe, args) -> int:
         err = f"  {row['error']}" if row["error"] else ""
         print(f"{row['stage']:<{w[0]}} {row['kind']:<{w[1]}} {row['state']:<9} {row['fingerprint']} {el:>8}{err}")
     store = run_store(pipe)
-    for name, cfg in pipe.stages.items():  # eval stages: their model x task table
-        md = ((store.manifest(name) or {}).get("metrics") or {}).get("table_md") if cfg.kind == "eval" else None
+    for name, cfg in pipe.stages.items():  # eval and align stages: their model tables
+        md = ((store.manifest(name) or {}).get("metrics") or {}).get("table_md") if cfg.kind in ("eval", "align") else None
         if md:
-            print(f"\n{name} (eval):\n{md}", end="")
+            print(f"\n{name} ({cfg.kind}):\n{md}", end="")
     return 0
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 NAME_RE = r"^[A-Za-z][A-Za-z0-9_-]*$"
 
@@ -86,6 +86,8 @@ class WandbConfig(StrictModel):
 class TrackingConfig(StrictModel):
     """Experiment tracking: one run per pipeline run with a nested run per stage (llmray.tracking)."""
 
+    model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True, validate_by_alias=True)
+
     mlflow: bool = Field(True, description="Log to MLflow. Without `tracking_uri` the store is embedded: "
                                            "<run>/mlflow.db (SQLite) and <run>/mlartifacts, nothing to start.")
     tracking_uri: str | None = Field(
@@ -100,6 +102,25 @@ class TrackingConfig(StrictModel):
     console_interval_s: float = Field(
         30.0, gt=0, description="When stdout is not a terminal (job logs, CI): seconds between plain "
                                 "progress lines of a running stage.")
+    log_models: bool | list[str] = Field(
+        False, json_schema_extra=EXECUTION_ONLY,
+        description="Log trained models to MLflow as `transformers`-flavour models when their stage completes "
+                    "(stages with a `model/` output: pretrain, sft, reward, dpo, ppo, grpo): `true` for all, or a "
+                    "list of stage names. Off by default: each logged model is a full copy of its files.")
+    # `register` in the file; the attribute has another name because pydantic's BaseModel has `register`.
+    registered_model: str | None = Field(
+        None, alias="register", min_length=1, json_schema_extra=EXECUTION_ONLY,
+        description="Register each logged model in the MLflow Model Registry as `<register>-<stage>` (one new "
+                    "version per logged run); needs `log_models`.")
+
+    @model_validator(mode="after")
+    def _register_needs_models(self):
+        if self.registered_model and not self.log_models:
+            raise ValueError("tracking.register names a registered model, but tracking.log_models is off: "
+                             "set log_models to true (or a list of stages)")
+        if self.log_models and not self.mlflow:
+            raise ValueError("tracking.log_models logs to MLflow, but tracking.mlflow is false")
+        return self
 
 
 class StageTracking(StrictModel):

@@ -16,6 +16,9 @@ Data flow (llmray.runner.fingerprints calls `stage_payload` per stage):
                                       changes the time;
         `module:function`             the content of the module's source file;
         `builtin:<name>`              nothing here: built-in data is versioned by the kind's VERSION.
+  stage config --content_inputs--> digests a config block computes itself (`content_digests(pipe, digest)`):
+      an eval stage's tasks (built-in task files, task YAMLs, registry names with lm-eval's version), and
+      a curate stage's `decontaminate.eval_stages` (those eval stages' task digests).
 So editing an input file in place reruns exactly the stages that read it (and their dependents,
 whose fingerprints include it), and nothing else.
 """
@@ -199,12 +202,30 @@ def _uri_digest(uri: str) -> str:
     return h.hexdigest()[:20]
 
 
-def stage_payload(cfg, version: str, input_fps: dict[str, list[str]], digests: InputDigests) -> dict:
+def content_inputs(model: BaseModel, pipe, digests: InputDigests, prefix: str = "") -> dict[str, str]:
+    """Digests that config blocks declare themselves through a `content_digests(pipe, digest)` method:
+    content a block reads by its own rules (an eval stage's task names and files), or through another
+    stage's config without depending on it (curate's `decontaminate.eval_stages`: no edge, so no cycle)."""
+    found: dict[str, str] = {}
+    hook = getattr(model, "content_digests", None)
+    if callable(hook):
+        found.update({f"{prefix}{k}": v for k, v in hook(pipe, digests.digest).items()})
+    for name in type(model).model_fields:
+        for i, item in _children(getattr(model, name)):
+            found.update(content_inputs(item, pipe, digests, f"{prefix}{name}{i}."))
+    return found
+
+
+def stage_payload(cfg, version: str, input_fps: dict[str, list[str]], digests: InputDigests, pipe=None) -> dict:
     """Everything a stage's fingerprint is computed from."""
-    return {
+    payload = {
         "kind": cfg.kind,
         "version": version,
         "config": config_payload(cfg),
         "inputs": input_fps,
         "external": {path: digests.digest(spec) for path, spec in external_inputs(cfg)},
     }
+    content = content_inputs(cfg, pipe, digests)
+    if content:  # only when some block declares any: every other stage's fingerprint stays as it was
+        payload["content"] = content
+    return payload

@@ -72,7 +72,7 @@ def fingerprints(pipe) -> dict[str, str]:
     for name in topo_order(pipe):
         cfg = pipe.stages[name]
         input_fps = {field: [fps[r] for r in refs] for field, refs in cfg.input_refs().items()}
-        payload = stage_payload(cfg, get_stage(cfg.kind).VERSION, input_fps, digests)
+        payload = stage_payload(cfg, get_stage(cfg.kind).VERSION, input_fps, digests, pipe)
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         fps[name] = hashlib.sha256(blob.encode()).hexdigest()[:20]
     digests.save()
@@ -263,7 +263,7 @@ def run_pipeline(pipe, stages: list[str] | None = None, force: list[str] | None 
     force = set(force or [])
     states: dict[str, str] = {}
     t0 = time.time()
-    tracker = Tracker(pipe, root, echo, listeners, put_file=store.put_file)
+    tracker = Tracker(pipe, root, echo, listeners, put_file=store.put_file, get_file=store.get_file)
     tracker.pipeline_started()
     status = "failed"
     try:

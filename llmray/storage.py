@@ -277,6 +277,17 @@ class RunStore:
         if self.remote is not None and (self.local / rel).is_file():
             _copy(None, str(self.local / rel), self.remote.fs, self.remote.join(rel))
 
+    def get_file(self, rel: str) -> bool:
+        """Download one file of the run directory from the store into the mirror if the mirror lacks it
+        (tracking.json, mlflow.db on a fresh machine). True when the mirror has it afterwards."""
+        import pyarrow.fs as pafs
+
+        here = self.local / rel
+        if self.remote is not None and not here.is_file():
+            if self.remote.fs.get_file_info(self.remote.join(rel)).type == pafs.FileType.File:
+                _copy(self.remote.fs, self.remote.join(rel), None, str(here))
+        return here.is_file()
+
     def begin(self, stage: str, manifest: dict) -> None:
         """A stage starts: the store's stale copy goes, a `running` manifest takes its place."""
         if self.remote is None:

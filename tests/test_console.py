@@ -76,6 +76,17 @@ def test_stage_line_step_loss_throughput_eta():
     assert rl.render(10.0).startswith("ppo (ppo) · iter 2/4 · reward 0.1 · KL 0.02") and "ETA 00:10" in rl.render(10.0)
 
 
+def test_curate_line_shows_docs_in_and_kept_so_far():
+    line = StageLine("corpus", "curate", None, started=0.0)
+    line.update({"event": "progress", "step": 12300, "docs_in": 12300, "docs_kept": 4100, "docs_removed": 8000,
+                 "quarantined": 0, "docs_per_s": 1230.0}, now=5.0)
+    assert line.render(10.0) == "corpus (curate) · 12.3k docs in → 4.10k kept · 1.23k docs/s · elapsed 00:10"
+    line.update({"event": "progress", "step": 12500, "docs_in": 12500, "docs_kept": 4200, "quarantined": 7,
+                 "docs_per_s": 1250.0}, now=6.0)
+    assert "12.5k docs in → 4.20k kept · 7 quarantined" in line.render(11.0)
+    assert line.step is None  # a progress record's step counts documents: no step/total on the line
+
+
 def test_plain_console_prints_at_a_steady_interval():
     out, clock = io.StringIO(), Clock()
     c = Console(out, tty=False, interval_s=30, clock=clock)

@@ -59,6 +59,24 @@ def test_every_repository_licence_is_detected(repos):
     assert found == expected
 
 
+def test_survey_reads_an_archive_once_for_top_and_licence(repos, monkeypatch):
+    """`survey` gives what top_folder + repo_license give, in one pass: a tar stream is read twice per
+    repository (survey, then the files), not three times."""
+    from llmray.curate import repos as R
+
+    root, _ = repos
+    uris = [uri for uri, _ in R.expand_repos([str(root / "*")])]
+    assert any(u.endswith(".tar.gz") for u in uris) and any(u.endswith(".zip") for u in uris)
+    for uri in uris:
+        top = R.top_folder(uri)
+        assert R.survey(uri) == (top, *R.repo_license(uri, top)), uri
+    opened = []
+    entries = R._entries
+    monkeypatch.setattr(R, "_entries", lambda uri: opened.append(uri) or entries(uri))
+    tar = next(u for u in uris if u.endswith(".tar.gz"))
+    assert _read(tar) and opened == [tar, tar]
+
+
 def test_file_rules_and_licence_allow_list(repos):
     root, expected = repos
     lic, code = LicenseConfig().model_dump(), CodeFilterConfig().model_dump()

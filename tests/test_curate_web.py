@@ -88,6 +88,33 @@ def test_warc_from_a_uri(tmp_path, pages):
     assert len(rows) == 3 and all(t.rstrip().endswith("</html>") for t in rows)
 
 
+def test_warc_from_s3(tmp_path, pages, s3_endpoint, monkeypatch):
+    """A .warc.gz on an S3-compatible store (moto, on 127.0.0.1; endpoint from AWS_ENDPOINT_URL, as a
+    user of MinIO sets it), found by a glob, reads into the same rows as the local file."""
+    from llmray.curate.readers import read_task
+    from llmray.curate.sources import expand_paths
+
+    endpoint, fs = s3_endpoint
+    for k, v in {"AWS_ENDPOINT_URL": f"http://{endpoint}", "AWS_DEFAULT_REGION": "us-east-1",
+                 "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(k, v)
+    local = write_warc(tmp_path / "crawl.warc.gz", pages[:5])  # + PDF, undecodable, and a cut gzip member
+    fs.create_dir("crawls")
+    with fs.open_output_stream("crawls/cc/crawl.warc.gz", compression=None) as f:  # bytes as they are
+        f.write(local.read_bytes())
+    (ref,) = expand_paths(["s3://crawls/cc/*.warc.gz"], "warc")
+    assert ref.uri == "s3://crawls/cc/crawl.warc.gz"
+
+    def rows(u, rel):
+        task = {"source_idx": 0, "source": "web", "type": "warc", "limit": None, "task_idx": 0, "text_field": "text",
+                "id_field": None, "files": [(u, rel)], "html_only": True}
+        return [{k: b[k][i] for k in b} for b in read_task(task, CleanConfig(), True, 64) for i in range(len(b["id"]))]
+
+    got = rows(ref.uri, ref.relpath)
+    assert got == rows(str(local), "crawl.warc.gz")
+    assert [r["_drop"] or "kept" for r in got] == ["kept"] * 5 + ["extract", "quarantine", "quarantine"]
+
+
 def test_warc_charset_from_http_header(tmp_path):
     page = {"url": "https://fr.example.net/latin1", "charset": "iso-8859-1",
             "html": "<html><body><p>Élève déjà à l'école, où l'été est chaud.</p></body></html>"}
@@ -110,6 +137,62 @@ def test_url_block_and_allow_lists(tmp_path, pages):
     rows = _read(write_warc(tmp_path / "c.warc", pages, broken=False), url_filter=cfg)
     blocked = [json.loads(r["meta"])["url"] for r in rows if r["_drop"] == "url_filter"]
     assert blocked == [p["url"] for p in pages if "de.example.net" in p["url"] or "/library/os." in p["url"]]
+
+
+def _raw_response(path: Path, url: str, body: bytes) -> None:
+    """A WARC file with one text/html; charset=utf-8 response record holding `body` as given."""
+    from fastwarc.warc import WarcRecord, WarcRecordType
+
+    r = WarcRecord()
+    r.init_headers(record_type=WarcRecordType.response)
+    r.headers["WARC-Target-URI"] = url
+    r.headers["Content-Type"] = "application/http; msgtype=response"
+    r.set_bytes_content(b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + body)
+    with open(path, "wb") as f:
+        r.write(f)
+
+
+def test_warc_rows_of_every_outcome_with_meta_as_json_dumps_writes_it(tmp_path, pages):
+    """Every outcome of a WARC record through read + the `extract` operator (as the plan runs them,
+    through Arrow blocks): URL blocked, not HTML, no main content, too short, kept (UTF-8, Latin-1,
+    repaired bytes), undecodable, truncated, unreadable gzip file; the meta column (built by hand per
+    record for speed) is byte for byte what json.dumps(meta, ensure_ascii=False) writes."""
+    import pyarrow as pa
+
+    from llmray.curate.extract import op_extract
+    from llmray.curate.readers import read_task
+    from llmray.curate.sources import ROW_COLUMNS
+
+    odd = [{"url": 'https://fr.example.net/"quoted"/é?x=1', "charset": "iso-8859-1",
+            "html": "<html><body><article><p>" + " ".join(SENTENCES["fr"]) + "</p></article></body></html>"},
+           {"url": "https://empty.example.net/", "html": "<html><head><title>t</title></head><body></body></html>"}]
+    write_warc(tmp_path / "a.warc", pages + odd)  # + PDF, undecodable and cut records
+    write_warc(tmp_path / "b.warc.gz", pages[:4])  # + PDF, undecodable; the cut record breaks the gzip stream
+    _raw_response(tmp_path / "c.warc", "https://fix.example.net/",  # one invalid UTF-8 byte: repaired, counted
+                  b"<html><body><p>" + b"mostly fine text " * 30 + b"\xff</p></body></html>")
+    (tmp_path / "block.txt").write_text("de.example.net\n")
+    task = {"source_idx": 0, "source": "web", "type": "warc", "text_field": "text", "id_field": None, "limit": None,
+            "task_idx": 0, "files": [(str(tmp_path / f), f) for f in ("a.warc", "b.warc.gz", "c.warc")],
+            "html_only": True, "url_filter": UrlFilterConfig(block_lists=[str(tmp_path / "block.txt")]).model_dump()}
+    schema = pa.schema([(c, pa.int64() if c in ("_line", "_ord") else pa.string()) for c in ROW_COLUMNS])
+    rows = []
+    for b in read_task(task, CleanConfig(), True, 16):
+        t = pa.Table.from_pydict(b, schema=schema)
+        batch = {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
+        rows.extend(pa.Table.from_pydict(op_extract(batch, ExtractConfig(extractor="resiliparse", min_chars=300),
+                                                    ["web"], 100)).to_pylist())
+    why = Counter((r["_drop"], r["_why"].split(":")[0]) for r in rows if r["_drop"])
+    assert why == {("url_filter", "blocked_url"): 2, ("extract", "not_html"): 2, ("extract", "no_content"): 1,
+                   ("extract", "too_short"): 2, ("quarantine", "undecodable_bytes"): 2,
+                   ("quarantine", "truncated"): 1, ("quarantine", "unreadable_file"): 1}
+    kept = [r for r in rows if r["_drop"] == ""]
+    assert kept and [r["_edits"] for r in kept if r["_edits"]] == ["utf8_repaired=1"]
+    metas = [r["meta"] for r in rows if r["_drop"] != "quarantine"]
+    assert all(m == json.dumps(json.loads(m), ensure_ascii=False) for m in metas)
+    assert [list(json.loads(m)) for m in metas[:1]] == [["url", "timestamp", "record_id", "content_type", "charset"]]
+    quoted = json.loads(next(r["meta"] for r in kept if "quoted" in r["meta"]))
+    assert quoted["url"] == odd[0]["url"] and quoted["charset"] == "iso-8859-1"
+    assert all(r["meta"] == "" for r in rows if r["_drop"] == "quarantine")
 
 
 def test_url_lists_resolve_on_the_driver(tmp_path, monkeypatch):

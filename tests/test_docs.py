@@ -59,6 +59,8 @@ NOT_RUN = {
     "mlflow ui": "serves until Ctrl-C; tests/test_tracking.py reads the same store with MlflowClient",
     "tensorboard --logdir": "needs the tensorboard package; tests/test_tracking.py reads the event files",
     "wandb sync": "uploads to the W&B server; tests/test_tracking.py checks the offline files",
+    "lm_eval --model local-completions": "needs a running server (tests/test_eval_served.py runs the same "
+                                         "evaluation against one it starts)",
     "python -m llmray.testing": "builds an example's stand-in inputs (a model folder, data); tests/test_byo_example.py "
                                 "runs the same builder",
 }

@@ -143,7 +143,8 @@ def test_eval_stage_end_to_end(tmp_path, ray_local, tiny_causal_dir, capsys):
     curate = {"kind": "curate", "sources": [{"type": "jsonl", "path": str(tmp_path / "docs.jsonl")}], **off}
     bench = {"kind": "eval", "from": {"tiny": str(tiny_causal_dir), "broken": str(broken)}, "limit": 6,
              "tasks": ["llmray_docmatch", "llmray_docppl"], "corpora": ["dirty", "clean"], "batch_size": 8,
-             "bootstrap_iters": 0, "resources": {"num_cpus": 1}}
+             "bootstrap_iters": 0, "resources": {"num_cpus": 1},
+             "gate": {"min_scores": {"llmray_docmatch": 2.0}}}  # accuracy cannot reach 2: blocked
     raw = {"name": "p", "workdir": str(tmp_path / "runs"), "stages": {
         "dirty": curate, "clean": {**curate, "decontaminate": {"eval_stages": ["bench"]}}, "bench": bench}}
     pipe = parse_pipeline(raw)
@@ -191,6 +192,21 @@ def test_eval_stage_end_to_end(tmp_path, ray_local, tiny_causal_dir, capsys):
     assert "bench (eval):\n| model | llmray_docmatch (acc) †" in capsys.readouterr().out
     html = render_page(collect(root, pipe))
     assert 'id="benchmarks"' in html and 'id="bench-bench"' in html and 'data-task="llmray_docmatch"' in html
+
+    # The capability gate, as serving reads it (gate_status): blocked by the scores, then passed once they
+    # clear it; a changed gate is stale (blocked) until the stage runs again.
+    from llmray.safety.gate import gate_status
+
+    st = gate_status(root, pipe)
+    assert st["tiny"]["status"] == "blocked" and st["tiny"]["align"] == ["bench"]
+    assert any("llmray_docmatch" in r and "< min_scores 2.0" in r for r in st["tiny"]["reasons"])
+    assert st["broken"]["status"] == "blocked" and "evaluation failed" in " ".join(st["broken"]["reasons"])
+    raw["stages"]["bench"]["gate"] = {"min_scores": {"llmray_docmatch": 0.0}}
+    pipe = parse_pipeline(raw)
+    assert "stale" in " ".join(gate_status(root, pipe)["tiny"]["reasons"])
+    assert run_pipeline(pipe, echo=lambda m: None)["bench"] == "completed"
+    assert gate_status(root, pipe)["tiny"] == {"status": "passed", "reasons": [], "align": ["bench"],
+                                               "needs_guardrail": False}
 
 
 def test_capability_gate_blocks_with_the_numbers_in_the_reasons(tmp_path, tiny_causal_dir):
@@ -255,3 +271,37 @@ def test_hf_and_vllm_backends_agree_on_log_likelihoods(tiny_causal_dir):
         assert vl[key] == pytest.approx(hf[key], abs=1e-4)
         lh, lv = (_logliks(res[b]["samples"][task]) for b in ("hf", "vllm"))
         assert lh.keys() == lv.keys() and max(abs(lh[k] - lv[k]) for k in lh) < 1e-3
+
+
+def test_curate_fingerprint_follows_the_eval_stages_it_decontaminates_with(tmp_path, tiny_causal_dir, monkeypatch):
+    """`decontaminate: {eval_stages: [bench]}`: bench's tasks (names, task files' content) are in the curate
+    stage's fingerprint; its execution-only batch_size and its limit (curate reads every item) are not."""
+    from llmray.runner import fingerprints
+
+    mine = tmp_path / "mytask.yaml"
+    mine.write_text((BUILTIN_DIR / "llmray_docmatch.yaml").read_text().replace("task: llmray_docmatch", "task: mine"))
+    raw = {"name": "p", "workdir": str(tmp_path / "runs"), "stages": {
+        "corpus": {"kind": "curate", "sources": [{"type": "python-docs"}],
+                   "decontaminate": {"eval_stages": ["bench"]}},
+        "bench": {"kind": "eval", "from": {"x": str(tiny_causal_dir)}, "tasks": ["llmray"], "limit": 5}}}
+
+    def fps(**bench):
+        r = json.loads(json.dumps(raw))
+        r["stages"]["bench"].update(bench)
+        return fingerprints(parse_pipeline(r))
+
+    base = fps()
+    assert fps(batch_size=2)["corpus"] == base["corpus"] and fps(batch_size=2)["bench"] == base["bench"]
+    assert fps(limit=7)["corpus"] == base["corpus"] and fps(limit=7)["bench"] != base["bench"]
+    assert fps(tasks=["llmray_docmatch"])["corpus"] != base["corpus"]
+    with_file = fps(tasks=[str(mine)])
+    assert with_file["corpus"] != base["corpus"]
+    mine.write_text(mine.read_text().replace("{{query}}", "Q: {{query}}"))  # the task file's content
+    assert fps(tasks=[str(mine)])["corpus"] != with_file["corpus"]
+    # A bare name is a task even where a folder of that name exists (`llmray` in a checkout).
+    (tmp_path / "llmray").mkdir()
+    (tmp_path / "llmray" / "x.txt").write_text("a")
+    monkeypatch.chdir(tmp_path)
+    before = fps()
+    (tmp_path / "llmray" / "x.txt").write_text("b")
+    assert fps() == before == base

@@ -1,7 +1,9 @@
-"""The built-in post-training data sets: deterministic, split by module, no length leakage."""
+"""The built-in post-training data sets: deterministic, split by module, no length leakage.
+(The harm taxonomy's safety share of these sets: tests/test_harm_data.py.)"""
 
 from __future__ import annotations
 
+from llmray.data import harm
 from llmray.data import instruct as I
 
 
@@ -31,11 +33,15 @@ def test_preference_pairs_have_matched_lengths():
     by_summary = {e["summary"]: e for e in I.entries()}
     for split in ("train", "test"):
         pairs = I.preference_pairs(split)
-        assert len(pairs) == len(I.instruction_pairs(split))
+        stdlib = [p for p in pairs if p["rejection"] in I.STDLIB_REJECTIONS]
+        # one stdlib pair per question, plus the safety share (SAFETY_SHARE of the set)
+        assert len(stdlib) == len(I.instruction_pairs(split))
+        assert abs((len(pairs) - len(stdlib)) / len(pairs) - I.SAFETY_SHARE) < 0.01
         assert all(p["chosen"] != p["rejected"] for p in pairs)
         assert 0.45 < I.length_baseline(pairs) < 0.55, split  # "longer wins" says nothing
+        assert 0.45 < I.length_baseline(stdlib) < 0.55, split
         assert {p["rejection"] for p in pairs} == set(I.REJECTIONS)
-        for p in pairs:
+        for p in stdlib:
             head, body = p["chosen"].split("`: ", 1)
             wrong_head, wrong_body = p["rejected"].split("`: ", 1)
             if p["rejection"] == "scramble":  # the right object, the right words, wrong order
@@ -54,27 +60,38 @@ def test_preference_pairs_have_matched_lengths():
 
 def test_rl_prompts_are_user_turns_with_references():
     prompts = I.rl_prompts("test")
-    assert len(prompts) == len(I.instruction_pairs("test"))
+    stdlib = [p for p in prompts if "harmful" not in p]
+    assert len(stdlib) == len(I.instruction_pairs("test"))
+    assert abs((len(prompts) - len(stdlib)) / len(prompts) - I.SAFETY_SHARE) < 0.01
     assert all(p["prompt"][-1]["role"] == "user" and p["reference"] for p in prompts)
 
 
 def test_harmful_and_benign_sets():
     for split in ("train", "test"):
         harmful, benign = I.harmful_requests(split), I.benign_requests(split)
-        assert len(harmful) == len(benign) > 0
+        # every intent / look-alike of the split in every template of the split
+        n_tmpl = len(harm.templates(split))
+        assert len(harmful) == n_tmpl * len(harm.harmful_intents(split)) > 0
+        assert len(benign) == n_tmpl * len(harm.lookalikes(split)) > 0
         assert all(I.is_refusal(r["messages"][1]["content"]) for r in harmful)
         assert not any(I.is_refusal(r["messages"][1]["content"]) for r in benign)
         assert all(r["harmful"] for r in harmful) and not any(r["harmful"] for r in benign)
     seen = {r["messages"][0]["content"] for r in I.harmful_requests("train")}
     held = {r["messages"][0]["content"] for r in I.harmful_requests("test")}
     assert not seen & held
-    # benign answers are real stdlib answers, not placeholders
-    assert all("`: " in r["messages"][1]["content"] for r in I.benign_requests("train"))
-    assert len(I.safety_requests("test")) == 2 * len(I.harmful_requests("test"))
+    # benign answers are the look-alikes' written answers, not placeholders
+    answers = {a for c in harm.CATEGORIES.values() for _, a in c["lookalikes"]}
+    assert all(r["messages"][1]["content"] in answers for r in I.benign_requests("train"))
+    # safety_requests: each harmful phrasing (plain, jailbreak, injection) followed by its benign mirror
+    safety = I.safety_requests("test")
+    assert len(safety) == 2 * len([p for p in harm.phrasings("test") if p["harmful"]])
+    assert [r["harmful"] for r in safety[:4]] == [True, False, True, False]
 
 
 def test_load_builtin_names():
     from llmray.data import builtin
 
-    assert set(builtin.BUILTINS) >= {"instruct", "prefs", "prompts", "harmful", "benign", "safety"}
+    assert set(builtin.BUILTINS) >= {"instruct", "qa", "prefs", "prompts", "harmful", "benign", "safety"}
     assert builtin.load_builtin("prompts", "test") == I.rl_prompts("test")
+    assert builtin.load_builtin("qa", "test") == I.instruction_pairs("test")
+    assert builtin.load_builtin("instruct", "test") == I.instruct_mix("test")

@@ -88,7 +88,7 @@ def test_completion_prompts_and_default_length():
     assert parse_completion({"prompt": "a"}, LIM).prompts == ["a"]
     assert _err(parse_completion, {"prompt": []}).param == "prompt"
     assert _err(parse_completion, {"prompt": ["x"] * 17}).param == "prompt"
-    assert _err(parse_completion, {"prompt": "x", "echo": True}).code == "unsupported_parameter"
+    assert _err(parse_completion, {"prompt": "x", "suffix": "y"}).code == "unsupported_parameter"
 
 
 def test_error_payload_round_trip_and_types():

@@ -399,6 +399,17 @@ class DecontaminateConfig(StrictModel):
     def _paths(cls, v):
         return [{"path": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
 
+    def content_digests(self, pipe, digest) -> dict[str, str]:
+        """The named eval stages' task digests (llmray.fingerprint.content_inputs): editing their tasks
+        changes the documents removed, so this corpus reruns; their limit or batch size does not (every
+        item is read)."""
+        out: dict[str, str] = {}
+        for name in self.eval_stages if self.enabled and pipe is not None else ():
+            hook = getattr(pipe.stages.get(name), "content_digests", None)
+            if callable(hook):
+                out.update({f"eval_stages.{name}.{k}": v for k, v in hook(pipe, digest).items()})
+        return out
+
     @model_validator(mode="after")
     def _check(self):
         if self.eval_stages and "enabled" not in self.model_fields_set:

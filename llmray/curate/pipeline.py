@@ -24,6 +24,7 @@ import time
 
 from llmray.curate import dedup, ops
 from llmray.curate.config import default_source_name
+from llmray.curate.progress import CurateProgress
 from llmray.curate.sources import ROW_COLUMNS
 
 
@@ -279,9 +280,13 @@ def run_curate(cfg, ctx):
     cur.prepare()
     try:
         with data_context(cfg.workers):
-            ds = cur.run_ops(cur.read())
-            final = cur._barrier(ds, "final")
+            # Docs in / kept so far, for the console and tracking while the plan runs (curate/progress.py).
+            progress = CurateProgress(cur, ctx.metrics_writer())
+            with progress:
+                ds = progress.tap_out(cur.run_ops(progress.tap_in(cur.read())))
+                final = cur._barrier(ds, "final")
             result = write_outputs(final, cfg, cur, ctx.out_dir, ctx.log)
+            progress.finish(result.metrics)
     finally:
         cur.close()
     elapsed = time.time() - t0

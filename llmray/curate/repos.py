@@ -2,8 +2,9 @@
 
 A repository is a folder (a Git work tree: the files `git ls-files` lists; a plain folder: every
 file outside `.git`), or a `.tar.gz`/`.tgz`/`.zip` archive, local or on an object store (archives
-are streamed from pyarrow.fs: a tar is read once for its listing (the top folder), once for the
-licence files and once for the code, so no repository is unpacked or held in memory). Data flow per repository (one Ray read task each):
+are streamed from pyarrow.fs: a tar is read twice, once for its listing and licence files (`survey`)
+and once for the code, so no repository is unpacked or held in memory). Data flow per repository
+(one Ray read task each):
   licence files at the top level (a single top-level folder of an archive counts as the top)
   --`licenses.detect`--> the repository's SPDX id --> every file:
   `license` removes all files of a repository whose licence is not allowed (files are not read);
@@ -143,6 +144,24 @@ def repo_license(uri: str, top: str = "") -> tuple[str | None, dict]:
     return licenses.combine(found), found
 
 
+def survey(uri: str) -> tuple[str, str | None, dict]:
+    """(`top_folder`, `repo_license`) of a repository in one pass over its entries: the licence files
+    of both candidate tops (the archive root and a single top-level folder) are read as they pass."""
+    if not uri.endswith(ARCHIVES):
+        return "", *repo_license(uri)
+    tops, nested = set(), True
+    texts: dict[str, str] = {}  # licence-file path (at depth 1 or 2) -> its text
+    for e in _entries(uri):
+        tops.add(e.path.split("/", 1)[0])
+        nested = nested and "/" in e.path
+        if e.path.count("/") <= 1 and _safe(e.path) and licenses.is_license_file(e.path.rsplit("/", 1)[-1]):
+            texts[e.path] = e.read(200_000).decode("utf-8", "replace")
+    top = next(iter(tops)) + "/" if nested and len(tops) == 1 else ""
+    found = {p.removeprefix(top): licenses.detect(t) for p, t in texts.items()
+             if p.startswith(top) and "/" not in p.removeprefix(top)}
+    return top, licenses.combine(found), found
+
+
 # ---------------------------------------------------------------- file rules
 
 
@@ -196,8 +215,7 @@ def read_repo(rows, uri: str, rel: str, task: dict, clean_cfg) -> Iterator[int]:
     name = repo_name(uri)
     # The licence must be known before the first file: an archive stream is read again (its
     # listing and licence files are small) rather than held in memory.
-    top = top_folder(uri)
-    lic, _ = repo_license(uri, top)
+    top, lic, _ = survey(uri)
     ok = lic_cfg is None or licenses.allowed(lic, lic_cfg["allow"], lic_cfg["allow_unknown"])
     for n, e in enumerate(walk(uri, top), start=1):
         meta = {"repo": name, "path": e.path, "language": language_of(e.path), "size": e.size, "license": lic}

@@ -281,13 +281,17 @@ class _Rows:
         lim = self.task.get("limit")
         return bool(lim) and self.n >= lim
 
-    def add(self, doc_id, text, file, line, meta=None, edits="", drop="", why=""):
+    def add(self, doc_id, text, file, line, meta=None, edits="", drop="", why="", meta_json: str = ""):
+        """One row; `meta` a dict encoded here, or `meta_json` already encoded as json.dumps would."""
         c = self.cols
         c["id"].append(sanitize(str(doc_id))[0])
         c["text"].append(text)
         c["source"].append(self.task["source"])
-        c["meta"].append(sanitize(json.dumps(meta, ensure_ascii=False, default=str))[0]
-                         if (meta and self.keep_meta) else "")
+        if not self.keep_meta:
+            meta_json = ""
+        elif meta:
+            meta_json = json.dumps(meta, ensure_ascii=False, default=str)
+        c["meta"].append(sanitize(meta_json)[0] if meta_json else "")
         c["_file"].append(file)
         c["_line"].append(line)
         c["_ord"].append(make_ord(self.task["source_idx"], self.task["task_idx"], self.n))

@@ -1,7 +1,7 @@
 """The built-in data sets by name: what `data: builtin:<name>` in a pipeline resolves to.
 
 One registry over the generators of llmray.data: instruction / preference / prompt / safety sets
-(llmray.data.instruct), red-team prompts (llmray.data.redteam), constitutional feedback examples
+(llmray.data.instruct, with the harm taxonomy of llmray.data.harm), red-team prompts (llmray.data.redteam), constitutional feedback examples
 (llmray.data.feedback) and verifiable arithmetic (llmray.data.verifiable). Each entry is
 (function of split -> records, record form); llmray.data.formats reads it to resolve and check specs.
 """
@@ -13,6 +13,7 @@ from llmray.data.feedback import feedback_examples as build_feedback
 from llmray.data.instruct import (
     benign_requests,
     harmful_requests,
+    instruct_mix,
     instruction_pairs,
     preference_pairs,
     rl_prompts,
@@ -22,12 +23,12 @@ from llmray.data.verifiable import arithmetic_prompts
 
 
 def redteam_prompts(split: str = "train") -> list[dict]:
-    """Red-team prompts of the split (harmful requests in plain, jailbreak and injection phrasings, each
-    with its harmless mirror), as RL-style prompt records: what a constitution stage critiques. The
-    train split uses only the training wrappers, so the align stage's held-out suite stays unseen."""
-    wrappers = "train" if split == "train" else "all"
+    """Red-team prompts of the split (harmful requests of the harm taxonomy in plain, jailbreak and
+    injection phrasings, each with its harmless look-alike mirror), as RL-style prompt records: what a
+    constitution stage critiques. The train split uses only training intents, templates and wrappers,
+    so the align stage's held-out suite stays unseen."""
     return [{"id": f"redteam:{p['id']}", "prompt": [{"role": "user", "content": p["text"]}], "harmful": harmful}
-            for harmful in (True, False) for p in redteam.prompts(harmful, split, wrappers)]
+            for harmful in (True, False) for p in redteam.prompts(harmful, split)]
 
 
 def feedback_examples(split: str = "train") -> list[dict]:
@@ -37,7 +38,8 @@ def feedback_examples(split: str = "train") -> list[dict]:
 
 # name -> (function of split, what records look like). `data: builtin:<name>` in a pipeline.
 BUILTINS = {
-    "instruct": (instruction_pairs, "chat"),
+    "instruct": (instruct_mix, "chat"),  # stdlib questions + the safety share (refusals, look-alikes)
+    "qa": (instruction_pairs, "chat"),  # the stdlib questions alone
     "prefs": (preference_pairs, "pref"),
     "prompts": (rl_prompts, "prompt"),
     "harmful": (harmful_requests, "chat"),

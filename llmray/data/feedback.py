@@ -97,21 +97,24 @@ def assessment_conversation(request: str, answer: str, principle: dict) -> list[
 
 def _labelled_comparisons(split: str, seed: int, every_style: bool = False) -> list[dict]:
     """Every prompt of the split's labelled pairs with a better and a worse response: harmful: the
-    refusal vs a compliant style (one drawn, or each of them with `every_style`); harmless: the answer
-    vs the refusal."""
+    refusal vs a compliant style (one drawn, or with `every_style` as many distinct ones as make about
+    as many harmful comparisons as harmless ones); harmless: the answer vs the refusal."""
     by_prompt: dict[str, dict[str, str]] = {}
     harmful: dict[str, bool] = {}
     for p in labelled_pairs(split, seed):
         by_prompt.setdefault(p["prompt"], {})[p["group"].rsplit("/", 1)[1]] = p["response"]
         harmful[p["prompt"]] = bool(p["harmful"])
     rng, out = random.Random(f"{seed}:{split}"), []
+    # With `every_style`, as many compliant styles per harmful request as make the two kinds about equal.
+    n_harm = sum(harmful.values())
+    per = max(1, round((len(harmful) - n_harm) / max(1, n_harm))) if every_style else 1
     for request, styles in by_prompt.items():
         if harmful[request]:
             # "noise": what an undertrained policy says; not a refusal, so the rule judge counts it unsafe.
             worse = [s for s in ("code", "steps", "api", "partial", "noise") if s in styles]
             if "refusal" in styles and worse:
                 out += [{"request": request, "better": styles["refusal"], "worse": styles[w], "kind": "harmful"}
-                        for w in (worse if every_style else [rng.choice(worse)])]
+                        for w in rng.sample(worse, min(per, len(worse)))]
         else:
             good = styles.get("api") or styles.get("answer")
             if good and "refusal" in styles:
@@ -137,9 +140,9 @@ def feedback_examples(split: str = "train", seed: int = 0) -> list[dict]:
     the rule judge. (The pairwise question is left out: measured on the quickstart's 1.4M-parameter chat
     model, mixing it in left the verdicts at chance after 300 steps; on a cluster the feedback model is
     an instruct model that needs no such teaching.)"""
-    # Each harmful request with every compliant style (5 comparisons) and each harmless one once: about
-    # as many of each kind. (With one comparison per request, 3.6x more harmless than harmful ones, a
-    # small model learns "a refusal is the worse answer" and prefers compliance with harmful requests.)
+    # Each harmless request once and each harmful one with several compliant styles: about as many of
+    # each kind. (With one comparison per request, 3.6x more harmless than harmful ones, a small model
+    # learned "a refusal is the worse answer" and preferred compliance with harmful requests.)
     rng = random.Random(f"{seed}:feedback:{split}")
     pairs = _labelled_comparisons(split, seed, every_style=True)
     rng.shuffle(pairs)

@@ -95,6 +95,36 @@ def resolve_tasks(entries: list[str], field_path: str) -> TaskPlan:
     return plan
 
 
+def _builtin_digest() -> str:
+    """sha256 of the built-in tasks' files (YAMLs, JSONL data, loader), by name: where the package is
+    installed does not matter."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in BUILTIN_DIR.iterdir() if p.suffix in (".yaml", ".jsonl", ".py")):
+        h.update(f"{f.name}\0{hashlib.sha256(f.read_bytes()).hexdigest()}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def task_digests(entries: list[str], digest) -> list[str]:
+    """What each `tasks:` entry's documents and prompts come from, for fingerprints (no lm-eval import):
+    a built-in name -> the built-in files; a path -> `digest(path)` (its files' content); any other name
+    -> lm-eval's version (its registry's YAMLs ship with it; hub datasets are pinned by those YAMLs)."""
+    import importlib.metadata
+
+    from llmray.eval.builtin import BUILTIN_TAG, BUILTIN_TASKS
+
+    out = []
+    for entry in entries:
+        if _is_path(entry):
+            out.append(f"{entry}:{digest(entry)}")
+        elif entry == BUILTIN_TAG or entry in BUILTIN_TASKS:
+            out.append(f"{entry}:builtin:{_builtin_digest()}")
+        else:
+            out.append(f"{entry}:lm-eval {importlib.metadata.version('lm_eval')}")
+    return out
+
+
 def task_manager(plan: TaskPlan):
     from lm_eval.tasks import TaskManager
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import re
 
+from llmray.report.align import align_stage_html
 from llmray.report.benchmarks import benchmarks
 from llmray.report.build import TRAINING_KINDS, RunView, StageView
 from llmray.report.svg import Bar, bar_chart, esc, fmt_num, line_chart
 
 REFRESH_S = 5
-SPECIAL_METRICS = {"funnel", "table", "gate", "samples"}  # drawn as charts/tables, not metric rows
+SPECIAL_METRICS = {"funnel", "table", "gate", "samples", "table_md", "by_harm", "answers"}  # drawn as charts/tables, not metric rows
 TILES = {  # headline figures per kind, shown big at the top of the stage section
     "curate": ["docs_in", "docs_out", "quarantined"],
     "tokenizer": ["vocab_size", "bytes_per_token", "words_per_token", "chars_per_token"],
@@ -264,10 +265,14 @@ def eval_table(stage: StageView) -> str:
             "<tr>" + "".join(_value_cell(r[c]) if c in r else "<td></td>" for c in cols) + "</tr>"
             for r in rows
         )
-        out.append(
+        table = (
             f'<table id="table-{slug(stage.name)}" class="grid-table eval"><thead><tr>{head}</tr></thead>'
             f"<tbody>{body}</tbody></table>"
         )
+        # An align stage's side-by-side tables come first; its full rows (every judge, interval,
+        # timing) stay one click away.
+        side = align_stage_html(stage) if stage.kind == "align" else ""
+        out.append(f"{side}<details><summary>All figures</summary>{table}</details>" if side else table)
     return "".join(out)
 
 

@@ -436,12 +436,12 @@ class OpenAIIngress:
         req = P.parse_completion(await self._json(request), self.limits)
         model_id, rid = self._model(req.model), P.new_id("cmpl")
         body = {"prompts": req.prompts, "params": req.params, "request_id": rid}
+        texts = [p if isinstance(p, str) else "" for p in req.prompts]  # token-id prompts: the response alone
         if req.stream:
-            return await self._stream_response("completion", model_id, rid, body, req.prompts[0],
-                                               req.include_usage)
+            return await self._stream_response("completion", model_id, rid, body, texts[0], req.include_usage)
         async with self._slot():
             out = await self._generate(model_id, body)
-        choices = await self._screen_choices("", out["choices"], model_id, req.params, req.prompts)
+        choices = await self._screen_choices("", out["choices"], model_id, req.params, texts)
         self._watch(body, choices)
         return P.completion_response(rid, model_id, choices, out["prompt_tokens"])
 
@@ -518,8 +518,8 @@ class OpenAIIngress:
                     completion_tokens += d["tokens"]
                     if i in refused:
                         continue
-                    if piece and not await self._screen(prompt if kind == "chat" else body["prompts"][i // n],
-                                                        text[i] + piece):
+                    p = prompt if kind == "chat" else body["prompts"][i // n]
+                    if piece and not await self._screen(p if isinstance(p, str) else "", text[i] + piece):
                         refused.add(i)
                         yield chunk(i, "", "content_filter")
                         continue

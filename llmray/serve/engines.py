@@ -24,6 +24,7 @@ from llmray.chat import prompt_ids, stop_token_ids
 from llmray.generate import Delta, EngineRequest, pick_engine
 from llmray.serve.hf_engine import HFEngine
 from llmray.serve.protocol import APIError, GenParams
+from llmray.serve.scoring import generate_scored
 from llmray.serve.vllm_engine import VLLMEngine  # vllm itself is imported when an engine starts
 
 
@@ -36,7 +37,9 @@ class ModelRunner:
 
         self.model_id = model_id
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.context = int(getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", 2048))
+        config = AutoConfig.from_pretrained(model_dir)
+        self.context = int(getattr(config, "max_position_embeddings", 2048))
+        self.vocab_size = int(getattr(config, "vocab_size", 0) or len(self.tokenizer))
         self.max_prompt_tokens = max_prompt_tokens
         self.stop_ids = stop_token_ids(self.tokenizer, model_dir)
         kind = pick_engine(engine, "serve.engine")
@@ -62,7 +65,10 @@ class ModelRunner:
                 raise APIError(400, f"messages: cannot apply the chat template: {e}", "invalid_value",
                                "messages") from None
         else:
-            prompts = [list(self.tokenizer(p)["input_ids"]) for p in body["prompts"]]
+            prompts = [list(p) if isinstance(p, list) else list(self.tokenizer(p)["input_ids"])
+                       for p in body["prompts"]]
+            if any(not 0 <= t < self.vocab_size for p in prompts for t in p):
+                raise APIError(400, f"prompt: token ids must lie in [0, {self.vocab_size})", "invalid_value", "prompt")
         prompts = [p or [self.tokenizer.bos_token_id or 0] for p in prompts]
         longest = max(len(p) for p in prompts)
         if longest > self.max_prompt_tokens:
@@ -105,6 +111,9 @@ class ModelRunner:
 
     async def generate(self, body: dict) -> dict:
         """The whole answer: {"prompt_tokens", "choices": [{"index","text","finish_reason","tokens"}]}."""
+        params = body.get("params")
+        if params is not None and (params.logprobs is not None or params.echo):
+            return await generate_scored(self, body)  # log-probs / echo: llmray.serve.scoring
         choices: dict[int, dict] = {}
         prompt_tokens = 0
         async for item in self.stream(body):

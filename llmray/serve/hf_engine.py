@@ -65,6 +65,9 @@ class HFEngine:
         self._waiting: list[tuple[list[EngineRequest], asyncio.Queue]] = []
         self._worker: asyncio.Task | None = None
         self._batch_lock = asyncio.Lock()  # held by each batch; `reload` takes it between batches
+        # generate_ids: request ids whose finished rows' token ids are kept, and those ids by (request, choice).
+        self._keep_ids: set[str] = set()
+        self._kept: dict[tuple[str, int], list[int]] = {}
 
     async def start(self) -> None:
         """Nothing to start: the model is loaded in __init__."""
@@ -101,6 +104,57 @@ class HFEngine:
             if step[0] is StopIteration:
                 return
             yield step[0]
+
+    # ------------------------------------------------------------ log-probs (llmray.serve.scoring)
+
+    async def generate_ids(self, req: EngineRequest) -> list[dict]:
+        """The whole generation with each choice's token ids: [{"index", "ids", "text", "finish_reason"}]."""
+        self._keep_ids.add(req.request_id)
+        out = {j: {"index": j, "ids": [], "text": "", "finish_reason": None} for j in range(req.n)}
+        try:
+            async for deltas in self.stream(req):
+                for d in deltas:
+                    out[d.index]["text"] += d.text
+                    out[d.index]["finish_reason"] = d.finish_reason or out[d.index]["finish_reason"]
+        finally:
+            self._keep_ids.discard(req.request_id)
+            for j in out:
+                out[j]["ids"] = self._kept.pop((req.request_id, j), [])
+        return list(out.values())
+
+    async def score(self, seqs: list[list[int]], top: int) -> list[list]:
+        """Per sequence, per position: None at 0, else (log-prob of that token, {id: log-prob} of the `top`
+        most likely tokens and the token itself). One forward of the batch, between two decode batches."""
+        async with self._batch_lock:
+            return await asyncio.to_thread(self._score, seqs, top)
+
+    def _score(self, seqs: list[list[int]], top: int) -> list[list]:
+        import torch
+
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for k, s in enumerate(seqs):  # right-padded: positions count from 0 in every row
+            ids[k, :len(s)] = torch.tensor(s)
+            mask[k, :len(s)] = 1
+        dev = self.compute.device
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            best_v, best_i = logp.topk(top, dim=-1) if top else (None, None)
+        if top:  # to Python once: per-position .tolist() on a GPU tensor would sync each time
+            best_v, best_i = best_v.cpu().tolist(), best_i.cpu().tolist()
+        out = []
+        for k, s in enumerate(seqs):
+            target = torch.tensor(s[1:], device=dev)
+            chosen = logp[k, :len(s) - 1].gather(-1, target[:, None])[:, 0].tolist()
+            rows: list = [None]
+            for i in range(1, len(s)):
+                alts = dict(zip(best_i[k][i - 1], best_v[k][i - 1])) if top else {}
+                alts[s[i]] = chosen[i - 1]
+                rows.append((chosen[i - 1], alts))
+            out.append(rows)
+        return out
 
     # ------------------------------------------------------------ the dispatcher
 
@@ -162,6 +216,9 @@ class HFEngine:
                     delta = self._advance(row, tok)
                     if delta is not None:
                         out[row.req].append(delta)
+                    if row.finish is not None and row.req_obj.request_id in self._keep_ids:
+                        stop = [tok] if tok in self.stop_ids else []  # scored too, as vLLM reports it
+                        self._kept[(row.req_obj.request_id, row.choice)] = row.ids + stop
             for i in range(len(reqs)):
                 if done[i]:
                     out[i] = StopIteration

@@ -19,9 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # Parameters of the OpenAI API that this server does not implement: refused (400) when set,
 # rather than silently ignored, so a client never believes it got what it asked for.
-UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logit_bias", "logprobs",
-               "top_logprobs", "response_format", "echo", "best_of", "suffix", "audio", "modalities",
-               "prediction")
+UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logit_bias", "response_format",
+               "best_of", "suffix", "audio", "modalities", "prediction")
+# Chat answers carry no log-probs here (completions do: `logprobs` + `echo`, what lm-eval's API models use).
+CHAT_UNSUPPORTED = ("logprobs", "top_logprobs", "echo")
+MAX_LOGPROBS = 20  # top alternatives per token (vLLM's default max_logprobs; OpenAI allows 5)
 MAX_STOP = 4  # OpenAI allows up to 4 stop sequences
 MAX_PROMPTS = 16  # prompts in one /v1/completions request
 
@@ -71,6 +73,8 @@ class GenParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     default_max_tokens: int = 512  # used when max_tokens is None (then clipped to the context)
+    logprobs: int | None = None  # completions: top alternatives per token (0: the chosen token's only)
+    echo: bool = False  # completions: the prompt comes back before the completion, with its log-probs
 
 
 class _Sampling(BaseModel):
@@ -102,7 +106,11 @@ class _Chat(_Sampling):
 
 
 class _Completion(_Sampling):
-    prompt: str | list[str]
+    # Token-id prompts (one list, or a batch of lists) are what lm-eval's `local-completions` sends.
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0)  # 0 only with echo: score the prompt, generate nothing
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    echo: bool | None = False
 
 
 @dataclass
@@ -117,16 +125,16 @@ class ChatRequest:
 @dataclass
 class CompletionRequest:
     model: str | None
-    prompts: list[str]
+    prompts: list[str] | list[list[int]]  # text, or token ids
     params: GenParams
     stream: bool
     include_usage: bool
 
 
-def _validate(cls, body: Any):
+def _validate(cls, body: Any, unsupported: tuple[str, ...] = UNSUPPORTED):
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
-    for key in UNSUPPORTED:
+    for key in unsupported:
         if body.get(key) not in (None, False, [], {}) and not (key == "response_format" and
                                                              body[key] == {"type": "text"}):
             raise APIError(400, f"'{key}' is not supported by this server", "unsupported_parameter", key)
@@ -175,7 +183,7 @@ def _include_usage(req: _Sampling) -> bool:
 
 def parse_chat(body: Any, limits: Limits) -> ChatRequest:
     """Validate a /v1/chat/completions body. `developer` messages are treated as `system`."""
-    req = _validate(_Chat, body)
+    req = _validate(_Chat, body, UNSUPPORTED + CHAT_UNSUPPORTED)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": _content(m, i)}
                 for i, m in enumerate(req.messages)]
     max_tokens = req.max_completion_tokens or req.max_tokens
@@ -184,12 +192,24 @@ def parse_chat(body: Any, limits: Limits) -> ChatRequest:
 
 
 def parse_completion(body: Any, limits: Limits) -> CompletionRequest:
-    """Validate a /v1/completions body (prompt: a string or a list of strings)."""
+    """Validate a /v1/completions body (prompt: a string, a list of strings, token ids or lists of them;
+    `logprobs` / `echo` are answered by llmray.serve.scoring)."""
     req = _validate(_Completion, body)
-    prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+    p = req.prompt
+    prompts = [p] if isinstance(p, str) or (p and isinstance(p[0], int)) else list(p)
     if not prompts or len(prompts) > MAX_PROMPTS:
-        raise APIError(400, f"prompt must hold 1 to {MAX_PROMPTS} strings", "invalid_value", "prompt")
+        raise APIError(400, f"prompt must hold 1 to {MAX_PROMPTS} strings or token-id lists", "invalid_value",
+                       "prompt")
+    if any(isinstance(x, list) and not x for x in prompts):
+        raise APIError(400, "a token-id prompt must not be empty", "invalid_value", "prompt")
+    if req.max_tokens == 0 and not req.echo:
+        raise APIError(400, "max_tokens 0 needs echo (it scores the prompt and generates nothing)",
+                       "invalid_value", "max_tokens")
+    if req.stream and (req.logprobs is not None or req.echo):
+        raise APIError(400, "logprobs and echo are answered whole, not streamed", "unsupported_parameter",
+                       "logprobs" if req.logprobs is not None else "echo")
     params = _params(req, req.max_tokens, limits, limits.default_completion_tokens)
+    params.logprobs, params.echo = req.logprobs, bool(req.echo)
     return CompletionRequest(req.model, prompts, params, bool(req.stream), _include_usage(req))
 
 
@@ -216,10 +236,14 @@ def chat_response(rid: str, model: str, choices: list[dict], prompt_tokens: int)
 
 
 def completion_response(rid: str, model: str, choices: list[dict], prompt_tokens: int) -> dict:
+    """choices as for chat, plus "echo" (the prompt's text, with echo) and "logprobs" (OpenAI's completions
+    form, see llmray.serve.scoring). A choice the guardrail replaced (finish_reason content_filter) answers
+    logprobs null: the log-probs are those of the withheld text, so they would leak it."""
     return {
         "id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": c["index"], "text": c["text"], "finish_reason": c["finish_reason"],
-                     "logprobs": None} for c in choices],
+        "choices": [{"index": c["index"], "text": c.get("echo", "") + c["text"], "finish_reason": c["finish_reason"],
+                     "logprobs": None if c["finish_reason"] == "content_filter" else c.get("logprobs")}
+                    for c in choices],
         "usage": usage(prompt_tokens, sum(c["tokens"] for c in choices)),
     }
 

@@ -70,6 +70,47 @@ class VLLMEngine:
         async for out in self.llm.generate({"prompt_token_ids": req.prompt_ids}, params, req.request_id):
             yield [Delta(o.index, o.text, _finish(o.finish_reason), len(o.token_ids)) for o in out.outputs]
 
+    # ------------------------------------------------------------ log-probs (llmray.serve.scoring)
+
+    async def generate_ids(self, req: EngineRequest) -> list[dict]:
+        """The whole generation with each choice's token ids: [{"index", "ids", "text", "finish_reason"}]."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(
+            n=req.n, max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
+            stop=list(req.stop) or None, stop_token_ids=self.stop_ids, skip_special_tokens=True,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        final = None
+        async for out in self.llm.generate({"prompt_token_ids": req.prompt_ids}, params, req.request_id):
+            final = out
+        return [{"index": o.index, "ids": list(o.token_ids), "text": o.text, "finish_reason": _finish(o.finish_reason)}
+                for o in final.outputs]
+
+    async def score(self, seqs: list[list[int]], top: int) -> list[list]:
+        """Per sequence, per position: None at 0, else (log-prob of that token, {id: log-prob} of the `top`
+        most likely tokens and the token itself): vLLM's prompt_logprobs (one generated token, discarded)."""
+        import asyncio
+        import uuid
+
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=top, detokenize=False,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+
+        async def one(seq: list[int]) -> list:
+            final = None
+            async for out in self.llm.generate({"prompt_token_ids": seq}, params, f"score-{uuid.uuid4().hex}"):
+                final = out
+            rows: list = [None]
+            for i, d in enumerate(final.prompt_logprobs[1:], start=1):
+                rows.append((d[seq[i]].logprob, {t: lp.logprob for t, lp in d.items()}))
+            return rows
+
+        return list(await asyncio.gather(*(one(s) for s in seqs)))
+
 
 def _finish(reason: str | None) -> str | None:
     """vLLM says stop/length/abort; OpenAI clients know stop/length."""

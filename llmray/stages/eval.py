@@ -14,6 +14,7 @@ from typing import ClassVar, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from llmray.config import EXECUTION_ONLY, EXTERNAL_INPUT, StageConfig, StrictModel, with_defaults
+from llmray.eval.harness import task_digests
 from llmray.models import ModelSource, check_model_set
 from llmray.resources import ActorResources
 
@@ -61,7 +62,9 @@ class Config(StageConfig):
         default_factory=dict, alias="from", json_schema_extra=EXTERNAL_INPUT,
         description="External models by label -> Hugging Face causal-LM folder (local path or object-store URI, "
                     "downloaded once into <run>/.models/); its content is fingerprinted.")
-    tasks: list[str] = Field(["llmray"], min_length=1, json_schema_extra=EXTERNAL_INPUT,
+    # Not EXTERNAL_INPUT: a bare name is a task name even where a folder of that name exists (`llmray` in a
+    # checkout); `content_digests` fingerprints each entry by what it is.
+    tasks: list[str] = Field(["llmray"], min_length=1,
                              description="lm-eval task, group or tag names (`llmray`: the three built-in offline "
                                          "tasks; `hellaswag`, `mmlu`, ... need the dataset hub), or paths to task "
                                          "YAML files / folders of them (their content is fingerprinted).")
@@ -107,6 +110,12 @@ class Config(StageConfig):
         if self.backend == "vllm" and self.dtype == "float16" and not self.resources.num_gpus:
             raise ValueError("dtype float16 needs a GPU (resources.num_gpus)")
         return self
+
+
+    def content_digests(self, pipe, digest) -> dict[str, str]:
+        """The tasks' sources by content (llmray.fingerprint.content_inputs; curate's
+        `decontaminate.eval_stages` folds these in too)."""
+        return {f"tasks.{i}": d for i, d in enumerate(task_digests(self.tasks, digest))}
 
 
 def run(config: Config, ctx):

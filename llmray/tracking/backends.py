@@ -14,6 +14,7 @@ so a rerun of the pipeline (after a failure, or a resumed stage) reopens the sam
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -22,6 +23,7 @@ import time
 import urllib.request
 import uuid
 import warnings
+from importlib import metadata
 from pathlib import Path
 
 MAX_PARAM = 6000  # MLflow 3's limit on a param value's length
@@ -66,6 +68,29 @@ def _new_store(path: Path, open_client):
                 _EMPTY_STORE = sqlite3.connect(":memory:", check_same_thread=False)
                 src.backup(_EMPTY_STORE)
         return client
+
+
+_TASKS = {"ForCausalLM": "text-generation", "ForSequenceClassification": "text-classification"}
+
+
+def hf_task(folder: Path) -> str:
+    """The transformers pipeline task of a saved model folder, from its config's architecture."""
+    arch = (json.loads((folder / "config.json").read_text()).get("architectures") or [""])[0]
+    for suffix, task in _TASKS.items():
+        if arch.endswith(suffix):
+            return task
+    raise ValueError(f"{folder}: no MLflow transformers task for architecture {arch!r}")
+
+
+def versions() -> dict[str, str]:
+    """Package versions a result depends on (from metadata: nothing heavy is imported)."""
+    out = {}
+    for pkg in ("llmray", "torch", "ray", "transformers", "vllm"):
+        try:
+            out[f"version.{pkg}"] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 class MlflowBackend:
@@ -138,6 +163,32 @@ class MlflowBackend:
 
     def log_final(self, stage: str, metrics: dict) -> None:
         self.log_steps(stage, [(0, {f"final/{k}": v for k, v in metrics.items()})])
+
+    def log_model(self, stage: str, folder: Path, registered_name: str | None) -> str:
+        """Log a saved HF model folder to the stage's run as an MLflow `transformers` model (from the
+        folder: nothing is loaded from a hub), registered under `registered_name` when given.
+        Returns the model URI."""
+        import mlflow
+
+        task = hf_task(folder)
+        # log_model is MLflow's fluent API: it logs to the process's tracking URI and active run.
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(self.uri)
+        quiet = logging.getLogger("mlflow.transformers")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # "model card could not be retrieved from the hub": offline by design
+        try:
+            with mlflow.start_run(run_id=self.runs[stage]):
+                info = mlflow.transformers.log_model(
+                    str(folder), name="model", task=task, registered_model_name=registered_name,
+                    # Pinned from this environment; MLflow's own inference imports torchvision.
+                    pip_requirements=[f"{k[len('version.'):]}=={v.split('+')[0]}" for k, v in versions().items()
+                                      if k in ("version.torch", "version.transformers")])
+        finally:
+            quiet.setLevel(level)
+            mlflow.set_tracking_uri(previous)
+        self.client.set_tag(self.runs[stage], "llmray.model_uri", info.model_uri)
+        return info.model_uri
 
     def end_stage(self, stage: str, status: str, artifacts: list[Path]) -> None:
         run_id = self.runs.pop(stage)

@@ -2,7 +2,8 @@
 
 Data flow. The Tracker (tracking/tracker.py) tells the Console when a stage starts, each record a
 stage writes to metrics.jsonl, when it ends, and ticks about once a second. The Console keeps a
-`StageLine` per running stage (step/total, loss, throughput, RL reward and KL, curate docs) and
+`StageLine` per running stage (step/total, loss, throughput, RL reward and KL, curate's docs in and
+kept so far) and
 - on a terminal redraws one line per running stage in place (`\\r` + erase line), printing the
   runner's own messages above it;
 - otherwise (job logs, CI, a pipe) prints a plain progress line per running stage every
@@ -114,8 +115,12 @@ class StageLine:
     step: int | None = None
     first: tuple[int, float] | None = None  # (step, time) of the first record seen: the rate's origin
     figures: dict = field(default_factory=dict)
+    docs: dict = field(default_factory=dict)  # curate's latest progress record (curate/progress.py)
 
     def update(self, record: dict, now: float) -> None:
+        if record.get("event") == "progress":  # its `step` counts documents, not steps
+            self.docs = record
+            return
         step = record.get("step", record.get("iteration"))
         if isinstance(step, (int, float)) and not isinstance(step, bool):
             self.step = int(step) + (1 if "iteration" in record and "step" not in record else 0)
@@ -136,6 +141,12 @@ class StageLine:
     def render(self, now: float) -> str:
         unit = "iter" if self.kind in ("ppo", "grpo") else "step"
         parts = [f"{self.name} ({self.kind})"]
+        if self.docs:
+            d = self.docs
+            parts.append(f"{_num(d.get('docs_in', 0))} docs in → {_num(d.get('docs_kept', 0))} kept")
+            if d.get("quarantined"):
+                parts.append(f"{_num(d['quarantined'])} quarantined")
+            parts.append(f"{_num(d.get('docs_per_s', 0))} docs/s")
         if self.step is not None:
             parts.append(f"{unit} {self.step}/{self.total}" if self.total else f"{unit} {self.step}")
         parts += [f"{label} {_num(v)}" for label, v in self.figures.items()]

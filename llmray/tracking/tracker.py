@@ -28,10 +28,15 @@ import queue
 import re
 import threading
 import time
-from importlib import metadata
 from pathlib import Path
 
-from llmray.tracking.backends import BackendUnavailable, MlflowBackend, TensorBoardBackend, WandbBackend
+from llmray.tracking.backends import (
+    BackendUnavailable,
+    MlflowBackend,
+    TensorBoardBackend,
+    WandbBackend,
+    versions,
+)
 
 STATE_FILE = "tracking.json"
 POLL_S = 1.0  # the longest a record waits before it is forwarded
@@ -89,17 +94,6 @@ def stage_total(cfg) -> int | None:
     return total if isinstance(total, int) else None
 
 
-def versions() -> dict[str, str]:
-    """Package versions a result depends on (from metadata: nothing heavy is imported)."""
-    out = {}
-    for pkg in ("llmray", "torch", "ray", "transformers", "vllm"):
-        try:
-            out[f"version.{pkg}"] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
 class StageTail:
     """Reads the records appended to a stage's metrics.jsonl since the last read. `paths` are where
     the file may be: the staging folder while the stage runs, the final folder once it completed."""
@@ -128,11 +122,16 @@ class Tracker:
     pipeline_finished waits for the queue to empty.
     """
 
-    def __init__(self, pipe, root: Path, echo=print, listeners=(), put_file=None):
+    def __init__(self, pipe, root: Path, echo=print, listeners=(), put_file=None, get_file=None):
         self.pipe, self.cfg, self.root, self.echo = pipe, pipe.tracking, root, echo
         self.listeners = list(listeners)
         self.put_file = put_file or (lambda rel: None)
+        if get_file is not None:  # an object-store workdir: a fresh mirror reopens the runs the store knows
+            for rel in (STATE_FILE, *(["mlflow.db"] if self.cfg.mlflow and not self.cfg.tracking_uri else [])):
+                get_file(rel)
         self.state = self._load()
+        if isinstance(self.cfg.log_models, list) and set(self.cfg.log_models) - set(pipe.stages):
+            echo(f"[llmray] ! tracking.log_models names no stage {sorted(set(self.cfg.log_models) - set(pipe.stages))}")
         self.lock = threading.RLock()  # guards `state` and `active`
         self.active: dict[str, dict] = {}  # stage -> {"tail", "backends", "entry", "floor", "last"}
         self._warned: set[str] = set()
@@ -287,19 +286,56 @@ class Tracker:
             return
         final = numeric(manifest.get("metrics") or {})
         status = manifest.get("status", "completed")
+        model = self._model_dir(name, manifest)
+        failed: list[str] = []
+        done = threading.Event()
 
         def job():
-            for b in info["backends"]:
-                if final:
-                    self._call(b, "log_final", name, final)
-                self._call(b, "end_stage", name, status, [p for p in artifacts if p.is_file()])
-                # A completed run is final: when the stage is cached later it is linked, never logged again.
-                info["entry"].setdefault(b.name, {})["done"] = status == "completed"
-            self._save()
-            self.put_file(STATE_FILE)
+            try:
+                for b in info["backends"]:
+                    if final:
+                        self._call(b, "log_final", name, final)
+                    if model is not None and b.name == "mlflow" and b in self.backends:
+                        self._log_model(b, name, model, info["entry"], failed)
+                    self._call(b, "end_stage", name, status, [p for p in artifacts if p.is_file()])
+                    # A completed run is final: when the stage is cached later it is linked, never logged again.
+                    info["entry"].setdefault(b.name, {})["done"] = status == "completed"
+                self._save()
+                self.put_file(STATE_FILE)
+            finally:
+                done.set()
 
         self.queue.put(job)
         self._notify("stage_finished", name, manifest)
+        if model is not None and self.cfg.required:  # wait for the model: a failure to log it stops the run
+            done.wait()
+            if failed:
+                raise TrackingUnavailable(f"tracking.required is true and {failed[0]}")
+
+    def _model_dir(self, name: str, manifest: dict) -> Path | None:
+        """The stage's saved model folder when `tracking.log_models` asks for it, else None."""
+        wanted = self.cfg.log_models
+        rel = (manifest.get("outputs") or {}).get("model")
+        if manifest.get("status") != "completed" or not rel or not (wanted is True or name in (wanted or ())):
+            return None
+        folder = self.root / name / rel
+        return folder if (folder / "config.json").is_file() else None
+
+    def _log_model(self, backend, name: str, folder: Path, entry: dict, failed: list) -> None:
+        """Log the model (worker thread). A failure warns and leaves the backend on (the metrics and the
+        run are fine); with `tracking.required` it is reported back to stage_finished."""
+        registered = f"{self.cfg.registered_model}-{name}" if self.cfg.registered_model else None
+        t0 = time.time()
+        try:
+            uri = backend.log_model(name, folder, registered)
+        except Exception as e:  # noqa: BLE001 - any MLflow or flavour error
+            failed.append(f"the model of {name} could not be logged to MLflow ({type(e).__name__}: {e})")
+            if not self.cfg.required:
+                self.echo(f"[llmray] ! tracking: {failed[-1]}; the stage's outputs are unaffected")
+            return
+        entry.setdefault("mlflow", {})["model_uri"] = uri
+        self.echo(f"[llmray]   {name}: model logged to MLflow as {uri}"
+                  + (f", registered as {registered!r}" if registered else "") + f" in {time.time() - t0:.1f}s")
 
     def stage_cached(self, name: str, cfg, fp: str, manifest: dict, artifacts: list[Path]) -> None:
         """A cached stage is linked to its existing run, or gets one (params + final figures) if it has none."""
