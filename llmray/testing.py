@@ -280,9 +280,9 @@ def _page_html(title: str, paragraphs: list[str], lang: str, semantic: bool = Tr
     from html import escape
 
     b = BOILERPLATE
+    links = "".join(f'<li><a href="/{w.lower()}">{w}</a></li>' for w in b["nav"].split())
+    body = "".join(f"<p>{escape(p)}</p>\n" for p in paragraphs)
     if not semantic:
-        links = "".join(f'<li><a href="/{w.lower()}">{w}</a></li>' for w in b["nav"].split())
-        body = "".join(f"<p>{escape(p)}</p>\n" for p in paragraphs)
         return (f'<html lang="{lang}"><head><title>{escape(title)}</title></head>\n<body>\n'
                 f'<div class="top-bar"><div class="cookie-notice">{b["cookie"]}</div>'
                 f'<div class="navbar"><ul class="menu">{links}</ul></div></div>\n'
@@ -290,12 +290,10 @@ def _page_html(title: str, paragraphs: list[str], lang: str, semantic: bool = Tr
                 f'<div class="content"><div class="post"><h2 class="post-title">{escape(title)}</h2>\n'
                 f'<div class="post-body">{body}</div></div></div></div>\n'
                 f'<div class="bottom"><div class="copyright">{b["footer"]}</div></div>\n</body></html>\n')
-    nav = "".join(f'<li><a href="/{w.lower()}">{w}</a></li>' for w in b["nav"].split())
-    body = "".join(f"<p>{escape(p)}</p>\n" for p in paragraphs)
     return (f'<!DOCTYPE html>\n<html lang="{lang}"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             f"<script>window.dataLayer = [];</script><style>nav {{display: flex}}</style></head>\n<body>\n"
             f'<div id="cookie-banner" class="cookie-consent">{b["cookie"]}</div>\n'
-            f'<header><nav class="menu"><ul>{nav}</ul></nav></header>\n'
+            f'<header><nav class="menu"><ul>{links}</ul></nav></header>\n'
             f'<div class="layout"><main><article><h1>{escape(title)}</h1>\n{body}</article></main>\n'
             f'<aside class="sidebar advert"><div class="ad-banner">{b["ad"]}</div></aside></div>\n'
             f'<footer class="site-footer"><p>{b["footer"]}</p></footer>\n</body></html>\n')

@@ -21,6 +21,8 @@ import threading
 import time
 from collections import Counter
 
+from llmray.curate.dedup import make_actors
+
 INTERVAL_S = 1.0  # how often the driver reads the counter (a record only when the counts moved)
 
 
@@ -54,8 +56,6 @@ class CurateProgress:
     """Taps a curate plan and writes progress records from a driver thread while it runs."""
 
     def __init__(self, curator, writer):
-        from llmray.curate.dedup import make_actors
-
         self.cur, self.writer = curator, writer
         (self.counter,) = make_actors(ProgressCounter, 1)
         curator.actors.append(self.counter)  # killed with the dedup shards in Curator.close

@@ -22,6 +22,7 @@ import re
 import string
 from collections import Counter
 
+from llmray.data.instruct import is_refusal, rl_prompts
 from llmray.rlhf.rewards import wilson_interval
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
@@ -31,8 +32,6 @@ _ARTICLES = {"a", "an", "the"}
 def question_set(n: int, split: str = "test") -> list[dict]:
     """Up to n plain question records {"id", "prompt": [user turn], "reference"}, chosen by a hash
     of the id (stable when records are added elsewhere in the split)."""
-    from llmray.data.instruct import is_refusal, rl_prompts
-
     # The safety share of the prompts (harmful phrasings and their look-alikes) carries `harmful`:
     # the red-team suite measures those; here only the stdlib questions.
     plain = [r for r in rl_prompts(split)
