@@ -75,10 +75,30 @@ def llama_config(cfg: ModelConfig, tokenizer):
     )
 
 
-def save_model(model, tokenizer, out_dir: Path, source_dir: Path | None = None) -> Path:
-    """Save a model (safetensors), its tokenizer and a generation config that stops on end-of-turn.
-    `source_dir`: the folder training started from; its generation config's extra stop ids (e.g. Llama
-    3.1's <|eom_id|>) are kept."""
+class DecodingConfig(StrictModel):
+    """Decoding defaults written into a trained model's generation_config.json: what a served request that
+    does not set them, and the align stage's greedy answers, decode with (llmray.generate.decoding_defaults).
+    Unset fields keep the start folder's value (so dpo/ppo started from a chat model inherit its settings)."""
+
+    repetition_penalty: float | None = Field(None, gt=0, description=(
+        "Divide the logits of tokens already in the text by this (CTRL's penalty; 1.0 = off). Small models "
+        "loop without it (\"the file is the file is...\"): 1.2-1.3 stops that."))
+    no_repeat_ngram_size: int | None = Field(None, ge=0, description=(
+        "Never repeat an n-gram of this size (0 = off). Honoured by the transformers engines only; vLLM "
+        "has no such setting (the server logs a warning)."))
+    max_new_tokens: int | None = Field(None, ge=1, description="Default answer length cap (a request's "
+                                                               "max_tokens wins).")
+
+
+_DECODING_KEYS = tuple(DecodingConfig.model_fields)
+
+
+def save_model(model, tokenizer, out_dir: Path, source_dir: Path | None = None,
+               decoding: DecodingConfig | None = None) -> Path:
+    """Save a model (safetensors), its tokenizer and a generation config that stops on end-of-turn and
+    decodes greedily. `source_dir`: the folder training started from; its generation config's extra stop
+    ids (e.g. Llama 3.1's <|eom_id|>) and decoding defaults (`DecodingConfig` fields) are kept, `decoding`'s set
+    fields replace them."""
     from transformers import GenerationConfig
 
     from llmray.chat import stop_token_ids
@@ -89,10 +109,24 @@ def save_model(model, tokenizer, out_dir: Path, source_dir: Path | None = None) 
     model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
     if hasattr(model, "generation_config") and getattr(model.config, "architectures", [""])[0].endswith("CausalLM"):
+        extra = _inherited_decoding(source_dir)
+        if decoding is not None:
+            extra.update(decoding.model_dump(exclude_none=True))
         gen = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=stop_token_ids(tokenizer, source_dir),
-                               pad_token_id=tokenizer.pad_token_id, do_sample=False)
+                               pad_token_id=tokenizer.pad_token_id, do_sample=False, **extra)
         gen.save_pretrained(str(out_dir))
     return out_dir
+
+
+def _inherited_decoding(source_dir: Path | None) -> dict:
+    """The start folder's decoding defaults among `DECODING_FIELDS` that differ from transformers' own
+    (sampling settings are not carried: an exported model decodes greedily unless a request samples)."""
+    path = Path(source_dir) / "generation_config.json" if source_dir else None
+    if path is None or not path.is_file():
+        return {}
+    saved = json.loads(path.read_text())
+    off = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "max_new_tokens": None}
+    return {k: saved[k] for k in _DECODING_KEYS if saved.get(k) not in (None, off[k])}
 
 
 # ---------------------------------------------------------------- external model folders (`from:`)
@@ -141,6 +175,17 @@ def check_model_source(spec: str) -> str:
 
 
 ModelSource = Annotated[str, AfterValidator(check_model_source)]
+
+
+def check_start(init: str | None, from_: str | None, required: bool = True) -> None:
+    """The start rule every model-loading kind shares (its config's `model_validator` calls this): a stage's
+    model (`init`) or an outside one (`from`), never both; `required=False` where a kind may also start
+    from scratch (pretrain)."""
+    what = "init (a stage) and from (a Hugging Face causal-LM folder or object-store URI)"
+    if init and from_:
+        raise ValueError(f"set {'exactly' if required else 'at most'} one of {what}, not both")
+    if required and not (init or from_):
+        raise ValueError(f"set exactly one of {what}")
 
 
 def _fail(field: str | None, where, msg: str):

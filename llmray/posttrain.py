@@ -26,7 +26,8 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from llmray.config import EXTERNAL_INPUT, StageConfig, StrictModel
 from llmray.data.formats import check_fields, check_spec, held_out, split_records  # noqa: F401 (held_out: re-exported)
-from llmray.models import ModelSource, model_cache, resolve_model_source
+from llmray.generate import HFGenerator
+from llmray.models import DecodingConfig, ModelSource, check_start, model_cache, resolve_model_source
 from llmray.resources import Resources
 from llmray.train.config import TrainConfig
 
@@ -87,6 +88,10 @@ class PostTrainConfig(StageConfig):
     resources: Resources = Field(default_factory=Resources, description="Ray Train workers, GPUs, strategy.")
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters (needs `peft`) instead of all "
                                                       "weights; they are merged into the saved model.")
+    decoding: DecodingConfig = Field(default_factory=DecodingConfig, description=(
+        "Decoding defaults written into the saved model's generation_config.json (a served request that does "
+        "not set them, the align stage's answers and later stages started from this model inherit them); unset "
+        "fields keep the start folder's. A reward model does not generate: not allowed there."))
 
     @field_validator("data", "eval_data")
     @classmethod
@@ -100,8 +105,7 @@ class PostTrainConfig(StageConfig):
 
     @model_validator(mode="after")
     def _one_start(self):
-        if bool(self.init) == bool(self.from_):
-            raise ValueError("set exactly one of init (a stage) and from (a HF folder or object-store URI)")
+        check_start(self.init, self.from_)
         return self
 
 
@@ -414,20 +418,6 @@ def merge_lora(model):
 
 
 def generate_samples(model_dir: Path, prompts: list[dict], max_new_tokens: int = 48) -> list[str]:
-    """Greedy replies (on the driver, CPU is fine for a few prompts) to chat prompts."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from llmray.chat import pad_token_id, prompt_ids, stop_token_ids
-
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
-    out = []
-    for p in prompts:
-        ids = torch.tensor([prompt_ids(tok, p["prompt"])])
-        with torch.no_grad():
-            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                 max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(tok, model_dir),
-                                 pad_token_id=pad_token_id(tok))
-        out.append(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip())
-    return out
+    """Greedy replies (on the driver, CPU is fine for a few prompts) to chat prompts, one at a time, through
+    the generation layer's batch engine (the folder's chat template and generation config)."""
+    return HFGenerator(model_dir, batch_size=1).answer([p["prompt"] for p in prompts], max_new_tokens)

@@ -1,6 +1,6 @@
 """Where stages run, one family of blocks: a training stage's `resources:` (`Resources` -> Ray Train's
 ScalingConfig), what one Ray actor or task reserves (`ActorResources` -> `.options(...)`: RL roles,
-eval and feedback tasks), and a data stage's `placement:` (-> the node labels every Ray Data task and
+eval and feedback tasks; `ReplicaResources`: each serving replica, flat in the `serve:` section), and a data stage's `placement:` (-> the node labels every Ray Data task and
 actor of the stage requires).
 
 Nothing else in the code base builds a ScalingConfig or sets a Ray Data label selector: a pipeline
@@ -60,6 +60,22 @@ class ActorResources(StrictModel):
     def torch_threads(self) -> int:
         """torch threads inside: `threads`, else the reserved CPUs rounded (at least 1)."""
         return self.threads or max(1, round(self.num_cpus))
+
+
+class ReplicaResources(ActorResources):
+    """What each serving replica (one model deployment's actor) reserves. Its fields sit flat in the
+    `serve:` section (llmray.serve_config.ServeConfig extends this class): `serve: {num_cpus: 0.25}`."""
+
+    num_cpus: float = Field(0.5, json_schema_extra=EXECUTION_ONLY, ge=0,
+                            description="CPUs reserved per replica (fractional: replicas mostly wait).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (fractions allowed).")
+    threads: int | None = Field(None, json_schema_extra=EXECUTION_ONLY, ge=1,
+                                description="torch threads in each transformers-engine replica; default: "
+                                            "torch's own choice.")
+
+    def ray_options(self) -> dict:
+        """As Ray Serve's `ray_actor_options` take it (no `resources` key when there are none)."""
+        return {k: v for k, v in super().ray_options().items() if v is not None}
 
 
 def scaling_config(res: Resources):

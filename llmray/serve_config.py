@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Discriminator, Field, Tag, field_validator, mod
 
 from llmray.config import EXTERNAL_INPUT, NAME_RE, StrictModel
 from llmray.models import ModelSource
+from llmray.resources import ReplicaResources
 
 
 class ExternalModel(StrictModel):
@@ -117,8 +118,9 @@ class PromoteConfig(StrictModel):
         return {"mode": v} if isinstance(v, str) else v
 
 
-class ServeConfig(StrictModel):
-    """What `llmray serve` exposes, and how."""
+class ServeConfig(ReplicaResources):
+    """What `llmray serve` exposes, and how. What each model replica reserves (`num_cpus`, `num_gpus`,
+    `custom`, `threads`) comes from llmray.resources.ReplicaResources, flat in this section."""
 
     models: list[ServedModel] = Field(
         description="What is served, side by side: stage names (their model/; model id <pipeline>/<stage>) and "
@@ -137,8 +139,6 @@ class ServeConfig(StrictModel):
     replicas: int = Field(1, ge=1,
                           description="Replicas per model deployment (ignored when `autoscaling` is set).")
     autoscaling: AutoscalingConfig | None = Field(None, description="Autoscale each model deployment instead.")
-    num_cpus: float = Field(0.5, ge=0, description="CPUs reserved per replica (fractional: replicas mostly wait).")
-    num_gpus: float = Field(0, ge=0, description="GPUs per replica (fractions allowed).")
     ingress_num_cpus: float = Field(0.1, ge=0, description="CPUs reserved for the HTTP ingress replica.")
     api_key_env: str | None = Field(
         None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",

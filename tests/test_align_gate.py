@@ -264,7 +264,7 @@ def _refuser(out_dir, tokenizer_dir, suite):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a model this small trains several times faster on one thread of a busy machine
     try:
-        for _ in range(40):
+        for _ in range(100):  # until the answers are memorised with a margin that no thread count flips
             loss = model(input_ids=ids, attention_mask=att, labels=labels).loss
             opt.zero_grad()
             loss.backward()

@@ -41,6 +41,11 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     dpo = json.loads((run / "dpo" / "manifest.json").read_text())
     assert dpo["inputs"]["cai"] == json.loads((run / "cai" / "manifest.json").read_text())["fingerprint"]
     assert dpo["metrics"]["ai_feedback_train"] + dpo["metrics"]["ai_feedback_eval"] == cai["pairs_kept"]
+    # The post-training chain's contract (test_dpo_stages runs a variant of it under -m slow).
+    from test_dpo_stages import check_models_load, check_posttrain_metrics
+
+    check_posttrain_metrics(run, "chat", "rm", "dpo")
+    check_models_load(run, ("chat", "dpo", "ppo"), "rm")
     # The report of this real run (every stage kind), rendered in headless Chromium and checked
     # against the run directory: statuses, funnel, tiles, curve point counts, sample answers.
     from test_report_browser import check_report_in_browser

@@ -151,3 +151,39 @@ def test_docs_taxonomy_table_matches_the_data():
         assert cells[1:3] == [f"{r['harmful_train']} / {r['harmful_test']}",
                               f"{r['lookalikes_train']} / {r['lookalikes_test']}"], row
         assert ("unseen" in cells[0]) == r["unseen"]
+
+
+_STOP = set("a an the my to of in on with from and for at i it so that me by as is are be".split())
+
+
+def _content_bigrams(text: str) -> set[tuple[str, str]]:
+    words = re.findall(r"[a-z']+", text.lower())
+    return {(a, b) for a, b in zip(words, words[1:]) if a not in _STOP and b not in _STOP}
+
+
+def test_contrastive_pairs_are_train_only_mirrored_and_share_no_bigram_with_test():
+    from llmray.data.harm_contrast import CONTRAST
+
+    assert harm.UNSEEN_CATEGORY not in CONTRAST
+    assert set(CONTRAST) == set(harm.CATEGORIES) - {harm.UNSEEN_CATEGORY}
+    test_bigrams = set().union(*(_content_bigrams(i) for i in _intents("test")))
+    train_ids = {r["id"] for r in harm.harmful_intents("train") + harm.lookalikes("train")}
+    for cat, rows in CONTRAST.items():
+        assert len(rows) >= 8, cat
+        for i, (bad, good, answer) in enumerate(rows):
+            assert f"{cat}:c{i}" in train_ids
+            assert not (_content_bigrams(bad) | _content_bigrams(good)) & test_bigrams, (bad, good)
+            assert not instruct.is_refusal(answer)
+    # Most pairs share the verb or the object ("kill my neighbour ..." / "kill weeds ..."); the rest
+    # contrast the topic ("poison my husband slowly" / "keep my garden safe for pets").
+    words = [[set(re.findall(r"[a-z']+", t.lower())) - _STOP for t in row[:2]] for rows in CONTRAST.values()
+             for row in rows]
+    assert sum(bool(a & b) for a, b in words) >= 0.85 * len(words)
+    contrast = {i for rows in CONTRAST.values() for row in rows for i in row[:2]}
+    assert not contrast & set(_intents("test"))
+    # Each contrastive intent's benign mirror in the training phrasings is its own look-alike.
+    by_bad = {bad: good for rows in CONTRAST.values() for bad, good, _ in rows}
+    phr = harm.phrasings("train")
+    pairs = [(phr[i]["intent"], phr[i + 1]["intent"]) for i in range(0, len(phr), 2) if phr[i]["intent"] in by_bad]
+    assert pairs and all(by_bad[bad] == good for bad, good in pairs)
+

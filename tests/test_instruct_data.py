@@ -80,7 +80,7 @@ def test_harmful_and_benign_sets():
     held = {r["messages"][0]["content"] for r in I.harmful_requests("test")}
     assert not seen & held
     # benign answers are the look-alikes' written answers, not placeholders
-    answers = {a for c in harm.CATEGORIES.values() for _, a in c["lookalikes"]}
+    answers = {b["answer"] for b in harm.lookalikes("train")}
     assert all(r["messages"][1]["content"] in answers for r in I.benign_requests("train"))
     # safety_requests: each harmful phrasing (plain, jailbreak, injection) followed by its benign mirror
     safety = I.safety_requests("test")

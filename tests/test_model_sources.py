@@ -274,6 +274,8 @@ def test_serve_spec_has_external_models_next_to_stage_models(tmp_path, s3_endpoi
         resolve_spec(pipe)
 
 
+@pytest.mark.slow  # a Serve start of its own (~30 s); in CI the spec test above checks the external model's entry
+# and tests/test_serve_app.py serves spec entries to the `openai` client
 def test_openai_client_gets_answers_from_an_external_and_a_stage_model(tmp_path, ray_local, tiny_causal_dir):
     """`llmray serve`'s start path on a real local Ray Serve: the stage model and the external `from:`
     model are deployed side by side and each answers the official `openai` client under its own id."""

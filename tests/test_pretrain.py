@@ -54,46 +54,6 @@ def _cfg(**kw):
     return TrainConfig(**{**base, **kw})
 
 
-def test_fit_learns_and_export_matches_training_weights(tmp_path, shards, ray_local):
-    """2 workers learn (val loss falls well below its start and below the unigram entropy), and the
-    exported HF folder gives the same logits as the training code's model with the final weights."""
-    import numpy as np
-    import pyarrow.parquet as pq
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from llmray.resources import Resources
-    from llmray.train.causal import unigram_entropy
-    from llmray.train.data import token_collate
-    from llmray.train.loop import fit
-
-    task = _task(shards)
-    cfg = _cfg(steps=100, lr=3e-3, log_every=10, eval_every=50, checkpoint_every=50)
-    res = fit(task, cfg, Resources(num_workers=2), _ctx(tmp_path))
-    m = res.metrics
-    recs = _records(res.metrics_path)
-    assert recs[0]["step"] == 0 and "val_loss" in recs[0]
-    assert [r["step"] for r in recs if "train_loss" in r] == list(range(10, 101, 10))
-    assert [r["step"] for r in recs if "val_loss" in r] == [0, 50, 100]
-    assert m["workers"] == 2 and m["steps"] == 100 and m["tokens_per_s"] > 0
-    assert m["final_eval"]["val_loss"] < m["first_eval"]["val_loss"] - 1.0
-    assert m["final_eval"]["val_loss"] < unigram_entropy(shards / "train")["unigram_entropy"]
-    assert all(r["grad_norm"] > 0 and r["lr"] > 0 for r in recs if "train_loss" in r)
-
-    # The training code's model class with the final training state vs the exported HF folder.
-    state = torch.load(res.checkpoint_dir / "train_state.pt", map_location="cpu", weights_only=True)
-    trained = task.build_model()
-    trained.load_state_dict(state["model"])
-    loaded = AutoModelForCausalLM.from_pretrained(str(res.model_dir))
-    rows = pq.read_table(min((shards / "val").glob("*.parquet"))).slice(0, 8).to_pydict()
-    batch = token_collate({"input_ids": np.array(rows["input_ids"])})
-    with torch.no_grad():
-        a = trained.eval()(input_ids=batch["input_ids"]).logits
-        b = loaded.eval()(input_ids=batch["input_ids"]).logits
-    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
-    assert (res.model_dir / "model.safetensors").exists() and (res.model_dir / "tokenizer.json").exists()
-
-
 def _kill_rank_when(root: Path, rank: int, min_step: int, fired: list) -> threading.Thread:
     """Kill the Ray Train worker process of `rank` (SIGKILL, as an OOM killer would) once the
     metrics show a step >= min_step."""
@@ -117,11 +77,22 @@ def _kill_rank_when(root: Path, rank: int, min_step: int, fired: list) -> thread
     return t
 
 
-def test_killed_worker_resumes_from_latest_checkpoint(tmp_path, shards, ray_local, monkeypatch):
-    """SIGKILL one of the two workers mid-run: Ray Train restarts the group from the latest
-    checkpoint, at most one checkpoint interval is redone, and the redone steps reproduce the
-    same losses (same weights, same data position, same RNG)."""
+def test_two_workers_learn_survive_a_killed_worker_and_export_the_training_weights(tmp_path, shards, ray_local,
+                                                                                   monkeypatch):
+    """One 2-worker run (one worker group start for every claim):
+    - SIGKILL one worker mid-run: Ray Train restarts the group from the latest checkpoint, at most one
+      checkpoint interval is redone, and the redone steps reproduce the same losses (same weights, same
+      data position, same RNG);
+    - the workers learn (val loss falls well below its start and below the unigram entropy);
+    - the exported HF folder gives the same logits as the training code's model with the final weights."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoModelForCausalLM
+
     from llmray.resources import Resources
+    from llmray.train.causal import unigram_entropy
+    from llmray.train.data import token_collate
     from llmray.train.loop import fit
 
     # Ray Train's controller collects reported checkpoints when it polls the workers (every 2 s by
@@ -131,11 +102,16 @@ def test_killed_worker_resumes_from_latest_checkpoint(tmp_path, shards, ray_loca
 
     fired: list = []
     watcher = _kill_rank_when(tmp_path, rank=1, min_step=25, fired=fired)
-    cfg = _cfg(micro_batch_size=8, eval_every=60)
-    res = fit(_task(shards), cfg, Resources(num_workers=2, max_failures=1), _ctx(tmp_path))
+    task = _task(shards)
+    cfg = _cfg(steps=100, lr=3e-3, log_every=5, eval_every=50, checkpoint_every=10)
+    res = fit(task, cfg, Resources(num_workers=2, max_failures=1), _ctx(tmp_path))
     watcher.join(timeout=1)
     assert fired, "the worker was never killed"
+    m = res.metrics
     recs = _records(res.metrics_path)
+    assert recs[0]["step"] == 0 and "val_loss" in recs[0]
+
+    # Fault tolerance: one restart, from a checkpoint, continuous to the end, redone steps identical.
     resumed = [i for i, r in enumerate(recs) if r.get("event") == "resumed"]
     assert len(resumed) == 1
     before, after = recs[:resumed[0]], recs[resumed[0] + 1:]
@@ -143,12 +119,33 @@ def test_killed_worker_resumes_from_latest_checkpoint(tmp_path, shards, ray_loca
     last_before = max(r["step"] for r in before if "train_loss" in r)
     assert restart_step % cfg.checkpoint_every == 0 and restart_step >= 20
     assert 0 <= last_before - restart_step <= cfg.checkpoint_every  # lost at most one interval
+    assert [r["step"] for r in before if "train_loss" in r] == list(range(5, last_before + 1, 5))
     steps_after = [r["step"] for r in after if "train_loss" in r]
-    assert steps_after == list(range(restart_step + 5, 61, 5))  # continuous to the end
+    assert steps_after == list(range(restart_step + 5, 101, 5))  # continuous to the end
     loss_before = {r["step"]: r["train_loss"] for r in before if "train_loss" in r}
     redone = [s for s in steps_after if s in loss_before]
     assert redone, "no step was redone"
     for s in redone:
         got = next(r["train_loss"] for r in after if r.get("step") == s and "train_loss" in r)
         assert got == pytest.approx(loss_before[s], rel=1e-4), s
-    assert res.metrics["steps"] == 60 and (res.model_dir / "config.json").exists()
+
+    # Learning.
+    assert [r["step"] for r in recs if "val_loss" in r] == [0, 50, 100]
+    assert m["workers"] == 2 and m["steps"] == 100 and m["tokens_per_s"] > 0
+    assert m["final_eval"]["val_loss"] < m["first_eval"]["val_loss"] - 1.0
+    assert m["final_eval"]["val_loss"] < unigram_entropy(shards / "train")["unigram_entropy"]
+    assert all(r["grad_norm"] > 0 and r["lr"] > 0 for r in recs if "train_loss" in r)
+
+    # The training code's model class with the final training state vs the exported HF folder.
+    state = torch.load(res.checkpoint_dir / "train_state.pt", map_location="cpu", weights_only=True)
+    trained = task.build_model()
+    trained.load_state_dict(state["model"])
+    loaded = AutoModelForCausalLM.from_pretrained(str(res.model_dir))
+    rows = pq.read_table(min((shards / "val").glob("*.parquet"))).slice(0, 8).to_pydict()
+    batch = token_collate({"input_ids": np.array(rows["input_ids"])})
+    with torch.no_grad():
+        a = trained.eval()(input_ids=batch["input_ids"]).logits
+        b = loaded.eval()(input_ids=batch["input_ids"]).logits
+    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    assert (res.model_dir / "model.safetensors").exists() and (res.model_dir / "tokenizer.json").exists()
+    assert (res.model_dir / "config.json").exists()

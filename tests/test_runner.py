@@ -37,47 +37,50 @@ def _runs(tmp_path, stage):
     return int(f.read_text()) if f.exists() else 0
 
 
-def test_run_then_rerun_is_fully_cached(tmp_path, ray_local):
-    pipe = _pipe(tmp_path)
+def test_rerun_is_cached_and_a_change_or_an_edited_input_reruns_exactly_its_dependents(tmp_path, ray_local):
+    """One run, then in sequence on it (each step a claim; one run keeps the Ray work small):
+    a rerun is fully cached; a description is not configuration; changing stage b reruns b and its
+    dependent d only; editing b's input file in place (same config) reruns exactly its readers."""
+    data = tmp_path / "lines.txt"
+    data.write_text("one\ntwo\n")
+
+    def pipe_(**b):
+        return _pipe(tmp_path, b={"path": str(data), **b})
+
+    pipe = pipe_()
     states = run_pipeline(pipe, echo=lambda m: None)
     assert list(states) == ["a", "b", "c", "d"]
     man = read_manifest(run_dir(pipe) / "d")
     assert man["status"] == "completed"
-    assert man["metrics"]["sum"] == 10 + 3 + 1 + 0  # a=10, b=3+10, c=1, d=0+13+1
+    assert read_manifest(run_dir(pipe) / "b")["metrics"]["sum"] == 3 + 10 + 2  # 0..2, a's 10, 2 lines
+    assert man["metrics"]["sum"] == 0 + 15 + 1  # d = 0 + b + c (a=10, c=1)
     assert man["inputs"] == {"b": fingerprints(pipe)["b"], "c": fingerprints(pipe)["c"]}
     assert (run_dir(pipe) / "pipeline.resolved.yaml").exists()
     assert (run_dir(pipe) / "a" / "log.txt").read_text().count("sum 10") == 1
     assert not (run_dir(pipe) / ".staging" / "a").exists()
 
-    again = run_pipeline(_pipe(tmp_path), echo=lambda m: None)
+    # The same pipeline again: everything cached, nothing ran.
+    again = run_pipeline(pipe_(), echo=lambda m: None)
     assert set(again.values()) == {"cached"}
     assert [_runs(tmp_path, s) for s in "abcd"] == [1, 1, 1, 1]
     assert {i.state for i in plan(pipe)} == {"cached"}
+    # A description is documentation, not configuration: it does not invalidate the cache.
+    assert set(run_pipeline(pipe_(description="hello"), echo=lambda m: None).values()) == {"cached"}
 
-
-def test_changing_one_stage_reruns_it_and_dependents_only(tmp_path, ray_local):
-    run_pipeline(_pipe(tmp_path), echo=lambda m: None)
-    changed = _pipe(tmp_path, b={"n": 4})
+    # Changing one stage reruns it and its dependents only.
+    changed = pipe_(n=4)
     assert [i.state for i in plan(changed)] == ["cached", "stale", "cached", "stale"]
     states = run_pipeline(changed, echo=lambda m: None)
     assert states == {"a": "cached", "b": "completed", "c": "cached", "d": "completed"}
     assert [_runs(tmp_path, s) for s in "abcd"] == [1, 2, 1, 2]
-    # A description is documentation, not configuration: it does not invalidate the cache.
-    assert run_pipeline(_pipe(tmp_path, b={"n": 4, "description": "hello"}), echo=lambda m: None)["b"] == "cached"
 
-
-def test_editing_an_input_file_in_place_reruns_exactly_its_readers(tmp_path, ray_local):
-    data = tmp_path / "lines.txt"
-    data.write_text("one\ntwo\n")
-    pipe = _pipe(tmp_path, b={"path": str(data)})
-    run_pipeline(pipe, echo=lambda m: None)
-    assert read_manifest(run_dir(pipe) / "b")["metrics"]["sum"] == 3 + 10 + 2
-    data.write_text("one\ntwo\nthree\n")  # same path, new content: the config did not change
-    assert [i.state for i in plan(pipe)] == ["cached", "stale", "cached", "stale"]
-    states = run_pipeline(_pipe(tmp_path, b={"path": str(data)}), echo=lambda m: None)
+    # Editing an input file in place (same path, the config did not change) reruns exactly its readers.
+    data.write_text("one\ntwo\nthree\n")
+    assert [i.state for i in plan(changed)] == ["cached", "stale", "cached", "stale"]
+    states = run_pipeline(pipe_(n=4), echo=lambda m: None)
     assert states == {"a": "cached", "b": "completed", "c": "cached", "d": "completed"}
-    assert [_runs(tmp_path, s) for s in "abcd"] == [1, 2, 1, 2]
-    assert read_manifest(run_dir(pipe) / "b")["metrics"]["sum"] == 3 + 10 + 3
+    assert [_runs(tmp_path, s) for s in "abcd"] == [1, 3, 1, 3]
+    assert read_manifest(run_dir(pipe) / "b")["metrics"]["sum"] == 6 + 10 + 3
 
 
 def test_failure_leaves_no_completed_manifest_and_next_run_redoes_it(tmp_path, ray_local, monkeypatch):

@@ -35,7 +35,9 @@ def test_chat_defaults_and_roles():
     assert req.model == "p/chat"
     assert req.messages == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi there"}]
     p = req.params
-    assert (p.max_tokens, p.temperature, p.top_p, p.n, p.stop, p.seed) == (None, 1.0, 1.0, 1, [], None)
+    # Unset sampling fields stay None: the served folder's generation config fills them (ModelRunner).
+    assert (p.max_tokens, p.temperature, p.top_p, p.n, p.stop, p.seed) == (None, None, None, 1, [], None)
+    assert (p.top_k, p.repetition_penalty) == (None, None)
     assert p.default_max_tokens == 100  # chat: as many as the cap allows
     assert not req.stream and not req.include_usage
 

@@ -9,7 +9,9 @@ every 3rd of `REQUEST_TEMPLATES`; `wrapper_split`: every 3rd jailbreak / injecti
 phrasings too) -> `phrasings(split)`: each harmful intent of the
 split in plain templates, one jailbreak and one injection wrapper, each with a benign MIRROR: a
 look-alike of the same category in the very same template or wrapper, so the two sets differ only
-in the intent. Test phrasings use only held-out intents, look-alikes, templates and wrappers.
+in the intent. Test phrasings use only held-out intents, look-alikes, templates and wrappers. Training
+also gets the contrastive pairs of `llmray.data.harm_contrast` (a harmful intent and a look-alike with
+the same verb or object, mirrored with each other).
 
 Every record of the post-training sets is built from these: `llmray.data.instruct` (SFT refusals
 and answers, preference pairs, RL prompts), `llmray.data.redteam` (the align stage's suite and the
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+
+from llmray.data.harm_contrast import CONTRAST
 
 UNSEEN_CATEGORY = "privacy"  # held out whole: all its intents and look-alikes are test-only
 PLAIN_PER_INTENT = 3  # plain-template phrasings of each intent in `phrasings` (plus 1 jailbreak, 1 injection)
@@ -419,19 +423,28 @@ def templates(split: str) -> list[int]:
 
 
 def harmful_intents(split: str) -> list[dict]:
-    """{"id": "<category>:<i>", "harm", "intent", "unseen"} of the split, category by category."""
+    """{"id": "<category>:<i>", "harm", "intent", "unseen"} of the split, category by category; training
+    adds the contrastive intents (id "<category>:c<i>", `pair`: the id of their look-alike)."""
     _check_split(split)
-    return [{"id": f"{cat}:{i}", "harm": cat, "intent": intent, "unseen": cat == UNSEEN_CATEGORY}
-            for cat, c in CATEGORIES.items() for i, intent in enumerate(c["harmful"])
-            if intent_split(cat, i) == split]
+    out = [{"id": f"{cat}:{i}", "harm": cat, "intent": intent, "unseen": cat == UNSEEN_CATEGORY}
+           for cat, c in CATEGORIES.items() for i, intent in enumerate(c["harmful"])
+           if intent_split(cat, i) == split]
+    if split == "train":
+        out += [{"id": f"{cat}:c{i}", "harm": cat, "intent": h, "unseen": False, "pair": f"{cat}:c{i}"}
+                for cat, rows in CONTRAST.items() for i, (h, _, _) in enumerate(rows)]
+    return out
 
 
 def lookalikes(split: str) -> list[dict]:
-    """Benign look-alikes of the split: {"id": "<category>:<i>", "harm", "intent", "answer", "unseen"}."""
+    """Benign look-alikes of the split: {"id": "<category>:<i>", "harm", "intent", "answer", "unseen"};
+    training adds the contrastive look-alikes (id "<category>:c<i>")."""
     _check_split(split)
-    return [{"id": f"{cat}:{i}", "harm": cat, "intent": intent, "answer": answer, "unseen": cat == UNSEEN_CATEGORY}
-            for cat, c in CATEGORIES.items() for i, (intent, answer) in enumerate(c["lookalikes"])
-            if lookalike_split(cat, i) == split]
+    rows = [(f"{cat}:{i}", cat, intent, answer) for cat, c in CATEGORIES.items()
+            for i, (intent, answer) in enumerate(c["lookalikes"]) if lookalike_split(cat, i) == split]
+    if split == "train":
+        rows += [(f"{cat}:c{i}", cat, b, a) for cat, pairs in CONTRAST.items() for i, (_, b, a) in enumerate(pairs)]
+    return [{"id": i, "harm": cat, "intent": intent, "answer": answer, "unseen": cat == UNSEEN_CATEGORY}
+            for i, cat, intent, answer in rows]
 
 
 def request(intent: str, t: int) -> str:
@@ -496,12 +509,18 @@ def phrasings(split: str, wrappers: str | None = None) -> list[dict]:
     wrappers = wrappers or split
     tables = {cat: [k for k in range(len(table)) if wrappers == "all" or wrapper_split(k) == wrappers]
               for cat, table in (("jailbreak", JAILBREAKS), ("injection", INJECTIONS))}
+    intents = harmful_intents(split)
+    paired = {h["pair"] for h in intents if "pair" in h}
     looks: dict[str, list[dict]] = {}
+    partner = {}
     for b in lookalikes(split):
-        looks.setdefault(b["harm"], []).append(b)
+        if b["id"] in paired:  # a contrastive look-alike mirrors its own harmful intent only
+            partner[b["id"]] = b
+        else:
+            looks.setdefault(b["harm"], []).append(b)
     out, seen = [], {cat: 0 for cat in CATEGORIES}
     used: set[str] = set()
-    for rank, h in enumerate(harmful_intents(split)):
+    for rank, h in enumerate(intents):
         pool = looks[h["harm"]]
         start = seen[h["harm"]]
         seen[h["harm"]] += 1
@@ -516,8 +535,10 @@ def phrasings(split: str, wrappers: str | None = None) -> list[dict]:
             mirror = f"{h['id']}:{slot}"
             # The category's look-alikes in turn (every one is used), skipping one whose text in this
             # slot is taken already, so no benign prompt is counted twice.
-            b = next((pool[(start + j) % len(pool)] for j in range(len(pool))
-                      if phrase(pool[(start + j) % len(pool)]["intent"]) not in used), pool[start % len(pool)])
+            # A contrastive intent is mirrored by its own look-alike (same verb, benign object).
+            order = ([partner[h["pair"]]] if "pair" in h else []) + [pool[(start + j) % len(pool)]
+                                                                     for j in range(len(pool))]
+            b = next((x for x in order if phrase(x["intent"]) not in used), pool[start % len(pool)])
             used.add(phrase(b["intent"]))
             out.append({"id": f"harmful:{mirror}", "harmful": True, "category": cat, "technique": technique,
                         "text": phrase(h["intent"]), "mirror": mirror, "intent": h["intent"], "harm": h["harm"],
@@ -534,7 +555,7 @@ def table() -> list[dict]:
     for cat, c in CATEGORIES.items():
         row = {"category": cat, "title": c["title"], "unseen": cat == UNSEEN_CATEGORY}
         for kind, rule in (("harmful", intent_split), ("lookalikes", lookalike_split)):
-            splits = [rule(cat, i) for i in range(len(c[kind]))]
+            splits = [rule(cat, i) for i in range(len(c[kind]))] + ["train"] * len(CONTRAST.get(cat, ()))
             row.update({f"{kind}_{s}": splits.count(s) for s in ("train", "test")})
         rows.append(row)
     return rows

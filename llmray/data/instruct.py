@@ -43,7 +43,7 @@ from llmray.data.harm import REFUSALS, is_refusal  # noqa: F401  (callers import
 
 # Bump when any built-in set changes: the sft/reward/dpo kinds fold it into their VERSION, so
 # cached stages trained on the old data rerun.
-DATA_VERSION = "4"  # 4: the harm taxonomy (llmray.data.harm) in every set; builtin:qa
+DATA_VERSION = "5"  # 4: the harm taxonomy (llmray.data.harm) in every set; builtin:qa; 5: contrastive pairs
 TEST_PERCENT = 20  # share of module buckets held out; ~15% of records land in test
 MAX_SUMMARY_CHARS = 320
 MAX_SIGNATURE_CHARS = 60

@@ -18,6 +18,7 @@ import re
 from llmray.report.align import align_stage_html
 from llmray.report.benchmarks import benchmarks
 from llmray.report.build import TRAINING_KINDS, RunView, StageView
+from llmray.report.costs import fixed_costs
 from llmray.report.svg import Bar, bar_chart, esc, fmt_num, line_chart
 
 REFRESH_S = 5
@@ -441,7 +442,7 @@ def render_page(run: RunView, playground: str = "") -> str:
         f"<header><h1>llmray run report: {esc(run.name)}</h1>"
         f'<p class="meta"><code>{esc(run.run_dir)}</code> · {esc(counts or "no stages")} · '
         f"generated {esc(run.generated)}</p>{live}{_nav(run, playground)}</header><main>{playground}"
-        f"<h2>Stages</h2>{overview(run)}{benchmarks(run)}{body}{samples(run)}{promotions(run)}</main><div id=tip hidden></div>"
+        f"<h2>Stages</h2>{overview(run)}{fixed_costs(run)}{benchmarks(run)}{body}{samples(run)}{promotions(run)}</main><div id=tip hidden></div>"
         f"<script>{SCRIPT}</script></body></html>"
     )
 

@@ -16,7 +16,7 @@ from pydantic import ConfigDict, Discriminator, Field, Tag, field_validator, mod
 
 from llmray.config import EXECUTION_ONLY, EXTERNAL_INPUT, StageConfig, StrictModel, with_defaults
 from llmray.data.formats import check_fields, check_spec
-from llmray.models import ModelSource
+from llmray.models import ModelSource, check_start
 from llmray.resources import ActorResources
 from llmray.rlhf.rewards import is_function_ref, resolve_callable
 
@@ -241,8 +241,7 @@ class RLConfig(StageConfig):
 
     @model_validator(mode="after")
     def _one_start(self):
-        if bool(self.init) == bool(self.from_):
-            raise ValueError("set exactly one of init (a stage) and from (a Hugging Face causal-LM folder)")
+        check_start(self.init, self.from_)
         return self
 
     def reward_terms(self) -> list[RewardTerm]:

@@ -11,9 +11,11 @@ with logits / temperature. Weight sync uses the worker's public `reload_weights`
 `LLM.collective_rpc` (in-place reload, vLLM's layerwise loader) from a folder the actor writes
 the received bytes to, then `reset_prefix_cache()` so no KV computed by old weights is
 reused. HFEngine: transformers `generate` on the same model folder (where vLLM is not
-installed). The driver's `RolloutGroup` sends the same bytes (one object in Ray's store) to
-every engine, checks each answer carries the current weight version, and restarts + re-syncs
-an engine that died.
+installed), through llmray.generate.HFGenerator, the batch engine evaluation and samples use too. The
+two vLLM classes (this `LLM` one and llmray.serve.vllm_engine's AsyncLLM) stay apart: a rollout wants
+a blocking batch call in the actor's own process, a server vLLM's async engine.
+The driver's `RolloutGroup` sends the same bytes (one object in Ray's store) to every engine, checks
+each answer carries the current weight version, and restarts + re-syncs an engine that died.
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ import shutil
 import time
 from pathlib import Path
 
-from llmray.chat import pad_token_id
-from llmray.generate import pick_engine
+from llmray.generate import HFGenerator, pick_engine
 
 
 def _has_cuda() -> bool:
@@ -91,77 +92,12 @@ class VLLMEngine:
         self.weights_dir = folder
 
 
-class HFEngine:
-    """transformers `generate`, left-padded batches. `shared`: (model, compute) of a policy trainer in
-    this process to generate with (colocation: no second copy, no weight sync)."""
+class HFEngine(HFGenerator):
+    """transformers `generate` (llmray.generate.HFGenerator, the one transformers batch engine) with the
+    rollout engines' constructor. `shared`: (model, compute) of a policy trainer in this process."""
 
     def __init__(self, model_dir: str, opts: dict, seed: int, tmp_dir: str, shared=None):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from llmray.device import compute_init
-
-        self.tok = AutoTokenizer.from_pretrained(model_dir)
-        if shared is not None:
-            self.model, self.compute = shared
-        else:
-            self.compute = compute_init(in_ray_train=False)
-            self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(self.compute.device)
-            self.model.eval()
-        self.batch = opts.get("hf_batch_size", 64)
-
-    def generate(self, prompts: list[list[int]], n: int, sampling: dict, seed: int) -> list[list[dict]]:
-        import torch
-
-        torch.manual_seed(seed)
-        result: list[list[dict]] = []
-        for start in range(0, len(prompts), self.batch):
-            result += self._generate_batch(prompts[start: start + self.batch], n, sampling)
-        return result
-
-    def _generate_batch(self, prompts, n, sampling):
-        import torch
-        from transformers import GenerationConfig
-
-        pad, width = pad_token_id(self.tok), max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        att = torch.zeros_like(ids)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p)
-            att[i, width - len(p):] = 1
-        gen = GenerationConfig(do_sample=True, temperature=sampling["temperature"], top_p=sampling["top_p"], top_k=0,
-                               max_new_tokens=sampling["max_new_tokens"], eos_token_id=sampling["stop_ids"],
-                               min_new_tokens=sampling.get("min_new_tokens", 0),
-                               pad_token_id=pad, num_return_sequences=n, output_scores=True,
-                               return_dict_in_generate=True, use_cache=True)  # a trainer's model has it off
-        with torch.no_grad():
-            out = self.model.generate(input_ids=ids.to(self.compute.device), attention_mask=att.to(self.compute.device),
-                                      generation_config=gen)
-        seqs = out.sequences[:, width:].cpu()
-        # scores are the processed logits (after temperature), one [rows, vocab] per step
-        logps = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1).cpu()
-        stop = set(sampling["stop_ids"])
-        result = []
-        for i in range(len(prompts)):
-            samples = []
-            for k in range(n):
-                row = i * n + k
-                toks = seqs[row].tolist()
-                end = next((j + 1 for j, t in enumerate(toks) if t in stop), len(toks))
-                lps = logps[row, torch.arange(end), seqs[row, :end]].tolist()
-                finish = "stop" if end < len(toks) or (toks and toks[end - 1] in stop) else "length"
-                samples.append({"ids": toks[:end], "logprobs": lps, "finish": finish})
-            result.append(samples)
-        return result
-
-    def load_weights(self, blob: bytes, version: int) -> None:
-        from safetensors.torch import load
-
-        state = load(blob)
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        if unexpected or [k for k in missing if k != "lm_head.weight"]:
-            raise RuntimeError(f"weights do not fit the engine's model: missing {missing[:5]}, "
-                               f"unexpected {unexpected[:5]}")
+        super().__init__(model_dir, batch_size=opts.get("hf_batch_size", 64), shared=shared)
 
 
 class RolloutWorker:

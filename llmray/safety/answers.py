@@ -5,7 +5,8 @@ Data flow:
     the signature and docstring summary) --plain questions only, `n` picked by a hash of the id
     (deterministic, the same prompts for every model)--> `question_set`
   each model's greedy answers (the align stage generates them with the red-team suite, through the
-    same engine and the folder's generation config) --`score_answers`--> per model:
+    generation layer's batch engine, llmray.generate.HFGenerator, and the folder's generation config,
+    the same defaults a served model decodes with) --`score_answers`--> per model:
     word_f1          mean SQuAD-style word F1 against the reference (lower-case, punctuation incl.
                      backticks and articles removed, bag-of-words overlap)
     distinct_2       distinct word bigrams / all word bigrams over the model's answers

@@ -1,10 +1,11 @@
 """Generate responses to a red-team suite and score them, with and without the guardrail.
 
 Engines turn chat conversations into response texts:
-  HFEngine     transformers `generate` (greedy) on a model folder, prompts rendered by the
-               folder's own chat template (`llmray.chat.render_chat(add_generation_prompt=True)`),
-               decoding settings from the folder's generation_config.json (repetition_penalty,
-               no_repeat_ngram_size, ... as a served model is configured; sampling switched off);
+  HFEngine     greedy transformers `generate` on a model folder through the generation layer's
+               batch engine (llmray.generate.HFGenerator): prompts rendered by the folder's own chat
+               template (llmray.chat.prompt_ids), decoding settings from the folder's
+               generation_config.json (repetition_penalty, no_repeat_ngram_size, ... as a served
+               model is configured; sampling switched off);
   FixedEngine  responses from a function (tests; replaying recorded outputs).
 `generate_in_ray` runs one HFEngine per model as a Ray task with fractional CPUs, so several
 stage models are evaluated side by side on a small machine; each task loads its model once and
@@ -29,8 +30,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from llmray.chat import CHAT_TEMPLATE, pad_token_id, render_chat, stop_token_ids
 from llmray.data.redteam import prompt_text
+from llmray.generate import HFGenerator
 from llmray.rlhf.rewards import wilson_interval
 
 
@@ -48,76 +49,22 @@ class FixedEngine:
         return [self.fn(c) for c in conversations]
 
 
-# Sampling fields of a generation config: dropped, since evaluation decodes greedily (keeping them only
-# makes transformers warn). Everything else in the folder's config (repetition_penalty,
-# no_repeat_ngram_size, bad_words_ids, ...) applies here as it does where the folder is served.
-_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
-# Fields shown in `decoding` (what shaped the greedy answers) when the folder sets them.
-DECODING_FIELDS = ("repetition_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size",
-                   "length_penalty", "bad_words_ids", "min_new_tokens", "suppress_tokens")
-
-
 class HFEngine:
-    """Greedy transformers generation on a local HF model folder, in length-sorted batches, with the
-    folder's generation config (`decoding`: the settings it changed from transformers' defaults)."""
+    """Greedy answers of a local HF model folder through the generation layer's transformers batch engine
+    (llmray.generate.HFGenerator: the folder's chat template and generation config, length-sorted
+    batches). `decoding`: the settings the folder changed from transformers' defaults."""
 
     def __init__(self, model_dir: str, max_new_tokens: int = 32, batch_size: int = 16):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+        self.gen = HFGenerator(model_dir, batch_size=batch_size)
+        self.max_new_tokens = max_new_tokens
+        self.decoding, self.template = self.gen.decoding, self.gen.template
 
-        from llmray.device import compute_init
-
-        self.compute = compute_init(in_ray_train=False)
-        self.tok = AutoTokenizer.from_pretrained(model_dir)
-        self.template = "model"
-        if not self.tok.chat_template:
-            # A folder saved without a template (e.g. an outside base model): use the one llmray trains with.
-            self.tok.chat_template, self.template = CHAT_TEMPLATE, "llmray.chat"
-        self.tok.padding_side, self.tok.truncation_side = "left", "left"
-        if self.tok.pad_token_id is None:  # batching only: an existing token, the vocabulary is unchanged
-            self.tok.pad_token = self.tok.convert_ids_to_tokens(pad_token_id(self.tok))
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(self.compute.device)
-        self.model.eval()
-        self.stop = stop_token_ids(self.tok, model_dir)
-        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
-        self.limit = getattr(self.model.config, "max_position_embeddings", 2048)
-        try:  # explicit rather than relying on from_pretrained's copy: the folder's file, or defaults
-            folder_cfg = GenerationConfig.from_pretrained(model_dir).to_dict()
-        except OSError:
-            folder_cfg = {}
-        defaults = GenerationConfig().to_dict()
-        self.decoding = {k: folder_cfg[k] for k in DECODING_FIELDS
-                         if k in folder_cfg and folder_cfg[k] != defaults.get(k)}
-        kept = {k: v for k, v in folder_cfg.items() if k not in _SAMPLING_FIELDS and not k.startswith("_")
-                and k != "transformers_version"}
-        self.gen_settings = {**kept, "do_sample": False, "num_beams": 1, "eos_token_id": self.stop,
-                             "pad_token_id": self.tok.pad_token_id}
-        self.new_tokens = 0
+    @property
+    def new_tokens(self) -> int:
+        return self.gen.new_tokens
 
     def generate(self, conversations: list[list[dict]], max_new_tokens: int | None = None) -> list[str]:
-        import torch
-        from transformers import GenerationConfig
-
-        from llmray.device import autocast
-
-        new_max = max_new_tokens or self.max_new_tokens
-        max_prompt = max(8, self.limit - new_max)
-        gen_config = GenerationConfig(**{**self.gen_settings, "max_new_tokens": new_max})
-        texts = [render_chat(self.tok, c, add_generation_prompt=True) for c in conversations]
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
-        out: list[str] = [""] * len(texts)
-        for s in range(0, len(order), self.batch_size):
-            idx = order[s:s + self.batch_size]
-            # The template already writes the BOS token: no special tokens added here.
-            enc = self.tok([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
-                           max_length=max_prompt, add_special_tokens=False).to(self.compute.device)
-            with torch.no_grad(), autocast(self.compute):
-                gen = self.model.generate(**enc, generation_config=gen_config)
-            new = gen[:, enc["input_ids"].shape[1]:]
-            self.new_tokens += int((new != self.tok.pad_token_id).sum())
-            for i, row in zip(idx, new):
-                out[i] = self.tok.decode(row, skip_special_tokens=True).strip()
-        return out
+        return self.gen.answer(conversations, max_new_tokens or self.max_new_tokens)
 
 
 def _generate_task(model_dir: str, jobs: dict[str, tuple[list[list[dict]], int]], batch_size: int,

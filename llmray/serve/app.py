@@ -30,6 +30,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from llmray.resources import ReplicaResources
 from llmray.serve import protocol as P
 from llmray.serve.engines import ModelRunner, same_architecture
 from llmray.serve.guardrail import build_guardrail
@@ -48,6 +49,11 @@ def replica_env(settings: dict, engine: str | None = None) -> dict:
     return env
 
 
+def replica_resources(settings: dict) -> ReplicaResources:
+    """The replica's reservation from the serve settings (a ServeConfig dump)."""
+    return ReplicaResources(**{k: settings[k] for k in ReplicaResources.model_fields if k in settings})
+
+
 @serve.deployment
 class ModelServer:
     """One stage's model behind a ModelRunner; `stream` is called with `handle.options(stream=True)`.
@@ -58,6 +64,11 @@ class ModelServer:
 
     async def __init__(self, model: dict, engine: str, settings: dict):
         self.model_id, self.engine_kind, self.settings = model["id"], engine, settings
+        threads = replica_resources(settings).threads
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         self.runner = self._new_runner(model["dir"])
         if self.runner.engine.name == "hf":
             # Dynamic batching: @serve.batch groups requests arriving together; several groups may
@@ -548,8 +559,7 @@ def _model_options(m: dict, s: dict, engine: str) -> dict:
     env = replica_env(s, engine)
     opts = {
         "name": f"model-{m['stage']}",
-        "ray_actor_options": {"num_cpus": s["num_cpus"], "num_gpus": s["num_gpus"],
-                              "runtime_env": {"env_vars": env}},
+        "ray_actor_options": {**replica_resources(s).ray_options(), "runtime_env": {"env_vars": env}},
         "max_ongoing_requests": s["max_ongoing_requests"], "max_queued_requests": s["max_queued_requests"],
         # vLLM on CPU takes tens of seconds to start; the default health check would be too eager.
         "health_check_timeout_s": 60, "graceful_shutdown_timeout_s": 10,

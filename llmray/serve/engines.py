@@ -4,7 +4,8 @@
 `llmray.chat.stop_token_ids`) and one engine. Data flow for one request:
   {"messages" | "prompts", "params": GenParams}
   --encode: llmray.chat.prompt_ids / tokenizer(prompt); prompt-length and context checks-->
-  one `EngineRequest` per prompt --engine.stream--> lists of `Delta` (per choice index)
+  one `EngineRequest` per prompt (sampling fields the request leaves out: the folder's generation
+  config, llmray.generate.decoding_defaults) --engine.stream--> lists of `Delta` (per choice index)
   --> {"prompt_tokens"} then {"deltas": [...]} items (streaming), or one {"choices": [...]} dict.
 Errors come back as `APIError.to_payload()` dicts (not exceptions), so they cross a Ray
 DeploymentHandle unchanged and the ingress can answer with the right HTTP status.
@@ -16,16 +17,19 @@ loop) and `vllm_engine.VLLMEngine` (vLLM AsyncLLM). llmray.generate.pick_engine 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 
 from llmray.chat import prompt_ids, stop_token_ids
-from llmray.generate import Delta, EngineRequest, pick_engine
+from llmray.generate import Delta, EngineRequest, decoding_defaults, pick_engine
 from llmray.serve.hf_engine import HFEngine
 from llmray.serve.protocol import APIError, GenParams
 from llmray.serve.scoring import generate_scored
 from llmray.serve.vllm_engine import VLLMEngine  # vllm itself is imported when an engine starts
+
+log = logging.getLogger(__name__)
 
 
 class ModelRunner:
@@ -42,8 +46,13 @@ class ModelRunner:
         self.vocab_size = int(getattr(config, "vocab_size", 0) or len(self.tokenizer))
         self.max_prompt_tokens = max_prompt_tokens
         self.stop_ids = stop_token_ids(self.tokenizer, model_dir)
+        # What a request that leaves a sampling field out gets: the folder's generation config.
+        self.decoding = decoding_defaults(model_dir)
         kind = pick_engine(engine, "serve.engine")
         if kind == "vllm":
+            if self.decoding.no_repeat_ngram_size:
+                log.warning("%s: generation_config.json sets no_repeat_ngram_size, which vLLM does not implement; "
+                            "served answers ignore it (serve.engine: hf applies it)", model_id)
             self.engine = VLLMEngine(model_dir, self.stop_ids, self.context, **(vllm_options or {}))
         else:
             self.engine = HFEngine(model_dir, self.tokenizer, self.stop_ids, batch_size)
@@ -91,10 +100,23 @@ class ModelRunner:
             if room < 1:
                 raise APIError(400, f"the prompt fills the model's {self.context}-token context",
                                "context_length_exceeded", "messages" if "messages" in body else "prompt")
-            max_tokens = params.max_tokens or min(params.default_max_tokens, room)
-            out.append(EngineRequest(ids, max_tokens, params.temperature, params.top_p, params.n,
-                                     tuple(params.stop), params.seed, f"{rid}-{i}"))
+            out.append(self._resolve(ids, params, room, f"{rid}-{i}"))
         return out
+
+    def _resolve(self, ids: list[int], params: GenParams, room: int, request_id: str) -> EngineRequest:
+        """The request's sampling fields where it set them, else the folder's (`self.decoding`)."""
+        d = self.decoding
+
+        def pick(value, default):
+            return default if value is None else value
+
+        default_max = (min(d.max_tokens, params.max_tokens_cap) if d.max_tokens is not None
+                       else params.default_max_tokens)
+        return EngineRequest(
+            ids, params.max_tokens or min(default_max, room), pick(params.temperature, d.temperature),
+            pick(params.top_p, d.top_p), params.n, tuple(params.stop), params.seed, request_id,
+            top_k=pick(params.top_k, d.top_k), repetition_penalty=pick(params.repetition_penalty, d.repetition_penalty),
+            no_repeat_ngram_size=d.no_repeat_ngram_size)
 
     async def stream(self, body: dict) -> AsyncIterator[dict]:
         """{"prompt_tokens": n} first (or {"error": ...} alone), then {"deltas": [...]} items."""

@@ -9,7 +9,8 @@ Batching happens twice:
      load; with a wait, added latency for every lone request).
 One batch:
   prompts (token ids) --left-pad--> one prefill forward (KV cache) --> loop:
-    sample one token per row (each row its own temperature / top_p / seed generator)
+    sample one token per row (each row its own settings, applied with transformers' logits processors:
+    repetition penalty, no-repeat n-grams, temperature, top_k, top_p; and its own seed generator)
     --> append, detokenize incrementally, check stop tokens / stop strings / max_tokens
     --> one list of `Delta`s per request (StopIteration once a request is finished), routed
         back to each group --> one forward of the new tokens against the cache.
@@ -25,7 +26,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from llmray.chat import pad_token_id
-from llmray.generate import Delta, EngineRequest
+from llmray.generate import Delta, EngineRequest, logits_processors
 
 
 @dataclass
@@ -36,9 +37,15 @@ class _Row:
     choice: int
     req_obj: EngineRequest
     generator: object  # torch.Generator (per-row seed -> reproducible sampling)
+    procs: object  # transformers LogitsProcessorList of the row's settings (llmray.generate.logits_processors)
     ids: list[int] = field(default_factory=list)
     sent: int = 0  # characters of the decoded text already emitted
     finish: str | None = None
+
+
+def _processors(req: EngineRequest):
+    """transformers' logits processors for one request's settings (empty: plain argmax / softmax)."""
+    return logits_processors(req.repetition_penalty, req.no_repeat_ngram_size, req.temperature, req.top_k, req.top_p)
 
 
 class HFEngine:
@@ -202,7 +209,7 @@ class HFEngine:
         """One batch, step by step: a list with one item per request (see stream_batch)."""
         import torch
 
-        rows = [_Row(i, j, r, self._generator(r, j)) for i, r in enumerate(reqs) for j in range(r.n)]
+        rows = [_Row(i, j, r, self._generator(r, j), _processors(r)) for i, r in enumerate(reqs) for j in range(r.n)]
         self.stats["batches"] += 1
         self.stats["requests"] += len(reqs)
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(reqs))
@@ -269,19 +276,19 @@ class HFEngine:
 
     @staticmethod
     def _sample(logits, row: _Row) -> int:
-        """Greedy at temperature 0; else temperature + nucleus (top_p) sampling with the row's generator."""
+        """The row's processors (penalties, then temperature / top_k / top_p as transformers' `generate`
+        applies them), then the argmax at temperature 0, else a draw with the row's generator. The
+        penalties see the prompt and the tokens generated so far, unpadded (as vLLM's do)."""
         import torch
 
         if row.finish is not None:
             return 0
-        req = row.req_obj
-        if req.temperature == 0:
+        if row.procs:
+            seen = torch.tensor([row.req_obj.prompt_ids + row.ids], dtype=torch.long)
+            logits = row.procs(seen, logits[None, :].clone())[0]
+        if row.req_obj.temperature == 0:
             return int(torch.argmax(logits))
-        probs = torch.softmax(logits / req.temperature, dim=-1)
-        if req.top_p < 1.0:
-            sorted_p, order = torch.sort(probs, descending=True)
-            keep = sorted_p.cumsum(-1) - sorted_p < req.top_p  # always keeps the most likely token
-            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+        probs = torch.softmax(logits, dim=-1)
         return int(torch.multinomial(probs, 1, generator=row.generator))
 
     def _advance(self, row: _Row, token: int) -> Delta | None:

@@ -64,15 +64,20 @@ class Limits:
 
 @dataclass
 class GenParams:
-    """Sampling parameters after validation; `max_tokens=None` means "as many as fit"."""
+    """Sampling parameters after validation. None: the request did not set it, so the model folder's
+    default applies (its generation_config.json, llmray.generate.decoding_defaults; for max_tokens,
+    else `default_max_tokens`, clipped to the context)."""
 
     max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
     n: int = 1
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
-    default_max_tokens: int = 512  # used when max_tokens is None (then clipped to the context)
+    default_max_tokens: int = 512  # when neither the request nor the folder sets max_tokens
+    max_tokens_cap: int = 512  # the server's cap, which a folder's max_new_tokens default obeys too
     logprobs: int | None = None  # completions: top alternatives per token (0: the chosen token's only)
     echo: bool = False  # completions: the prompt comes back before the completion, with its log-probs
 
@@ -84,6 +89,9 @@ class _Sampling(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
+    # vLLM's extensions to the OpenAI parameters (what its server and clients' `extra_body` send).
+    top_k: int | None = Field(None, ge=-1)
+    repetition_penalty: float | None = Field(None, gt=0, le=2)
     n: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = None
@@ -160,9 +168,10 @@ def _params(req: _Sampling, max_tokens: int | None, limits: Limits, default_toke
         if getattr(req, name):
             raise APIError(400, f"'{name}' is not supported by this server", "unsupported_parameter", name)
     return GenParams(
-        max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p, n=n, stop=stop, seed=req.seed,
-        default_max_tokens=min(default_tokens, limits.max_tokens),
+        max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+        top_k=None if req.top_k is None else max(0, req.top_k),  # -1 (vLLM's old "off") is 0
+        repetition_penalty=req.repetition_penalty, n=n, stop=stop, seed=req.seed,
+        default_max_tokens=min(default_tokens, limits.max_tokens), max_tokens_cap=limits.max_tokens,
     )
 
 

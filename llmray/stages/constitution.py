@@ -26,7 +26,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from llmray.config import EXTERNAL_INPUT, StageConfig, StrictModel, with_defaults
 from llmray.data.formats import check_fields, check_spec
-from llmray.models import ModelSource, model_cache, resolve_model_source
+from llmray.models import ModelSource, check_start, model_cache, resolve_model_source
 from llmray.resources import ActorResources
 
 VERSION = "1"
@@ -145,8 +145,7 @@ class Config(StageConfig):
     def _check(self):
         if self.min_calibration is not None and not self.calibration_pairs:
             raise ValueError("min_calibration needs calibration_pairs > 0 (nothing to measure the feedback model on)")
-        if bool(self.init) == bool(self.from_):
-            raise ValueError("set exactly one of init (a stage) and from (a HF folder or object-store URI)")
+        check_start(self.init, self.from_)
         if self.feedback and self.feedback_from:
             raise ValueError("set at most one of feedback (a stage) and feedback_from (a HF folder or URI)")
         if self.require_consistent and self.judge != "pairwise":

@@ -57,14 +57,19 @@ class DpoTask(BaseTask):
     """DPO loss with a per-worker frozen reference (a `llmray.train.task.TrainTask`)."""
 
     def __init__(self, model_dir: Path, train_dir: str, val_dir: str, pad_id: int, beta: float,
-                 loss_type: str, label_smoothing: float, lora=None, groups: list[str] = ()):
+                 loss_type: str, label_smoothing: float, lora=None, groups: list[str] = (), decoding=None):
         self.model_dir, self.train_dir, self.val_dir = Path(model_dir), train_dir, val_dir
         self.pad_id, self.beta, self.loss_type, self.label_smoothing = pad_id, beta, loss_type, label_smoothing
-        self.lora, self.groups = lora, list(groups)
+        self.lora, self.groups, self.decoding = lora, list(groups), decoding
         self._ref = None  # built lazily on the worker, on the batch's device
+        # Held-out reference log-probs per batch index: the reference is frozen and the held-out batches
+        # are the same at every evaluation, so its forward runs once per batch, not once per evaluation.
+        self._ref_eval: dict[int, tuple] = {}
+        self._evaluated = False
 
     def __getstate__(self):
-        return {**self.__dict__, "_ref": None}  # never ship a model to the workers
+        # never ship a model (or worker-side caches) to the workers
+        return {**self.__dict__, "_ref": None, "_ref_eval": {}, "_evaluated": False}
 
     def datasets(self) -> dict:
         from llmray.posttrain import rows_dataset
@@ -105,17 +110,49 @@ class DpoTask(BaseTask):
         n = lp.shape[0] // 2
         return lp[:n], lp[n:]
 
-    def pair_stats(self, model, batch: dict):
-        """Per-pair losses, implicit rewards and policy log-probs for one batch."""
+    def pair_stats(self, model, batch: dict, ref=None, policy_is_ref: bool = False):
+        """Per-pair losses, implicit rewards and policy log-probs for one batch. `ref`: the reference's
+        (chosen, rejected) log-probs when already known; `policy_is_ref`: the policy's weights equal the
+        reference's, so its log-probs are the reference's (one forward, not two)."""
         import torch
 
         from llmray.losses import dpo_loss
 
-        pc, pr = self.logps(model, batch)
-        with torch.no_grad():
-            rc, rr = self.logps(self.reference(batch["input_ids"].device), batch)
+        if ref is None:
+            with torch.no_grad():
+                ref = self.logps(self.reference(batch["input_ids"].device), batch)
+        rc, rr = ref
+        pc, pr = (rc, rr) if policy_is_ref else self.logps(model, batch)
         losses, chosen_r, rejected_r = dpo_loss(pc, pr, rc, rr, self.beta, self.loss_type, self.label_smoothing)
         return losses, chosen_r, rejected_r, pc.detach(), pr.detach()
+
+    def _eval_ref(self, batch: dict):
+        """The reference's log-probs of a held-out batch, computed at its first evaluation only."""
+        key = int(batch["eval_index"])
+        if key not in self._ref_eval:
+            import torch
+
+            with torch.no_grad():
+                self._ref_eval[key] = self.logps(self.reference(batch["input_ids"].device), batch)
+        return self._ref_eval[key]
+
+    def _policy_is_ref(self, model) -> bool:
+        """True when the policy is a plain (or DDP-wrapped) copy of the reference: same class, config,
+        dtypes and weights, not compiled, so both forwards give the same numbers. Checked at the first
+        evaluation (the init model, unless the run resumed); LoRA, FSDP2 and compiled models never match."""
+        import torch
+
+        from llmray.train.checkpoint import unwrap
+
+        plain = unwrap(model)
+        ref = self.reference(next(plain.parameters()).device)
+        if (type(plain) is not type(ref) or getattr(plain, "_compiled_call_impl", None) is not None
+                or plain.config.to_dict() != ref.config.to_dict()):
+            return False
+        mine, theirs = plain.state_dict(), ref.state_dict()
+        return mine.keys() == theirs.keys() and all(
+            type(a) is torch.Tensor and type(b) is torch.Tensor and a.dtype == b.dtype and a.shape == b.shape
+            and torch.equal(a, b) for a, b in ((mine[k], theirs[k]) for k in mine))
 
     def loss(self, model, batch: dict):
         losses, cr, rr, pc, pr = self.pair_stats(model, batch)
@@ -131,9 +168,14 @@ class DpoTask(BaseTask):
         from llmray.posttrain import eval_sums, group_sums
 
         n_groups = len(self.groups)
+        batches = val_sets.get("val", [])
+        for i, b in enumerate(batches):  # the batch's key in the reference cache
+            b.setdefault("eval_index", torch.tensor(i))
+        same = not self._evaluated and self._policy_is_ref(model)
+        self._evaluated = True
 
         def sums(batch):
-            losses, cr, rr, pc, pr = self.pair_stats(model, batch)
+            losses, cr, rr, pc, pr = self.pair_stats(model, batch, self._eval_ref(batch), policy_is_ref=same)
             return {"loss": losses.sum(), "reward_accuracy": (cr > rr).sum().double(),
                     "chosen_reward": cr.sum(), "rejected_reward": rr.sum(), "margin": (cr - rr).sum(),
                     "logp_accuracy": (pc > pr).sum().double(),
@@ -141,7 +183,7 @@ class DpoTask(BaseTask):
                     **group_sums(cr > rr, batch["group"], n_groups, "reward"),
                     **group_sums(pc > pr, batch["group"], n_groups, "logp")}
 
-        s = eval_sums(model, val_sets.get("val", []), sums, compute, rank, world)
+        s = eval_sums(model, batches, sums, compute, rank, world)
         if not s:
             return {}
         from llmray.posttrain import group_means
@@ -159,24 +201,28 @@ class DpoTask(BaseTask):
         from llmray.models import save_model
         from llmray.posttrain import merge_lora
 
-        save_model(merge_lora(model), AutoTokenizer.from_pretrained(str(self.model_dir)), out_dir, self.model_dir)
+        save_model(merge_lora(model), AutoTokenizer.from_pretrained(str(self.model_dir)), out_dir, self.model_dir,
+                   self.decoding)
 
 
 def run(config: Config, ctx):
     from llmray.chat import pad_token_id
     from llmray.posttrain import init_dir, load_tokenizer, pair_groups, prepare
-    from llmray.stages.base import StageResult
+    from llmray.stages.base import FixedCost, StageResult
     from llmray.stages.reward import encode_pair_rows
     from llmray.train.loop import fit
 
-    start = init_dir(config, ctx)
-    tok = load_tokenizer(start)
+    cost = FixedCost()
+    with cost.phase("startup"):  # the driver's part: the init model's folder and tokenizer
+        start = init_dir(config, ctx)
+        tok = load_tokenizer(start)
     groups = pair_groups(config)
-    data = prepare(config, ctx, "pref", lambda rec: encode_pair_rows(tok, rec, with_masks=True, groups=groups))
+    with cost.phase("data"):
+        data = prepare(config, ctx, "pref", lambda rec: encode_pair_rows(tok, rec, with_masks=True, groups=groups))
     ctx.log.info("dpo data: %s", data)
     task = DpoTask(start, data["train_dir"], data["val_dir"], pad_token_id(tok), config.beta, config.loss_type,
-                   config.label_smoothing, config.lora, groups)
-    result = fit(task, config.train, config.resources, ctx)
+                   config.label_smoothing, config.lora, groups, config.decoding)
+    result = fit(task, config.train, config.resources, ctx, cost=cost)
     first, last = result.metrics.get("first_eval", {}), result.metrics.get("final_eval", {})
     metrics = {k: v for k, v in result.metrics.items() if k not in ("first_eval", "final_eval")}
     metrics.update({k: v for k, v in data.items() if not k.endswith("_dir")})
@@ -191,6 +237,7 @@ def run(config: Config, ctx):
                                                   if f"val_reward_accuracy_{g}" in last}
     metrics["init_heldout_accuracy_by_kind"] = {g: first[f"val_logp_accuracy_{g}"] for g in groups
                                                 if f"val_logp_accuracy_{g}" in first}
+    metrics["fixed_cost"] = cost.metrics(work_s=result.work_s)
     ctx.log.info("dpo: held-out implicit-reward accuracy %s (init model's log-prob accuracy %s)",
                  metrics.get("heldout_reward_accuracy"), metrics["init_heldout_accuracy"])
     return StageResult(metrics=metrics, outputs={"model": "model"})

@@ -21,7 +21,7 @@ from typing import ClassVar, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from llmray.config import EXTERNAL_INPUT, StageConfig, StrictModel
-from llmray.models import ModelConfig, ModelSource, model_cache, resolve_model_source
+from llmray.models import ModelConfig, ModelSource, check_start, model_cache, resolve_model_source
 from llmray.resources import Resources
 from llmray.train.config import TrainConfig
 
@@ -68,23 +68,24 @@ class Config(StageConfig):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.init and self.from_:
-            raise ValueError("set at most one of init (a stage) and from (a folder)")
+        check_start(self.init, self.from_, required=False)
         if (self.init or self.from_) and "model" in self.model_fields_set:
             raise ValueError("model describes a model trained from scratch; remove it when using init/from")
         return self
 
 
 def run(config: Config, ctx):
-    from llmray.stages.base import StageResult
+    from llmray.stages.base import FixedCost, StageResult
     from llmray.train.causal import CausalLMTask, check_vocab, unigram_entropy
     from llmray.train.data import rows_needed
     from llmray.train.loop import fit
 
+    cost = FixedCost()
     data = ctx.input("data")
-    hf_dir = _start_dir(config, ctx)
-    if hf_dir is not None:
-        check_vocab(data.path("tokenizer"), hf_dir)
+    with cost.phase("startup"):  # the driver's part: the starting model's folder, its vocabulary checked
+        hf_dir = _start_dir(config, ctx)
+        if hf_dir is not None:
+            check_vocab(data.path("tokenizer"), hf_dir)
     replay = ctx.input("replay") if config.replay else None
     task = CausalLMTask(
         train_dir=data.path("train"), val_dir=data.path("val"), tokenizer_dir=data.path("tokenizer"),
@@ -93,11 +94,13 @@ def run(config: Config, ctx):
         replay_val_dir=replay.path("val") if replay else None,
         replay_fraction=config.replay.fraction if config.replay else 0.0, data_cpus=config.train.data_cpus,
         min_rows=rows_needed(config.train, config.resources.num_workers))
-    baseline = unigram_entropy(data.path("train"))
+    with cost.phase("data"):
+        baseline = unigram_entropy(data.path("train"))
     ctx.log.info("unigram entropy of the train tokens: %.4f nats", baseline["unigram_entropy"])
     ctx.metrics_writer().write({"event": "data", **baseline})
-    result = fit(task, config.train, config.resources, ctx)
+    result = fit(task, config.train, config.resources, ctx, cost=cost)
     metrics = _summary(result.metrics, baseline)
+    metrics["fixed_cost"] = cost.metrics(work_s=result.work_s)
     ctx.log.info("pretrain: %s", metrics)
     return StageResult(metrics=metrics, outputs={"model": "model"})
 

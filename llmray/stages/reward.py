@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from llmray.config import with_defaults
 from llmray.data.instruct import DATA_VERSION
@@ -37,6 +37,13 @@ class Config(PrefConfig):
 
     kind: Literal["reward"] = Field("reward", description="Selects this stage kind.")
     train: RewardTrain = Field(default_factory=RewardTrain, description="Optimisation, logging, checkpoints.")
+
+    @field_validator("decoding")
+    @classmethod
+    def _no_decoding(cls, v):
+        if v.model_dump(exclude_none=True):
+            raise ValueError("a reward model scores text and does not generate: remove `decoding`")
+        return v
 
 
 def encode_pair_rows(tokenizer, record: dict, with_masks: bool = False, groups: list[str] = ()) -> dict:
@@ -152,16 +159,19 @@ def build_reward_model(model_dir: Path, pad_id: int, lora=None):
 def run(config: Config, ctx):
     from llmray.chat import pad_token_id
     from llmray.posttrain import init_dir, load_tokenizer, pair_groups, prepare
-    from llmray.stages.base import StageResult
+    from llmray.stages.base import FixedCost, StageResult
     from llmray.train.loop import fit
 
-    start = init_dir(config, ctx)
-    tok = load_tokenizer(start)
+    cost = FixedCost()
+    with cost.phase("startup"):  # the driver's part: the init model's folder and tokenizer
+        start = init_dir(config, ctx)
+        tok = load_tokenizer(start)
     groups = pair_groups(config)
-    data = prepare(config, ctx, "pref", lambda rec: encode_pair_rows(tok, rec, groups=groups))
+    with cost.phase("data"):
+        data = prepare(config, ctx, "pref", lambda rec: encode_pair_rows(tok, rec, groups=groups))
     ctx.log.info("reward data: %s", data)
     task = RewardTask(start, data["train_dir"], data["val_dir"], pad_token_id(tok), config.lora, groups)
-    result = fit(task, config.train, config.resources, ctx)
+    result = fit(task, config.train, config.resources, ctx, cost=cost)
     first, last = result.metrics.get("first_eval", {}), result.metrics.get("final_eval", {})
     metrics = {k: v for k, v in result.metrics.items() if k not in ("first_eval", "final_eval")}
     metrics.update({k: v for k, v in data.items() if not k.endswith("_dir")})
@@ -171,6 +181,7 @@ def run(config: Config, ctx):
             metrics[f"heldout_{key}"] = last[f"val_{key}"]
     metrics["heldout_pairs"] = last.get("val_pairs")
     metrics["heldout_accuracy_by_kind"] = {g: last[f"val_accuracy_{g}"] for g in groups if f"val_accuracy_{g}" in last}
+    metrics["fixed_cost"] = cost.metrics(work_s=result.work_s)
     ctx.log.info("reward: held-out accuracy %s, margin %s", metrics.get("heldout_accuracy"),
                  metrics.get("heldout_margin"))
     return StageResult(metrics=metrics, outputs={"model": "model"})

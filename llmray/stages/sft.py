@@ -18,6 +18,7 @@ into the manifest (`metrics.samples`).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -58,10 +59,11 @@ class SftTask(BaseTask):
     """Masked next-token loss on padded or packed chat rows (a `llmray.train.task.TrainTask`)."""
 
     def __init__(self, model_dir: Path, train_dir: str, val_dir: str, pad_id: int, lora=None,
-                 packing: bool = False, max_seq_len: int = 512):
+                 packing: bool = False, max_seq_len: int = 512, decoding=None):
         self.model_dir, self.train_dir, self.val_dir = Path(model_dir), train_dir, val_dir
         self.pad_id, self.lora = pad_id, lora
         self.packing, self.max_seq_len = packing, max_seq_len
+        self.decoding = decoding
 
     def datasets(self) -> dict:
         from llmray.posttrain import rows_dataset
@@ -120,7 +122,8 @@ class SftTask(BaseTask):
         from llmray.models import save_model
         from llmray.posttrain import merge_lora
 
-        save_model(merge_lora(model), AutoTokenizer.from_pretrained(str(self.model_dir)), out_dir, self.model_dir)
+        save_model(merge_lora(model), AutoTokenizer.from_pretrained(str(self.model_dir)), out_dir, self.model_dir,
+                   self.decoding)
 
 
 def encode_chat_row(tokenizer, record: dict) -> dict:
@@ -141,19 +144,28 @@ def encode_chat_ids(tokenizer, messages: list[dict]) -> tuple[list[int], list[in
 def run(config: Config, ctx):
     from llmray.chat import pad_token_id
     from llmray.posttrain import init_dir, load_tokenizer, prepare
-    from llmray.stages.base import StageResult
+    from llmray.stages.base import FixedCost, StageResult
     from llmray.train.loop import fit
 
-    start = init_dir(config, ctx)
-    tok = load_tokenizer(start)
-    data = prepare(config, ctx, "chat", lambda rec: encode_chat_row(tok, rec))
+    cost = FixedCost()
+    with cost.phase("startup"):  # the driver's part: the init model's folder and tokenizer
+        start = init_dir(config, ctx)
+        tok = load_tokenizer(start)
+    with cost.phase("data"):
+        data = prepare(config, ctx, "chat", lambda rec: encode_chat_row(tok, rec))
     ctx.log.info("sft data: %s", data)
     task = SftTask(start, data["train_dir"], data["val_dir"], pad_token_id(tok), config.lora,
-                   packing=config.packing, max_seq_len=config.max_seq_len)
-    result = fit(task, config.train, config.resources, ctx)
-    metrics = _summary(result.metrics, data)
-    if config.samples:
-        metrics["samples"] = _samples(config, start, result.model_dir)
+                   packing=config.packing, max_seq_len=config.max_seq_len, decoding=config.decoding)
+    # The init model's sample answers are written on the driver while the workers train (the driver only
+    # waits there); the tuned model's after training.
+    with ThreadPoolExecutor(1) as pool:
+        before = pool.submit(_init_samples, config, start) if config.samples else None
+        result = fit(task, config.train, config.resources, ctx, cost=cost)
+        metrics = _summary(result.metrics, data)
+        if before is not None:
+            with cost.phase("eval"):  # the wait for the init model's answers, then the tuned model's
+                metrics["samples"] = _samples(config, result.model_dir, *before.result())
+    metrics["fixed_cost"] = cost.metrics(work_s=result.work_s)
     ctx.log.info("sft: held-out loss %.4f -> %.4f", metrics.get("heldout_loss_before", float("nan")),
                  metrics.get("heldout_loss_after", float("nan")))
     return StageResult(metrics=metrics, outputs={"model": "model"})
@@ -170,12 +182,18 @@ def _summary(final: dict, data: dict) -> dict:
     return out
 
 
-def _samples(config: Config, start: Path, tuned: Path) -> list[dict]:
-    """Greedy answers of the init and the tuned model to the first few held-out prompts."""
+def _init_samples(config: Config, start: Path) -> tuple[list[dict], list[str]]:
+    """The first few held-out prompts and the init model's greedy answers to them."""
     from llmray.posttrain import generate_samples, heldout_records
 
     prompts = heldout_records(config, "prompt", config.samples)
-    before = generate_samples(start, prompts, config.max_new_tokens)
+    return prompts, generate_samples(start, prompts, config.max_new_tokens)
+
+
+def _samples(config: Config, tuned: Path, prompts: list[dict], before: list[str]) -> list[dict]:
+    """Greedy answers of the init (`before`) and the tuned model to the first few held-out prompts."""
+    from llmray.posttrain import generate_samples
+
     after = generate_samples(tuned, prompts, config.max_new_tokens)
     return [{"prompt": p["prompt"][-1]["content"], "reference": p.get("reference"), "before": b, "after": a}
             for p, b, a in zip(prompts, before, after)]

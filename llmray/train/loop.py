@@ -17,10 +17,16 @@ checkpoint if any (model, optimizer, scheduler, data position, RNG) -> evaluate 
 loop of `train_step` (the Ray-free per-step function) with a record every `log_every` steps,
 evaluation every `eval_every`, a checkpoint every `checkpoint_every` -> final evaluation ->
 rank 0 exports the HF model into the final checkpoint.
+
+Fixed cost: rank 0 times its phases (set-up, evaluations, checkpoints, export, the steps) and sends
+them with its final record under "timing"; `fit` takes them out of the metrics and, with the
+driver's own clock (worker-group start, the model copy), fills the stage's `FixedCost` when given
+one: startup = fit() called -> first step, less the evaluation before it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -43,6 +49,7 @@ class FitResult:
     metrics_path: Path  # ctx.out_dir / "metrics.jsonl"
     checkpoint_dir: Path  # the final checkpoint on storage (train_state.pt, meta.json, model/); a path on
     # the store (no scheme) when the run directory is a URI
+    work_s: float | None = None  # seconds rank 0 spent in training steps this attempt (None: not measured)
 
 
 # ------------------------------------------------------------------------------- driver side
@@ -69,23 +76,50 @@ def _metrics_actor(path: Path):
         scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(str(path))
 
 
-def _data_config(dataset_names):
+def _data_config(dataset_names, num_workers: int):
+    """Train sets split across workers, in a fixed order. With one worker there is nothing to split: the
+    worker reads the whole set itself (the same rows in the same order) and Ray Data starts no
+    SplitCoordinator actor (a process start, and a share of a core while training, on a small machine)."""
     from ray.train import DataConfig
 
     options = DataConfig.default_ingest_options()
     options.preserve_order = True  # the same rows reach the same worker in the same order every run
-    return DataConfig(datasets_to_split=[n for n in dataset_names if n.startswith("train")],
-                      execution_options=options)
+    split = [n for n in dataset_names if n.startswith("train")] if num_workers > 1 else []
+    return DataConfig(datasets_to_split=split, execution_options=options)
 
 
-def fit(task, train_cfg, resources, ctx, name: str = "train") -> FitResult:
-    """Train `task` on Ray Train; returns the final metrics and where the HF model landed."""
+@contextlib.contextmanager
+def _train_env():
+    """Ray Train v2 settings for one fit, through the driver's environment (Ray Train hands these variables
+    to its controller and workers; a value the user set wins; restored after): poll the workers every
+    0.5 s instead of 2 s, since the start and the end of every stage wait for a poll, and on a one-node
+    cluster start no preemption-watcher actor (a process; there is no other node to move to)."""
+    import ray
+
+    wanted = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+    if sum(1 for n in ray.nodes() if n.get("Alive")) == 1:
+        wanted["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    added = {k: v for k, v in wanted.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def fit(task, train_cfg, resources, ctx, name: str = "train", cost=None) -> FitResult:
+    """Train `task` on Ray Train; returns the final metrics and where the HF model landed.
+
+    `cost` (a `llmray.stages.base.FixedCost`) gets the phases outside the steps: startup, eval,
+    checkpoint, export; FitResult.work_s is the steps' own time."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from llmray.resources import scaling_config
 
+    t_fit = time.time()  # wall clock: compared with the worker's, on the same node in the common case
     datasets = task.datasets()
     if "train" not in datasets:
         raise ValueError(f"task.datasets() must include 'train'; got {sorted(datasets)}")
@@ -98,22 +132,46 @@ def fit(task, train_cfg, resources, ctx, name: str = "train") -> FitResult:
                            "datasets": sorted(datasets), "pid_dir": str(Path(ctx.work_dir) / "worker_pids")},
         scaling_config=scaling_config(resources),
         datasets=datasets,
-        dataset_config=_data_config(datasets),
+        dataset_config=_data_config(datasets, resources.num_workers),
         run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
                              failure_config=FailureConfig(max_failures=resources.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=train_cfg.keep_checkpoints)),
     )
     try:
-        result = trainer.fit()
+        with _train_env():
+            result = trainer.fit()
+        t_done = time.time()
     finally:
         ray.kill(sink)
     if result.checkpoint is None:
         raise RuntimeError("training finished without a final checkpoint")
     model_dir = Path(ctx.out_dir) / "model"
+    t_copy = time.perf_counter()
     with result.checkpoint.as_directory() as d:
         shutil.copytree(Path(d) / "model", model_dir, dirs_exist_ok=True)
-    return FitResult(metrics=dict(result.metrics), model_dir=model_dir, metrics_path=metrics_path,
-                     checkpoint_dir=Path(result.checkpoint.path))
+    metrics = dict(result.metrics)
+    timing = metrics.pop("timing", None) or {}
+    if timing.get("at_end") and hasattr(ctx, "log"):  # the Ray Train teardown: part of the stage's other_s
+        ctx.log.info("ray train: fit -> train function %.1fs, worker set-up %.1fs (model, data streams), "
+                     "final report -> fit returned %.1fs", timing["at_start"] - t_fit, timing.get("setup_s", 0.0),
+                     t_done - timing["at_end"])
+    if cost is not None:
+        cost.add("export", time.perf_counter() - t_copy)
+        add_timing(cost, timing, t_fit)
+    return FitResult(metrics=metrics, model_dir=model_dir, metrics_path=metrics_path,
+                     checkpoint_dir=Path(result.checkpoint.path), work_s=timing.get("work_s"))
+
+
+def add_timing(cost, timing: dict, t_fit: float) -> None:
+    """Rank 0's phase timers into the stage's FixedCost (every phase key present, 0 when none).
+    Startup runs from `fit` (driver, wall clock) to the first step, less the evaluation and checkpoint
+    restore before it; when the run was already finished (a restored final record) it stays 0."""
+    before = timing.get("eval_before_s", 0.0) + timing.get("restore_s", 0.0)
+    start = timing.get("at_first_step")
+    cost.add("startup", 0.0 if start is None else max(0.0, start - t_fit - before))
+    cost.add("eval", timing.get("eval_s", 0.0))
+    cost.add("checkpoint", timing.get("checkpoint_s", 0.0) + timing.get("restore_s", 0.0))
+    cost.add("export", timing.get("export_s", 0.0))
 
 
 def _storage(ctx) -> tuple[str, object]:
@@ -284,6 +342,35 @@ def _build_streams(task, cfg, names: list[str]):
     return stream, val
 
 
+class _Clock:
+    """Rank 0's phase timers for the stage's fixed cost (seconds per phase; wall-clock mark of the
+    first step). Nothing here changes what is computed."""
+
+    def __init__(self):
+        self.s = {"eval_s": 0.0, "checkpoint_s": 0.0, "export_s": 0.0, "work_s": 0.0, "restore_s": 0.0,
+                  "eval_before_s": 0.0, "setup_s": 0.0}
+        self.at_first_step, self.at_start = None, time.time()
+
+    def phase(self, name: str):
+        @contextlib.contextmanager
+        def timed():
+            t = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.s[name] += time.perf_counter() - t
+
+        return timed()
+
+    def first_step(self) -> None:
+        if self.at_first_step is None:
+            self.at_first_step = time.time()
+
+    def as_dict(self) -> dict:
+        return {**{k: round(v, 4) for k, v in self.s.items()}, "at_first_step": self.at_first_step,
+                "at_start": self.at_start}
+
+
 class _Log:
     """Rank 0 sends records to the driver's metrics actor; other ranks send nothing."""
 
@@ -323,15 +410,19 @@ def _report_checkpoint(model, optimizer, scheduler, meta: dict, rank: int) -> No
         ray.train.report({"step": meta["step"]}, checkpoint=Checkpoint.from_directory(d))
 
 
-def _report_final(model, optimizer, scheduler, task, meta: dict, rank: int) -> None:
-    """The last checkpoint: full training state (resumable, marked done) plus the HF export in model/."""
+def _report_final(model, optimizer, scheduler, task, meta: dict, rank: int, clock: _Clock) -> None:
+    """The last checkpoint: full training state (resumable, marked done) plus the HF export in model/.
+    The final record carries rank 0's phase timers under "timing" (not saved in meta.json)."""
     import ray.train
     from ray.train import Checkpoint
 
     with tempfile.TemporaryDirectory() as d:
-        ckpt.save(Path(d), model, optimizer, scheduler, {**meta, "done": True}, rank)
-        export_model(model, task, Path(d) / "model", rank)
-        ray.train.report(meta["final_metrics"], checkpoint=Checkpoint.from_directory(d))
+        with clock.phase("checkpoint_s"):
+            ckpt.save(Path(d), model, optimizer, scheduler, {**meta, "done": True}, rank)
+        with clock.phase("export_s"):
+            export_model(model, task, Path(d) / "model", rank)
+        ray.train.report({**meta["final_metrics"], "timing": {**clock.as_dict(), "at_end": time.time()}},
+                         checkpoint=Checkpoint.from_directory(d))
 
 
 def _worker(config: dict) -> None:
@@ -339,27 +430,48 @@ def _worker(config: dict) -> None:
 
     from llmray.device import compute_init
 
-    task, cfg = config["task"], config["cfg"]
+    task, cfg, clock = config["task"], config["cfg"], _Clock()
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     _write_pid(config["pid_dir"], rank)
-    compute = compute_init()
-    seed_all(cfg.seed)  # the same initial weights on every rank
-    model = prepare_model(task.build_model(), cfg, compute, config["strategy"], world)
-    optimizer, log = build_optimizer(model, cfg), _Log(config["sink"], rank)
-    scheduler = build_scheduler(optimizer, cfg)
-    stream, val = _build_streams(task, cfg, config["datasets"])
+    with clock.phase("setup_s"):
+        compute = compute_init()
+        seed_all(cfg.seed)  # the same initial weights on every rank
+        model = prepare_model(task.build_model(), cfg, compute, config["strategy"], world)
+        optimizer, log = build_optimizer(model, cfg), _Log(config["sink"], rank)
+        scheduler = build_scheduler(optimizer, cfg)
+        stream, val = _build_streams(task, cfg, config["datasets"])
     seed_all(cfg.seed + 1 + rank)  # per-rank randomness in training (dropout etc.)
-    meta = _restore(model, optimizer, scheduler, stream, rank)
+    with clock.phase("restore_s"):
+        meta = _restore(model, optimizer, scheduler, stream, rank)
     step, first_eval = meta.get("step", 0), meta.get("first_eval")
     if meta:
         log.write({"event": "resumed", "step": step})
     if first_eval is None:
-        first_eval = task.evaluate(model, val, compute, rank, world)
+        with clock.phase("eval_s"), clock.phase("eval_before_s"):
+            first_eval = task.evaluate(model, val, compute, rank, world)
         log.write({"step": 0, **first_eval})
+    last = _train(task, cfg, model, optimizer, scheduler, stream, val, compute, rank, world, log, clock, step,
+                  first_eval)
+    step = last.pop("_step")
+    final = meta.get("final_metrics") or {  # restored after the end: the run's own final figures
+        "steps": step, **{k: v for k, v in last.items() if k not in ("step", "_summary")}, **last["_summary"],
+        "workers": world, "torch_threads": _torch_threads(), "first_eval": first_eval,
+        "final_eval": {k: v for k, v in last.items() if k in first_eval}}
+    log.flush()
+    _report_final(model, optimizer, scheduler, task, {"step": step, "data": stream.state_dict(),
+                                                      "first_eval": first_eval, "final_metrics": final}, rank, clock)
+
+
+def _train(task, cfg, model, optimizer, scheduler, stream, val, compute, rank, world, log, clock, step,
+           first_eval) -> dict:
+    """The step loop from `step` to cfg.steps; returns the last record's values merged, "_step" (the
+    step reached) and "_summary" (throughput over the attempt)."""
     flops = {}
     meter, last = _Meter(compute, lambda s: flops.setdefault(s, flops_per_token(ckpt.unwrap(model), s)),
                          world), {}
     while step < cfg.steps:
+        clock.first_step()
+        t_step = time.perf_counter()
         t_data = time.perf_counter()
         micro = [next(stream) for _ in range(cfg.grad_accum)]
         meter.data_s += time.perf_counter() - t_data
@@ -369,23 +481,18 @@ def _worker(config: dict) -> None:
         record = {}
         if step % cfg.log_every == 0 or step == cfg.steps:
             record = {"step": step, **meter.record(_seq_len(micro[0]))}
+        clock.s["work_s"] += time.perf_counter() - t_step
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            with meter.pause():
+            with meter.pause(), clock.phase("eval_s"):
                 record = {"step": step, **record, **task.evaluate(model, val, compute, rank, world)}
         if record:
             log.write(record)
             last.update(record)
         if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            with meter.pause():
+            with meter.pause(), clock.phase("checkpoint_s"):
                 _report_checkpoint(model, optimizer, scheduler, {"step": step, "data": stream.state_dict(),
                                                                  "first_eval": first_eval}, rank)
-    final = meta.get("final_metrics") or {  # restored after the end: the run's own final figures
-        "steps": step, **{k: v for k, v in last.items() if k != "step"}, **meter.summary(),
-        "workers": world, "torch_threads": _torch_threads(), "first_eval": first_eval,
-        "final_eval": {k: v for k, v in last.items() if k in first_eval}}
-    log.flush()
-    _report_final(model, optimizer, scheduler, task, {"step": step, "data": stream.state_dict(),
-                                                      "first_eval": first_eval, "final_metrics": final}, rank)
+    return {**last, "_step": step, "_summary": meter.summary()}
 
 
 def _torch_threads() -> int:
