@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmray.stages.base import FixedCost
 from llmray.train import checkpoint as ckpt
 from llmray.train.data import shard_epochs, take_batches
 from llmray.train.flops import flops_per_token, mfu, peak_flops
@@ -342,32 +343,23 @@ def _build_streams(task, cfg, names: list[str]):
     return stream, val
 
 
-class _Clock:
-    """Rank 0's phase timers for the stage's fixed cost (seconds per phase; wall-clock mark of the
-    first step). Nothing here changes what is computed."""
+class _Clock(FixedCost):
+    """Rank 0's phase timers for the stage's fixed cost: FixedCost's per-phase seconds (every key present),
+    plus the wall-clock marks of the worker's start and first step. Nothing here changes what is computed."""
+
+    KEYS = ("eval_s", "checkpoint_s", "export_s", "work_s", "restore_s", "eval_before_s", "setup_s")
 
     def __init__(self):
-        self.s = {"eval_s": 0.0, "checkpoint_s": 0.0, "export_s": 0.0, "work_s": 0.0, "restore_s": 0.0,
-                  "eval_before_s": 0.0, "setup_s": 0.0}
+        super().__init__()
+        self.parts = dict.fromkeys(self.KEYS, 0.0)
         self.at_first_step, self.at_start = None, time.time()
-
-    def phase(self, name: str):
-        @contextlib.contextmanager
-        def timed():
-            t = time.perf_counter()
-            try:
-                yield
-            finally:
-                self.s[name] += time.perf_counter() - t
-
-        return timed()
 
     def first_step(self) -> None:
         if self.at_first_step is None:
             self.at_first_step = time.time()
 
     def as_dict(self) -> dict:
-        return {**{k: round(v, 4) for k, v in self.s.items()}, "at_first_step": self.at_first_step,
+        return {**{k: round(v, 4) for k, v in self.parts.items()}, "at_first_step": self.at_first_step,
                 "at_start": self.at_start}
 
 
@@ -481,7 +473,7 @@ def _train(task, cfg, model, optimizer, scheduler, stream, val, compute, rank, w
         record = {}
         if step % cfg.log_every == 0 or step == cfg.steps:
             record = {"step": step, **meter.record(_seq_len(micro[0]))}
-        clock.s["work_s"] += time.perf_counter() - t_step
+        clock.add("work_s", time.perf_counter() - t_step)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             with meter.pause(), clock.phase("eval_s"):
                 record = {"step": step, **record, **task.evaluate(model, val, compute, rank, world)}
