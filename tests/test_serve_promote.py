@@ -1,8 +1,9 @@
 """Zero-downtime promotion behind a served name, on a real local Ray Serve, through the `openai` client.
 
 One Serve instance, two applications (module fixture):
-  /          pipeline "prom": stages dpo, ppo (tiny Llamas with different random weights, so their greedy
-             answers differ), broken (a model folder whose weights are garbage), gated (blocked by the
+  /          pipeline "prom": stages dpo, ppo (ppo = dpo with its final norm negated: its first logits are
+             dpo's negated, so the greedy answers differ on any machine; two random seeds both copied
+             the prompt's last token on one CI machine), broken (a model folder whose weights are garbage), gated (blocked by the
              align gate); `assistant` is a served name starting at dpo. Canary window 2 s.
   /guarded   a guardrail that refuses everything: the refusal honours stop, max_tokens and n.
 A closed loop of client threads (bounded in count and time) keeps requests flowing while the
@@ -22,7 +23,7 @@ import pytest
 
 from llmray.config import RayConfig
 from llmray.serve_config import ServeConfig
-from llmray.testing import free_port, tiny_model_dir
+from llmray.testing import free_port
 
 PROMPT = "Hello"
 
@@ -41,15 +42,30 @@ def _pipe(name, workdir, stages, **serve):
                                  serve=ServeConfig(**serve))
 
 
+def _negated(model_dir, out_dir):
+    """`model_dir`'s model with the final RMSNorm's weight negated: every first-step logit is the
+    original's negated, so its greedy first token is the original's least likely one."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmray.models import save_model
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    with torch.no_grad():
+        model.model.norm.weight.neg_()
+    save_model(model, AutoTokenizer.from_pretrained(str(model_dir)), out_dir)
+    return out_dir
+
+
 @pytest.fixture(scope="module")
-def promo(ray_local, tmp_path_factory, tiny_causal_dir, tiny_tokenizer_dir):
+def promo(ray_local, tmp_path_factory, tiny_causal_dir):
     from ray import serve
 
     from llmray.serve.launch import start_serving, stop_serving
 
     workdir = tmp_path_factory.mktemp("promote-runs")
     root = workdir / "prom"
-    other = tiny_model_dir(tmp_path_factory.mktemp("ppo-model"), "causal", seed=1, tokenizer_dir=tiny_tokenizer_dir)
+    other = _negated(tiny_causal_dir, tmp_path_factory.mktemp("ppo-model"))
     _stage(root, "dpo", tiny_causal_dir, "d" * 64)
     _stage(root, "ppo", other, "p" * 64)
     _stage(root, "broken", tiny_causal_dir, "b" * 64)
