@@ -9,22 +9,21 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_serve_promote import Load, _answer, _pipe, _stage
+from test_serve_promote import Load, _answer, _negated, _pipe, _stage
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
-def test_vllm_promotion_reloads_weights_in_place_and_rolls_back(ray_local, tmp_path, tiny_causal_dir,
-                                                                 tiny_tokenizer_dir):
+def test_vllm_promotion_reloads_weights_in_place_and_rolls_back(ray_local, tmp_path, tiny_causal_dir):
     import openai
     import vllm  # noqa: F401 - installed by `make setup`; fail loudly if not
     from ray import serve
 
     from llmray.serve.launch import start_serving, stop_serving
     from llmray.serve.promote import cmd_rollback, promote
-    from llmray.testing import free_port, tiny_model_dir
+    from llmray.testing import free_port
 
-    other = tiny_model_dir(tmp_path / "ppo-model", "causal", seed=1, tokenizer_dir=tiny_tokenizer_dir)
+    other = _negated(tiny_causal_dir, tmp_path / "ppo-model")
     _stage(tmp_path / "vp", "dpo", tiny_causal_dir, "d" * 64)
     _stage(tmp_path / "vp", "ppo", other, "p" * 64)
     pipe = _pipe("vp", tmp_path, ["dpo", "ppo"], models=["dpo"], names={"assistant": "dpo"}, port=free_port(),
