@@ -189,6 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rollback_name(parser, args) -> None:
+    """`llmray rollback FILE NAME` (the documented form) as well as `--to NAME`: the one word
+    without `=` among the positionals is the served name, the rest are overrides."""
+    bare = [o for o in args.overrides if "=" not in o]
+    if len(bare) > 1 or (bare and args.to and bare[0] != args.to):
+        parser.error(f"rollback takes one served name, got {', '.join(bare + ([args.to] if args.to else []))}")
+    if bare:
+        args.to = bare[0]
+        args.overrides = [o for o in args.overrides if "=" in o]
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
@@ -198,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     args.overrides = list(args.overrides) + extra
+    if args.command == "rollback":
+        _rollback_name(parser, args)
     try:
         pipe = load_pipeline(args.file, args.overrides)
     except ConfigError as e:

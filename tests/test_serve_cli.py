@@ -32,6 +32,22 @@ def test_cli_parses_serve_and_compare_flags():
         p.parse_known_args(["serve", "pipeline.yaml", "--detach", "--stop"])
 
 
+def test_rollback_takes_the_name_as_a_word_or_with_to(capsys):
+    from llmray.cli import _rollback_name
+
+    p = build_parser()
+    for argv, name, overrides in ((["rollback", "f.yaml", "assistant", "serve.port=8001"], "assistant", ["serve.port=8001"]),
+                                  (["rollback", "f.yaml", "--to", "assistant"], "assistant", []),
+                                  (["rollback", "f.yaml", "serve.port=1"], None, ["serve.port=1"])):
+        args, _ = p.parse_known_args(argv)
+        _rollback_name(p, args)
+        assert (args.to, args.overrides) == (name, overrides)
+    args, _ = p.parse_known_args(["rollback", "f.yaml", "a", "--to", "b"])
+    with pytest.raises(SystemExit):
+        _rollback_name(p, args)
+    assert "rollback takes one served name, got a, b" in capsys.readouterr().err
+
+
 
 
 def _fake_quickstart_run(pipe, model_dir: Path, blocked: str) -> None:
