@@ -7,12 +7,18 @@ Serve-layer overhead = p50(http) - p50(direct), with max_tokens small so the eng
 stays small and equal on both sides. Throughput: closed-loop clients (each sends its next
 request when the previous answer arrives) at concurrency 1, 8, 32 over HTTP.
 
+--vs-vllm-serve: the same client against `llmray serve` (vLLM engine) and then against vLLM's own
+OpenAI server (`vllm serve`, run as `python -m vllm.entrypoints.openai.api_server`) on the same
+model folder with the same engine settings (max_model_len = the model's context, eager mode):
+p50 at max_tokens=1 (sequential) and requests/s at 8 and 32 closed-loop clients, side by side.
+
 --promote: latency while `llmray promote` swaps the version behind a served name under a closed
 loop of clients (before / during / after; canary 0 = in-place weight reload, and a 0.25 canary).
 
 Run (starts Ray + Serve; take the shared lock on shared machines):
   flock /tmp/llmray-ray.lock .venv/bin/python bench/bench_serve.py [--engine hf|vllm] [--json out.json]
   flock /tmp/llmray-ray.lock .venv/bin/python bench/bench_serve.py --promote [--engine hf|vllm]
+  flock /tmp/llmray-ray.lock .venv/bin/python bench/bench_serve.py --vs-vllm-serve
 The model is the random tiny Llama of `llmray.testing` unless --model names an HF folder.
 """
 
@@ -185,6 +191,78 @@ def bench_promote(engine: str, tmp: Path, model: Path, clients: int = 4, phase_s
     return 0 if failed == 0 else 1
 
 
+def wait_healthy(port: int, proc, timeout_s: float = 300) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"vllm serve exited with {proc.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"vllm serve not healthy after {timeout_s} s")
+
+
+def side_by_side(port: int, args) -> dict:
+    """The figures the comparison uses, through one server on `port`: sequential p50 and 8/32 clients."""
+    bench_http(port, 1, 10, args.latency_tokens)  # warm-up
+    seq = bench_http(port, 1, args.requests, args.latency_tokens)
+    runs = {c: bench_http(port, c, args.per_client or max(8, 256 // c), args.throughput_tokens) for c in (8, 32)}
+    return {"p50_ms": seq["p50_ms"], "p95_ms": seq["p95_ms"], "errors": seq["errors"] + sum(r["errors"] for r in runs.values()),
+            **{f"rps_{c}": r["rps"] for c, r in runs.items()}}
+
+
+def bench_vs_vllm_serve(model_dir: str, runs_dir: Path, args) -> int:
+    """llmray serve (vLLM engine) first, shut down, then vLLM's own server on the same folder."""
+    import subprocess
+
+    import ray
+    from ray import serve
+    from transformers import AutoConfig
+
+    from llmray.config import RayConfig
+    from llmray.serve.launch import start_serving
+    from llmray.serve_config import ServeConfig
+    from llmray.testing import free_port
+
+    context = int(AutoConfig.from_pretrained(model_dir).max_position_embeddings)
+    port = free_port()
+    pipe = types.SimpleNamespace(
+        name="bench", workdir=str(runs_dir), stages={"bench": None}, ray=RayConfig(num_cpus=2),
+        serve=ServeConfig(models=["bench"], port=port, engine="vllm", num_cpus=0.5, batch_size=32,
+                          high_throughput=not args.standard_proxy))
+    start_serving(pipe, echo=lambda m: None)
+    ours = side_by_side(port, args)
+    serve.shutdown()
+    ray.shutdown()
+    port = free_port()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
+           "--served-model-name", "bench/bench", "--host", "127.0.0.1", "--port", str(port),
+           "--max-model-len", str(context), "--enforce-eager", "--disable-log-stats"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    try:
+        wait_healthy(port, proc)
+        theirs = side_by_side(port, args)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    print(f"llmray serve (vLLM engine) vs vllm serve, same model and client; p50 sequential at "
+          f"max_tokens={args.latency_tokens}, req/s at max_tokens={args.throughput_tokens}")
+    print(f"  {'':14s} {'llmray':>9s} {'vllm serve':>11s} {'ratio':>7s}  goal")
+    print(f"  {'p50 ms':14s} {ours['p50_ms']:9.2f} {theirs['p50_ms']:11.2f} {ours['p50_ms'] / theirs['p50_ms']:7.2f}  <= 1.15")
+    for c in (8, 32):
+        k = f"rps_{c}"
+        print(f"  {f'req/s @ {c}':14s} {ours[k]:9.1f} {theirs[k]:11.1f} {ours[k] / theirs[k]:7.2f}  >= 1.0")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"llmray": ours, "vllm_serve": theirs}, indent=2))
+    return 0 if ours["errors"] == theirs["errors"] == 0 else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engine", choices=["hf", "vllm"], default="hf")
@@ -197,6 +275,8 @@ def main() -> int:
                     help="Serve's default Python proxy instead of the high-throughput mode (HAProxy + gRPC)")
     ap.add_argument("--json", default=None, help="also write the figures here")
     ap.add_argument("--promote", action="store_true", help="measure latency during promotions instead")
+    ap.add_argument("--vs-vllm-serve", action="store_true",
+                    help="compare llmray serve (vLLM engine) with vLLM's own OpenAI server instead")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="llmray-bench-serve-"))
@@ -209,6 +289,8 @@ def main() -> int:
         return bench_promote(args.engine, tmp, model)
     fake_run(model, tmp / "runs")
     model_dir = str(tmp / "runs" / "bench" / "bench" / "model")
+    if args.vs_vllm_serve:
+        return bench_vs_vllm_serve(model_dir, tmp / "runs", args)
 
     direct = bench_direct(model_dir, args.engine, args.requests, args.latency_tokens)
 
