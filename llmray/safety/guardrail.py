@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.sparse import csr_matrix
 
 from llmray.data.instruct import is_refusal
 
@@ -236,20 +237,28 @@ def fit_logreg(feats: list[tuple[np.ndarray, np.ndarray]], y: np.ndarray, dim: i
     rows, cols, vals = _design(feats)
     n = len(y)
     sw = balanced_weights(y) if sw is None else sw
-    w, b = np.zeros(dim), 0.0
-    m, v, mb, vb = np.zeros(dim), np.zeros(dim), 0.0, 0.0
+    # A weight whose feature no example has gets no gradient, and Adam leaves it at 0: fit only the
+    # used columns (~47k of 262k for the built-in pairs), with scipy's CSR products (2.7x numpy's
+    # bincount here; the same sums up to float rounding order, ~1e-15).
+    used, local = np.unique(cols, return_inverse=True)
+    x = csr_matrix((vals, (rows, local)), shape=(n, len(used)))
+    xt = x.T.tocsr()
+    w, b = np.zeros(len(used)), 0.0
+    m, v, mb, vb = np.zeros(len(used)), np.zeros(len(used)), 0.0, 0.0
     b1, b2, eps = 0.9, 0.999, 1e-8
     for t in range(1, steps + 1):
-        z = np.bincount(rows, weights=w[cols] * vals, minlength=n) + b
+        z = x @ w + b
         g = sw * (1.0 / (1.0 + np.exp(-z)) - y)
-        gw = np.bincount(cols, weights=g[rows] * vals, minlength=dim) + l2 * w
+        gw = xt @ g + l2 * w
         gb = g.sum()
         m, v = b1 * m + (1 - b1) * gw, b2 * v + (1 - b2) * gw * gw
         mb, vb = b1 * mb + (1 - b1) * gb, b2 * vb + (1 - b2) * gb * gb
         c1, c2 = 1 - b1**t, 1 - b2**t
         w -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
         b -= lr * (mb / c1) / (np.sqrt(vb / c2) + eps)
-    return w, float(b)
+    full = np.zeros(dim)
+    full[used] = w
+    return full, float(b)
 
 
 def train_guardrail(pairs: list[dict], spec: FeatureSpec, steps: int = 300, lr: float = 0.1, l2: float = 1e-4,
