@@ -97,14 +97,18 @@ def bench_step(kind: str, causal: Path, reward: Path, data, args, tmp: Path) -> 
 
     from llmray.rlhf import algos
     from llmray.rlhf.batch import pack
-    from llmray.rlhf.trainer import PolicyWorker, ValueWorker
+    from llmray.rlhf.config import Optim
+    from llmray.rlhf.trainer import ModelRole, PolicyWorker, ValueWorker
 
     recs, prompts, stop, pad = data
     engine, _ = make_engine(kind, causal, args, tmp)
-    policy = PolicyWorker(str(causal), 1.0, True, OPTIM, "ppo", None, args.threads)
-    ref = PolicyWorker(str(causal), 1.0, False, OPTIM, "ppo", None, args.threads)
-    rm = ValueWorker(str(reward), False, OPTIM, args.threads)
-    critic = ValueWorker(str(reward), True, OPTIM, args.threads, 0, 0.2)
+    optim, steps = Optim(**OPTIM), (args.steps + 1) * OPTIM["epochs"]
+
+    def role(d: Path, trainable: bool) -> ModelRole:
+        return ModelRole(str(d), trainable, optim, steps, args.threads)
+
+    policy, ref = PolicyWorker(role(causal, True)), PolicyWorker(role(causal, False))
+    rm, critic = ValueWorker(role(reward, False)), ValueWorker(role(reward, True), value_clip=0.2)
     sampling = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": args.max_new_tokens, "stop_ids": stop}
     rows = []
     for step in range(args.steps + 1):

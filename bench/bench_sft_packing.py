@@ -86,7 +86,7 @@ def run(args) -> dict:
     import numpy as np
     import torch
 
-    from llmray.stages.sft import SftTask
+    from llmray.train.sft import SftTask
 
     torch.set_num_threads(args.threads)
     n_batches = args.warmup + args.batches

@@ -114,8 +114,8 @@ def test_config_rules_name_the_field(tiny_causal_dir):
 
 def test_records_follow_the_judge_and_feed_the_preference_kinds(tmp_path):
     from llmray.posttrain import ai_feedback_records
+    from llmray.safety.constitution import _records
     from llmray.stages.base import StageContext, StageOutput
-    from llmray.stages.constitution import _records
 
     prompts = [{"id": f"p{i}", "prompt": [{"role": "user", "content": f"q{i}"}]} for i in range(40)]
     pairs = [{"id": f"p{i}:s1", "prompt_id": f"p{i}", "source": "samples", "first": f"a{i}", "second": f"b{i}",
@@ -149,7 +149,7 @@ def test_records_follow_the_judge_and_feed_the_preference_kinds(tmp_path):
 
 
 def test_on_policy_agreement_counts_only_pairs_the_rule_judge_settles():
-    from llmray.stages.constitution import _on_policy
+    from llmray.safety.constitution import _on_policy
 
     no = "I can't help with that. It would harm other people."
     prompts = [{"id": "h", "harmful": True}, {"id": "b", "harmful": False}, {"id": "u"}]

@@ -17,7 +17,7 @@ PHASES = ("startup_s", "data_s", "eval_s", "checkpoint_s", "export_s")
 
 def _pairs(tok, n: int, seed: int):
     """Numpy batches as Ray Data hands them to DpoTask.collate: n pairs per batch."""
-    from llmray.stages.reward import encode_pair_rows
+    from llmray.train.reward import encode_pair_rows
 
     rng = np.random.default_rng(seed)
     words = "the list of items returns a new sorted copy without changing the original value".split()
@@ -54,7 +54,7 @@ def test_dpo_eval_with_cached_reference_equals_the_full_evaluation(tiny_causal_d
 
     from llmray.chat import pad_token_id
     from llmray.device import compute_init
-    from llmray.stages.dpo import DpoTask
+    from llmray.train.dpo import DpoTask
 
     tok = AutoTokenizer.from_pretrained(str(tiny_causal_dir))
     task = DpoTask(tiny_causal_dir, "unused", "unused", pad_token_id(tok), beta=0.5, loss_type="sigmoid",

@@ -32,7 +32,7 @@ def _rows(vocab: int, lengths=LENGTHS, seed: int = 0) -> tuple[list[np.ndarray],
 
 @pytest.fixture(scope="module")
 def task(tiny_causal_dir):
-    from llmray.stages.sft import SftTask
+    from llmray.train.sft import SftTask
 
     return SftTask(tiny_causal_dir, "unused", "unused", pad_id=0, packing=True, max_seq_len=MAX_LEN)
 

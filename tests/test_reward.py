@@ -9,7 +9,7 @@ def test_reward_model_from_causal_checkpoint(tiny_causal_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmray.stages.reward import RewardTask, build_reward_model
+    from llmray.train.reward import RewardTask, build_reward_model
 
     tok = AutoTokenizer.from_pretrained(str(tiny_causal_dir))
     causal = AutoModelForCausalLM.from_pretrained(str(tiny_causal_dir))

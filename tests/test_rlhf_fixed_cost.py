@@ -44,15 +44,15 @@ def test_on_policy_update_equals_the_update_against_a_separate_old_logprob_pass(
     gradients, weights and figures as those of a separate no-grad pass (the pass the driver skips)."""
     import torch
 
-    from llmray.rlhf.trainer import PolicyWorker
+    from llmray.rlhf.config import Optim
+    from llmray.rlhf.trainer import ModelRole, PolicyWorker
 
-    optim = {"lr": 1e-3, "weight_decay": 0.0, "max_grad_norm": 1.0, "epochs": 1, "minibatch_size": 4,
-             "micro_batch_size": 2, "clip": 0.2, "entropy_coef": 0.0}
+    role = ModelRole(str(tiny_causal_dir), True, Optim(lr=1e-3, epochs=1, minibatch_size=4, micro_batch_size=2))
     batch = _policy_batch(tiny_causal_dir)
-    separate = PolicyWorker(str(tiny_causal_dir), 1.0, True, optim, "grpo", threads=1)
+    separate = PolicyWorker(role, 1.0, "grpo")
     old = separate.logprobs(batch)
     stats_sep = separate.train({**batch, "old_logprobs": old["logprobs"]}, kl_coef=0.1)
-    fused = PolicyWorker(str(tiny_causal_dir), 1.0, True, optim, "grpo", threads=1)
+    fused = PolicyWorker(role, 1.0, "grpo")
     stats_fused = fused.train(batch, kl_coef=0.1)
     np.testing.assert_allclose(stats_fused.pop("logprobs"), old["logprobs"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stats_fused.pop("entropy"), old["entropy"], rtol=1e-5, atol=1e-6)

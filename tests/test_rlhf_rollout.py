@@ -14,9 +14,9 @@ import pytest
 from llmray.resources import ActorResources
 from llmray.rlhf.actors import RayActorGroup
 from llmray.rlhf.batch import pack
-from llmray.rlhf.config import Rollout
+from llmray.rlhf.config import Optim, Rollout
 from llmray.rlhf.rollout import RolloutGroup, RolloutWorker
-from llmray.rlhf.trainer import PolicyWorker
+from llmray.rlhf.trainer import ModelRole, PolicyWorker
 
 OPTIM = {"lr": 1e-4, "critic_lr": 1e-4, "weight_decay": 0.0, "max_grad_norm": 1.0, "epochs": 1,
          "minibatch_size": 4, "micro_batch_size": 4, "clip": 0.2, "entropy_coef": 0.0}
@@ -70,7 +70,7 @@ def _sync_check(engine, ray_local, tiny_causal_dir, model_b, tmp_path):
                             args=(str(tiny_causal_dir), engine, opts, 0, str(tmp_path / "engine"), 2),
                             max_restarts=1, ready_timeout_s=120)
     trainer = RayActorGroup("policy", PolicyWorker, ActorResources(num_cpus=0.5),
-                            args=(str(model_b), 1.0, True, OPTIM, "ppo", None, 1, 0), ready_timeout_s=120)
+                            kwargs={"role": ModelRole(str(model_b), True, Optim(**OPTIM))}, ready_timeout_s=120)
     try:
         rollout.wait_ready()
         trainer.wait_ready()

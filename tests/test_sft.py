@@ -34,7 +34,7 @@ def _spans(mask):
 
 def test_mask_is_exactly_the_assistant_replies(tok):
     from llmray.chat import END_TURN
-    from llmray.stages.sft import encode_chat_row
+    from llmray.train.sft import encode_chat_row
 
     row = encode_chat_row(tok, {"messages": CONV})
     ids, mask = row["input_ids"], row["loss_mask"]
@@ -54,7 +54,7 @@ def test_padded_batch_loss_counts_only_assistant_tokens(tok):
 
     from llmray.losses import masked_ce
     from llmray.posttrain import pad_batch
-    from llmray.stages.sft import encode_chat_row
+    from llmray.train.sft import encode_chat_row
 
     short = encode_chat_row(tok, {"messages": CONV[1:3]})
     long = encode_chat_row(tok, {"messages": CONV})

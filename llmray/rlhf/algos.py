@@ -9,6 +9,8 @@ Data flow, PPO:  score + per-token KL(policy || reference) --token_rewards--> re
                  rewards + critic values --gae--> advantages, returns --whiten--> policy loss
 GRPO:            G scores per prompt --group_advantages--> one advantage per sample,
                  broadcast to its tokens; KL to the reference is a loss term instead.
+Trainer losses:  `policy_loss` / `value_loss` give one micro-batch's (loss, figures), which the
+                 trainers' loss_fn hands to the shared `llmray.train.step.train_step`.
 Conventions follow Ziegler et al. 2019 / TRL / OpenRLHF (k1 KL in the reward, clipped
 surrogate, clipped value loss, adaptive KL coefficient).
 """
@@ -137,6 +139,37 @@ def clipped_value_loss(values, old_values, returns, mask, clip: float | None) ->
     loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), mask)
     clip_frac = masked_mean((err_clipped > err).float(), mask).item()
     return LossStats(loss, clip_frac, 0.0)
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at every position: logits [b, R, V], targets [b, R] -> [b, R]."""
+    return torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def policy_loss(logp: torch.Tensor, logits: torch.Tensor, batch: dict, clip: float, entropy_coef: float = 0.0,
+                kl_coef: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """The policy trainer's loss on one micro-batch: the clipped surrogate on `advantages` against
+    `old_logprobs` (absent: on-policy, this forward's own, detached; the ratio is exactly 1), minus
+    entropy_coef * entropy, plus kl_coef * KL_k3(pi || ref) (GRPO; needs `ref_logprobs`).
+    Returns (loss, figures) in the shape `llmray.train.step.train_step` takes from a loss_fn."""
+    mask = batch["response_mask"]
+    old = batch["old_logprobs"] if "old_logprobs" in batch else logp.detach()
+    pg = clipped_policy_loss(logp, old, batch["advantages"], mask, clip)
+    loss = pg.loss
+    figures = {"policy_loss": pg.loss.item(), "clip_frac": pg.clip_frac, "approx_kl": pg.approx_kl}
+    if entropy_coef:
+        loss = loss - entropy_coef * masked_mean(entropy_from_logits(logits), mask)
+    if kl_coef:
+        kl = masked_mean(kl_per_token(logp, batch["ref_logprobs"], "k3"), mask)
+        loss = loss + kl_coef * kl
+        figures["kl_loss"] = kl.item()
+    return loss, figures
+
+
+def value_loss(values: torch.Tensor, batch: dict, clip: float | None) -> tuple[torch.Tensor, dict]:
+    """The critic's loss on one micro-batch: the clipped value loss towards `returns` (a loss_fn's shape)."""
+    vl = clipped_value_loss(values, batch["old_values"], batch["returns"], batch["response_mask"], clip)
+    return vl.loss, {"value_loss": vl.loss.item(), "value_clip_frac": vl.clip_frac}
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

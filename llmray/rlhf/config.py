@@ -97,11 +97,25 @@ class RLResources(StrictModel):
 
 
 class Optim(StrictModel):
-    """AdamW for the policy (and the critic), constant learning rate."""
+    """AdamW for the policy (and the critic) and its learning-rate schedule, on the shared training
+    step (`llmray.train.step.train_step`, `llmray.train.optim`). The defaults are a constant learning
+    rate with weight decay (when set) on every parameter."""
 
-    lr: float = Field(2e-5, gt=0, description="Policy learning rate.")
-    critic_lr: float = Field(1e-4, gt=0, description="Critic learning rate (ppo).")
+    lr: float = Field(2e-5, gt=0, description="Policy learning rate (the peak, after warmup).")
+    critic_lr: float = Field(1e-4, gt=0, description="Critic learning rate (ppo; the peak, after warmup).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    decay: Literal["all", "matrices"] = Field(
+        "all", description="Parameters `weight_decay` applies to: all, or matrices only (norms, biases and "
+                           "embeddings undecayed, as the `train:` block of the other training kinds).")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="Learning rate after warmup: constant, or cosine down to `min_lr_ratio * lr` at "
+                                "the run's last optimizer step (iterations x epochs x minibatches per iteration).")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup optimizer steps from 0 to the learning rate.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate as a fraction of the peak "
+                                                             "(schedule: cosine).")
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the gradient norm (0: no clipping).")
     epochs: int = Field(2, ge=1, description="Passes over each iteration's rollouts.")
     minibatch_size: int = Field(16, ge=1, description="Samples per optimizer step.")
@@ -268,6 +282,11 @@ class RLConfig(StageConfig):
     def samples_per_iteration(self) -> int:
         return self.batch_size
 
+    def optimizer_steps(self) -> int:
+        """Optimizer steps of the whole run, per trainer: the learning-rate schedule's length."""
+        minibatches = -(-self.samples_per_iteration() // self.optim.minibatch_size)
+        return self.iterations * self.optim.epochs * minibatches
+
     @model_validator(mode="after")
     def _batches(self):
         n = self.samples_per_iteration()
@@ -277,6 +296,9 @@ class RLConfig(StageConfig):
         if self.optim.micro_batch_size > self.optim.minibatch_size:
             raise ValueError(f"optim.micro_batch_size ({self.optim.micro_batch_size}) exceeds "
                              f"optim.minibatch_size ({self.optim.minibatch_size})")
+        if self.optim.warmup_steps > self.optimizer_steps():
+            raise ValueError(f"optim.warmup_steps ({self.optim.warmup_steps}) exceeds the run's optimizer steps "
+                             f"({self.optimizer_steps()} = iterations x epochs x minibatches per iteration)")
         return self
 
     @model_validator(mode="after")

@@ -141,29 +141,30 @@ def _start_roles(cfg, ctx, algo: str, init_dir: Path, rm_dirs: dict[str, Path]) 
     """Start every role's actors at once (they load in parallel; `_wait_roles` waits for them).
     One frozen reward-model actor per reward stage; a pool of function workers when `reward:`
     names functions."""
-    from llmray.rlhf.actors import RayActorGroup, SharedRole, threads_for
+    from llmray.rlhf.actors import RayActorGroup, SharedRole
     from llmray.rlhf.host import PolicyHost
     from llmray.rlhf.scoring import RewardFnWorker, worker_env
     from llmray.rlhf.trainer import ValueWorker
 
-    res, opts = cfg.resources, cfg.optim.model_dump()
+    res = cfg.resources
     common = {"strategy": res.strategy, "ready_timeout_s": res.ready_timeout_s, "name_prefix": f"llmray-{ctx.name}"}
     engine_opts = {**cfg.rollout.model_dump(), "max_model_len": cfg.max_prompt_tokens + cfg.generation.max_new_tokens}
     env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(cfg.rollout.kv_cache_gb)))}
-    policy_args = (str(init_dir), cfg.generation.temperature, True, opts, algo, cfg.kl.model_dump(),
-                   threads_for(res.policy), cfg.seed)
+    policy_kw = {"role": _role(cfg, init_dir, res.policy, trainable=True), "temperature": cfg.generation.temperature,
+                 "algo": algo}
     if res.colocate:
         # one process, each model loaded once: the reference is a frozen copy of the policy's initial
         # weights, the engine generates with the policy's own model (no weight sync)
-        policy = RayActorGroup("policy", PolicyHost, res.policy, args=(*policy_args, engine_opts), **common)
+        policy = RayActorGroup("policy", PolicyHost, res.policy, kwargs={**policy_kw, "engine_opts": engine_opts},
+                               **common)
         groups = {"policy": policy, "rollout": SharedRole("rollout", policy),
                   "reference": SharedRole("reference", policy, {"logprobs": "ref_logprobs"})}
     else:
-        groups = _separate_roles(cfg, ctx, algo, init_dir, policy_args, engine_opts, env, common)
+        groups = _separate_roles(cfg, ctx, algo, init_dir, policy_kw, engine_opts, env, common)
     for stage, rm_dir in rm_dirs.items():
         groups[f"reward-{stage}"] = RayActorGroup(
             f"reward-{stage}", ValueWorker, res.reward, max_restarts=cfg.rollout.max_restarts,
-            args=(str(rm_dir), False, opts, threads_for(res.reward), cfg.seed), **common)
+            kwargs={"role": _role(cfg, rm_dir, res.reward)}, **common)
     fns = cfg.reward_functions()
     if fns:
         fn_res = type(res.reward)(num_cpus=cfg.reward_worker_cpus)
@@ -174,27 +175,36 @@ def _start_roles(cfg, ctx, algo: str, init_dir: Path, rm_dirs: dict[str, Path]) 
         # the critic starts from the first reward model; with function rewards only, from the policy
         critic_dir = next(iter(rm_dirs.values())) if cfg.critic.init == "reward" and rm_dirs else init_dir
         groups["critic"] = RayActorGroup("critic", ValueWorker, res.critic,
-                                         args=(str(critic_dir), True, opts, threads_for(res.critic), cfg.seed,
-                                               cfg.critic.value_clip), **common)
+                                         kwargs={"role": _role(cfg, critic_dir, res.critic, trainable=True),
+                                                 "value_clip": cfg.critic.value_clip}, **common)
     return groups
 
 
-def _separate_roles(cfg, ctx, algo, init_dir, policy_args, engine_opts, env, common) -> dict:
+def _role(cfg, model_dir: Path, resources, trainable: bool = False):
+    """The typed spec a model-holding actor is built from (`trainer.ModelRole`)."""
+    from llmray.rlhf.actors import threads_for
+    from llmray.rlhf.trainer import ModelRole
+
+    return ModelRole(model_dir=str(model_dir), trainable=trainable, optim=cfg.optim, steps=cfg.optimizer_steps(),
+                     threads=threads_for(resources), seed=cfg.seed)
+
+
+def _separate_roles(cfg, ctx, algo, init_dir, policy_kw, engine_opts, env, common) -> dict:
     """Rollout engines, reference and policy, each role in its own actors (restartable engines)."""
     from llmray.rlhf.actors import RayActorGroup, threads_for
     from llmray.rlhf.rollout import RolloutWorker
     from llmray.rlhf.trainer import PolicyWorker
 
-    res, opts, temp = cfg.resources, cfg.optim.model_dump(), cfg.generation.temperature
+    res = cfg.resources
     return {
         "rollout": RayActorGroup(
             "rollout", RolloutWorker, res.rollout, cfg.rollout.replicas, max_restarts=cfg.rollout.max_restarts,
-            args=(str(init_dir), cfg.rollout.engine, engine_opts, cfg.seed, str(ctx.work_dir / "rollout-tmp"),
-                  threads_for(res.rollout)), env=env, **common),
+            kwargs={"model_dir": str(init_dir), "engine": cfg.rollout.engine, "opts": engine_opts, "seed": cfg.seed,
+                    "tmp_dir": str(ctx.work_dir / "rollout-tmp"), "threads": threads_for(res.rollout)},
+            env=env, **common),
         "reference": RayActorGroup("reference", PolicyWorker, res.reference, max_restarts=cfg.rollout.max_restarts,
-                                   args=(str(init_dir), temp, False, opts, algo, None, threads_for(res.reference),
-                                         cfg.seed), **common),
-        "policy": RayActorGroup("policy", PolicyWorker, res.policy, args=policy_args, **common),
+                                   kwargs={**policy_kw, "role": _role(cfg, init_dir, res.reference)}, **common),
+        "policy": RayActorGroup("policy", PolicyWorker, res.policy, kwargs=policy_kw, **common),
     }
 
 

@@ -20,21 +20,20 @@ from __future__ import annotations
 import copy
 
 from llmray.rlhf.rollout import HFEngine, RolloutWorker
-from llmray.rlhf.trainer import PolicyWorker
+from llmray.rlhf.trainer import ModelRole, PolicyWorker
 
 
 class PolicyHost(PolicyWorker):
     """PolicyWorker + a frozen reference copy + an hf rollout engine on the same model."""
 
-    def __init__(self, model_dir: str, temperature: float, trainable: bool, optim: dict | None = None,
-                 algo: str = "ppo", kl: dict | None = None, threads: int = 1, seed: int = 0,
+    def __init__(self, role: ModelRole, temperature: float = 1.0, algo: str = "ppo",
                  engine_opts: dict | None = None):
-        super().__init__(model_dir, temperature, trainable, optim, algo, kl, threads, seed)
+        super().__init__(role, temperature, algo)
         self.reference = copy.copy(self)  # the same methods on a frozen deep copy of the model
         self.reference.model = copy.deepcopy(self.model).requires_grad_(False)
-        self.reference.opt = None
+        self.reference.opt = self.reference.sched = None
         self.kind, self.version = "hf", 0
-        self.engine = HFEngine(model_dir, engine_opts or {}, seed, "", shared=(self.model, self.compute))
+        self.engine = HFEngine(role.model_dir, engine_opts or {}, role.seed, "", shared=(self.model, self.compute))
 
     def ref_logprobs(self, batch: dict) -> dict:
         return self.reference.logprobs(batch)

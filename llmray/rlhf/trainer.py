@@ -1,8 +1,9 @@
 """The model-holding RL actors: policy trainer / frozen reference (causal LM) and critic trainer /
 frozen reward model (sequence classifier with one label).
 
-Each is a plain class that `RayActorGroup` turns into a Ray actor. They read the padded
-batch layout of `llmray.rlhf.batch` and return numpy arrays, so nothing but ids, masks and
+Each is a plain class that `RayActorGroup` turns into a Ray actor, built from a typed `ModelRole`
+(the model folder, the `optim:` block, the run's optimizer steps, threads, seed). They read the
+padded batch layout of `llmray.rlhf.batch` and return numpy arrays, so nothing but ids, masks and
 per-token figures crosses the object store:
 
   PolicyWorker.logprobs(batch)  -> log pi(response token) at the sampling temperature, entropy
@@ -13,17 +14,40 @@ per-token figures crosses the object store:
                                    of the chat-template rendering the reward model trained on
   ValueWorker.train(batch)      -> clipped value-loss minibatch epochs          (critic)
 
+Updates run on the shared training code: each shuffled minibatch is one
+`llmray.train.step.train_step` (autocast, backward, clip, AdamW step, schedule) over its
+micro-batches, weighted by response tokens; the optimizer and schedule come from
+`llmray.train.optim` (decay on every parameter and a constant lr by default, as RL always did);
+the losses are `llmray.rlhf.algos.policy_loss` / `value_loss`.
 The device comes from `llmray.device.compute_init` (a GPU when the role reserves one).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from llmray.chat import chat_ids, pad_token_id
+from llmray.rlhf import algos
+from llmray.rlhf.batch import chunks
+from llmray.rlhf.config import Optim
+from llmray.train.optim import build_optimizer, build_scheduler
+from llmray.train.step import train_step
+
+
+@dataclass(frozen=True)
+class ModelRole:
+    """What one model-holding RL actor is built from (pickled to it, typed from the YAML down)."""
+
+    model_dir: str
+    trainable: bool = False
+    optim: Optim = field(default_factory=Optim)  # frozen roles read only micro_batch_size (scoring batch)
+    steps: int = 1  # the run's optimizer steps: the learning-rate schedule's length (RLConfig.optimizer_steps)
+    threads: int = 1
+    seed: int = 0
 
 
 def _setup(threads: int, seed: int):
@@ -46,12 +70,6 @@ def _positions(att):
     return (att.cumsum(-1) - 1).clamp(min=0)
 
 
-def _adamw(model, lr: float, weight_decay: float):
-    import torch
-
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-
-
 def _minibatches(n: int, size: int, epochs: int, seed: int):
     """Shuffled index arrays of `size` rows, `epochs` times over n rows."""
     rng = np.random.default_rng(seed)
@@ -61,17 +79,16 @@ def _minibatches(n: int, size: int, epochs: int, seed: int):
             yield perm[i: i + size]
 
 
-def _optimizer_steps(batch: dict, o: dict, seed: int, device):
-    """Per optimiser step (a shuffled minibatch), its micro-batches as (tensors, token weight, row indices).
+def _optimizer_steps(batch: dict, o: Optim, seed: int, device):
+    """Per optimiser step (a shuffled minibatch), its micro-batches (tensors, plus `rows`: their row
+    indices in `batch`) and their token weights.
 
     The weights of one minibatch sum to 1, so accumulating `loss * weight` gives the token mean
     over the whole minibatch whatever the micro-batch split."""
-    from llmray.rlhf.batch import chunks
-
-    for mb in _minibatches(len(batch["input_ids"]), o["minibatch_size"], o["epochs"], seed):
+    for mb in _minibatches(len(batch["input_ids"]), o.minibatch_size, o.epochs, seed):
         total = float(batch["response_mask"][mb].sum()) or 1.0
-        parts = ((_tensors(batch, mb[p], device), mb[p]) for p in chunks(len(mb), o["micro_batch_size"]))
-        yield ((t, float(t["response_mask"].sum()) / total, idx) for t, idx in parts)
+        micro = [{**_tensors(batch, mb[p], device), "rows": mb[p]} for p in chunks(len(mb), o.micro_batch_size)]
+        yield micro, [float(t["response_mask"].sum()) / total for t in micro]
 
 
 def _mean_stats(rows: list[dict]) -> dict:
@@ -79,21 +96,28 @@ def _mean_stats(rows: list[dict]) -> dict:
 
 
 class _Trainable:
-    """Checkpointing and the optimizer step shared by the two trainers."""
+    """The optimizer, schedule, update loop and checkpoints shared by the two trainers."""
 
-    model = opt = None
-    max_grad_norm = 0.0
+    model = opt = sched = None
 
     def ping(self) -> int:
         return os.getpid()
 
-    def _step(self) -> float:
-        import torch
+    def _init_training(self, role: ModelRole, lr: float) -> None:
+        o = role.optim
+        self.opt = build_optimizer(self.model, o, lr=lr, decay=o.decay)
+        self.sched = build_scheduler(self.opt, o, steps=role.steps, schedule=o.schedule)
 
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm or float("inf"))
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        return float(norm)
+    def _update(self, batch: dict, seed: int, loss_fn, prefix: str = "") -> list[dict]:
+        """Minibatch epochs over `batch`: one `train_step` per minibatch. Per step: the loss_fn's
+        figures (mean over micro-batches) and `<prefix>grad_norm`, `<prefix>lr`."""
+        o, stats = self.optim, []
+        for micro, weights in _optimizer_steps(batch, o, seed, self.compute.device):
+            out = train_step(self.model, micro, self.opt, self.sched, loss_fn, self.compute, o.max_grad_norm,
+                             weights=weights)
+            figures = {k: float(v) for k, v in out.items() if k not in ("loss", "grad_norm", "lr", "tokens")}
+            stats.append({**figures, f"{prefix}grad_norm": float(out["grad_norm"]), f"{prefix}lr": out["lr"]})
+        return stats
 
     def save_checkpoint(self, folder: str, name: str) -> None:
         import torch
@@ -102,7 +126,8 @@ class _Trainable:
         Path(folder).mkdir(parents=True, exist_ok=True)
         save_model(self.model, str(Path(folder) / f"{name}.safetensors"))
         if self.opt is not None:
-            torch.save(self.opt.state_dict(), Path(folder) / f"{name}_optim.pt")
+            torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()},
+                       Path(folder) / f"{name}_optim.pt")
 
     def load_checkpoint(self, folder: str, name: str) -> None:
         import torch
@@ -111,26 +136,25 @@ class _Trainable:
         load_model(self.model, str(Path(folder) / f"{name}.safetensors"), device=str(self.compute.device))
         if self.opt is not None:
             state = torch.load(Path(folder) / f"{name}_optim.pt", weights_only=True, map_location=self.compute.device)
-            self.opt.load_state_dict(state)
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
 
 
 class PolicyWorker(_Trainable):
     """A causal LM: the trainable policy, or (trainable=False) the frozen reference."""
 
-    def __init__(self, model_dir: str, temperature: float, trainable: bool, optim: dict | None = None,
-                 algo: str = "ppo", kl: dict | None = None, threads: int = 1, seed: int = 0):
+    def __init__(self, role: ModelRole, temperature: float = 1.0, algo: str = "ppo"):
         import torch
         from transformers import AutoModelForCausalLM
 
-        self.compute = _setup(threads, seed)
-        self.model_dir, self.temperature, self.algo, self.seed = model_dir, temperature, algo, seed
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(self.compute.device)
+        self.compute = _setup(role.threads, role.seed)
+        self.model_dir, self.temperature, self.algo, self.seed = role.model_dir, temperature, algo, role.seed
+        self.model = AutoModelForCausalLM.from_pretrained(role.model_dir, dtype=torch.float32).to(self.compute.device)
         self.model.config.use_cache = False
         self.model.eval()  # no dropout in Llama; eval keeps log-probs deterministic
-        self.optim, self.kl = optim or {}, kl or {}
-        if trainable:
-            self.opt = _adamw(self.model, self.optim["lr"], self.optim["weight_decay"])
-            self.max_grad_norm = self.optim["max_grad_norm"]
+        self.optim = role.optim
+        if role.trainable:
+            self._init_training(role, role.optim.lr)
         else:
             self.model.requires_grad_(False)
 
@@ -146,27 +170,20 @@ class PolicyWorker(_Trainable):
         return out.logits[:, p - 1: p + r - 1].float() / self.temperature
 
     def _token_logp(self, logits, t):
-        import torch
-
-        r = t["response_mask"].shape[1]
-        targets = t["input_ids"][:, -r:]
-        return torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return algos.token_logprobs(logits, t["input_ids"][:, -t["response_mask"].shape[1]:])
 
     def logprobs(self, batch: dict) -> dict:
         """Log-probs of the response tokens under this model, and the entropy at each position."""
         import torch
 
-        from llmray.rlhf.algos import entropy_from_logits
-        from llmray.rlhf.batch import chunks
-
         n = len(batch["input_ids"])
         logp, ent = [], []
         with torch.no_grad():
-            for idx in chunks(n, self.optim.get("micro_batch_size", 16)):
+            for idx in chunks(n, self.optim.micro_batch_size):
                 t = _tensors(batch, idx, self.compute.device)
                 logits = self._logits(t)
                 logp.append((self._token_logp(logits, t) * t["response_mask"]).cpu().numpy())
-                ent.append((entropy_from_logits(logits) * t["response_mask"]).cpu().numpy())
+                ent.append((algos.entropy_from_logits(logits) * t["response_mask"]).cpu().numpy())
         return {"logprobs": np.concatenate(logp), "entropy": np.concatenate(ent)}
 
     def train(self, batch: dict, kl_coef: float = 0.0, iteration: int = 0) -> dict:
@@ -177,38 +194,25 @@ class PolicyWorker(_Trainable):
         minibatch), so the old log-probs are this forward's own (detached; the ratio is exactly 1,
         TRL's shortcut), and they come back as `logprobs` / `entropy` arrays for the driver's figures.
         """
-        from llmray.rlhf.algos import clipped_policy_loss, entropy_from_logits, kl_per_token, masked_mean
-
-        o, stats = self.optim, []
+        o = self.optim
         on_policy = "old_logprobs" not in batch
         n = len(batch["input_ids"])
-        if on_policy and (o["epochs"] != 1 or o["minibatch_size"] < n):
-            raise ValueError(f"on-policy update without old_logprobs needs one optimizer step: epochs {o['epochs']}, "
-                             f"minibatch_size {o['minibatch_size']} < {n} samples")
+        if on_policy and (o.epochs != 1 or o.minibatch_size < n):
+            raise ValueError(f"on-policy update without old_logprobs needs one optimizer step: epochs {o.epochs}, "
+                             f"minibatch_size {o.minibatch_size} < {n} samples")
         seen = {k: np.zeros(batch["response_mask"].shape, dtype=np.float32) for k in ("logprobs", "entropy")}
-        for parts in _optimizer_steps(batch, o, self.seed + iteration, self.compute.device):
-            rows = []
-            for t, weight, idx in parts:
-                mask = t["response_mask"]
-                logits = self._logits(t)
-                logp = self._token_logp(logits, t)
-                old = logp.detach() if on_policy else t["old_logprobs"]
-                if on_policy:
-                    seen["logprobs"][idx] = (old * mask).cpu().numpy()
-                    seen["entropy"][idx] = (entropy_from_logits(logits.detach()) * mask).cpu().numpy()
-                pg = clipped_policy_loss(logp, old, t["advantages"], mask, o["clip"])
-                loss = pg.loss
-                row = {"policy_loss": pg.loss.item(), "clip_frac": pg.clip_frac, "approx_kl": pg.approx_kl}
-                if o["entropy_coef"]:
-                    ent = masked_mean(entropy_from_logits(logits), mask)
-                    loss = loss - o["entropy_coef"] * ent
-                if self.algo == "grpo" and kl_coef:
-                    kl = masked_mean(kl_per_token(logp, t["ref_logprobs"], "k3"), mask)
-                    loss = loss + kl_coef * kl
-                    row["kl_loss"] = kl.item()
-                (loss * weight).backward()
-                rows.append(row)
-            stats.append({**_mean_stats(rows), "grad_norm": self._step()})
+        kl_coef = kl_coef if self.algo == "grpo" else 0.0  # PPO's KL is in the reward, not the loss
+
+        def loss_fn(model, t):
+            logits = self._logits(t)
+            logp = self._token_logp(logits, t)
+            if on_policy:  # the driver's figures read the policy's log-probs from this forward
+                seen["logprobs"][t["rows"]] = (logp.detach() * t["response_mask"]).cpu().numpy()
+                seen["entropy"][t["rows"]] = (algos.entropy_from_logits(logits.detach())
+                                              * t["response_mask"]).cpu().numpy()
+            return algos.policy_loss(logp, logits, t, o.clip, o.entropy_coef, kl_coef)
+
+        stats = self._update(batch, self.seed + iteration, loss_fn)
         return {**_mean_stats(stats), **(seen if on_policy else {})}
 
     def export_weights(self) -> bytes:
@@ -246,12 +250,12 @@ class ValueWorker(_Trainable):
     with a fresh value head; either way its head reads every position, giving per-token values.
     """
 
-    def __init__(self, model_dir: str, trainable: bool, optim: dict | None = None, threads: int = 1,
-                 seed: int = 0, value_clip: float | None = None):
+    def __init__(self, role: ModelRole, value_clip: float | None = None):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        self.compute = _setup(threads, seed)
+        model_dir = role.model_dir
+        self.compute = _setup(role.threads, role.seed)
         self.tok = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForSequenceClassification.from_pretrained(
             model_dir, num_labels=1, dtype=torch.float32, pad_token_id=pad_token_id(self.tok)).to(self.compute.device)
@@ -259,10 +263,9 @@ class ValueWorker(_Trainable):
             raise ValueError(f"{model_dir}: expected a *ForSequenceClassification model with a `score` head")
         self.model.config.use_cache = False
         self.model.eval()
-        self.optim, self.seed, self.value_clip = optim or {}, seed, value_clip
-        if trainable:
-            self.opt = _adamw(self.model, self.optim["critic_lr"], self.optim["weight_decay"])
-            self.max_grad_norm = self.optim["max_grad_norm"]
+        self.optim, self.seed, self.value_clip = role.optim, role.seed, value_clip
+        if role.trainable:
+            self._init_training(role, role.optim.critic_lr)
         else:
             self.model.requires_grad_(False)
 
@@ -284,19 +287,15 @@ class ValueWorker(_Trainable):
         """V(state before response token j) for every response token (critic)."""
         import torch
 
-        from llmray.rlhf.batch import chunks
-
         with torch.no_grad():
             return np.concatenate([self._values(_tensors(batch, idx, self.compute.device)).cpu().numpy()
-                                   for idx in chunks(len(batch["input_ids"]), self.optim.get("micro_batch_size", 16))])
+                                   for idx in chunks(len(batch["input_ids"]), self.optim.micro_batch_size)])
 
     def score_responses(self, prompts: list[list[dict]], responses: list[list[int]], stop_ids: list[int],
                         micro_batch_size: int = 16) -> np.ndarray:
         """Reward of each (prompt messages, response ids): the conversation is rendered with the chat
         template exactly as the reward stage trained on it, and read at its last token."""
         import torch
-
-        from llmray.rlhf.batch import chunks
 
         seqs = []
         for msgs, resp in zip(prompts, responses):
@@ -320,15 +319,7 @@ class ValueWorker(_Trainable):
 
     def train(self, batch: dict, iteration: int = 0) -> dict:
         """Minibatch epochs of the clipped value loss towards `returns`."""
-        from llmray.rlhf.algos import clipped_value_loss
+        def loss_fn(model, t):
+            return algos.value_loss(self._values(t), t, self.value_clip)
 
-        o, stats = self.optim, []
-        for parts in _optimizer_steps(batch, o, self.seed + iteration, self.compute.device):
-            rows = []
-            for t, weight, _ in parts:
-                vl = clipped_value_loss(self._values(t), t["old_values"], t["returns"], t["response_mask"],
-                                        self.value_clip)
-                (vl.loss * weight).backward()
-                rows.append({"value_loss": vl.loss.item(), "value_clip_frac": vl.clip_frac})
-            stats.append({**_mean_stats(rows), "critic_grad_norm": self._step()})
-        return _mean_stats(stats)
+        return _mean_stats(self._update(batch, self.seed + iteration, loss_fn, prefix="critic_"))

@@ -10,7 +10,12 @@ Two products, as in the paper:
   pointwise: a yes/no question per answer; p(first) = sigmoid(log-odds(first) - log-odds(second)).
   The pairs, with p as a soft label, are preference data for the reward / dpo kinds (`ai_feedback:`).
 
-Data flow (`feedback_task`, one Ray task on the stage's CPU/GPU):
+On the driver (`run_constitution`, called by `llmray.stages.constitution.run`): the policy and feedback
+model folders, the prompts (quarantine written), the Ray task below, then the confidence rules, the
+train/test split by a hash of the prompt id, the records and the figures (calibration, on-policy
+agreement, refusal rates) -> data/prefs.jsonl, data/sft.jsonl, trace.jsonl, calibration.jsonl.
+
+Data flow (`feedback_task`, one Ray task on the stage's CPU/GPU, given the stage's typed Config):
   prompts --policy engine (vLLM or transformers; llmray.rlhf.rollout), `samples` each--> answers
   answers --feedback engine: critique, then revision, under a principle drawn per prompt--> revisions
   pairs + the calibration set --feedback model forward (transformers), `judge` mode--> p(first better)
@@ -21,6 +26,8 @@ trusted before training on it.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from llmray.chat import pad_token_id, prompt_ids, stop_token_ids
 from llmray.data.feedback import (  # noqa: F401  (PRINCIPLES, principle_for: this module's API too)
@@ -35,7 +42,10 @@ from llmray.data.feedback import (  # noqa: F401  (PRINCIPLES, principle_for: th
     revision_conversation,
     user_text,
 )
+from llmray.data.formats import held_out, load_data, write_jsonl, write_quarantine
 from llmray.generate import pick_engine
+from llmray.models import model_cache, resolve_model_source
+from llmray.stages.base import StageResult
 
 # ---------------------------------------------------------------- in the Ray task
 
@@ -165,17 +175,18 @@ def _pairs(prompts, answers, revisions, revise: bool) -> list[dict]:
     return items
 
 
-def _critique_and_revise(critic: Chat, prompts, answers, cfg: dict) -> tuple[list[str], list[str]]:
-    rules = [principle_for(p["id"], cfg["principles"]) for p in prompts]
+def _critique_and_revise(critic: Chat, prompts, answers, principles: list[dict], sampling: dict,
+                         seed: int) -> tuple[list[str], list[str]]:
+    rules = [principle_for(p["id"], principles) for p in prompts]
     convs = [critique_conversation(p["prompt"], a[0], r) for p, a, r in zip(prompts, answers, rules)]
-    critiques = [c[0] for c in critic.generate(convs, 1, cfg["feedback_sampling"], cfg["seed"] + 1)]
+    critiques = [c[0] for c in critic.generate(convs, 1, sampling, seed + 1)]
     convs = [revision_conversation(p["prompt"], a[0], r, c) for p, a, r, c in zip(prompts, answers, rules, critiques)]
-    return critiques, [c[0] for c in critic.generate(convs, 1, cfg["feedback_sampling"], cfg["seed"] + 2)]
+    return critiques, [c[0] for c in critic.generate(convs, 1, sampling, seed + 2)]
 
 
-def feedback_task(policy_dir: str, feedback_dir: str, prompts: list[dict], cfg: dict, tmp_dir: str) -> dict:
-    """The whole AI-feedback pass in one Ray task (see the module docstring). `cfg`: plain values
-    (principles, samples, revise, sampling, feedback_sampling, engine, engine_opts, seed, ...)."""
+def feedback_task(policy_dir: str, feedback_dir: str, prompts: list[dict], config, tmp_dir: str) -> dict:
+    """The whole AI-feedback pass in one Ray task (see the module docstring). `config`: the stage's
+    typed Config (llmray.stages.constitution.Config, pickled to the task)."""
     import time
 
     import torch
@@ -183,39 +194,184 @@ def feedback_task(policy_dir: str, feedback_dir: str, prompts: list[dict], cfg: 
 
     from llmray.device import compute_init
 
-    torch.set_num_threads(cfg["threads"])
-    t0, opts = time.time(), cfg["engine_opts"]
-    policy = Chat(policy_dir, cfg["engine"], {**opts, "max_new_tokens": cfg["sampling"]["max_new_tokens"]},
-                  cfg["seed"], f"{tmp_dir}/policy")
+    torch.set_num_threads(config.resources.torch_threads())
+    principles = [p.model_dump() for p in config.principles]
+    sampling, feedback_sampling = config.generation.model_dump(), config.feedback_generation.model_dump()
+    t0, opts, seed = time.time(), config.engine.model_dump(exclude={"engine"}), config.seed
+    policy = Chat(policy_dir, config.engine.engine, {**opts, "max_new_tokens": sampling["max_new_tokens"]},
+                  seed, f"{tmp_dir}/policy")
     engine = policy.engine_name
-    answers = policy.generate([p["prompt"] for p in prompts], cfg["samples"], cfg["sampling"], cfg["seed"])
+    answers = policy.generate([p["prompt"] for p in prompts], config.samples, sampling, seed)
     timings = {"answer_s": round(time.time() - t0, 2)}
     critic = policy if feedback_dir == policy_dir else None  # self-critique, as in the paper: one engine
     policy = None
     critiques = revisions = [""] * len(prompts)
-    if cfg["revise"]:
+    if config.revise:
         t1 = time.time()
         if critic is None:
             _release()
-            critic = Chat(feedback_dir, cfg["engine"],
-                          {**opts, "max_new_tokens": cfg["feedback_sampling"]["max_new_tokens"]},
-                          cfg["seed"], f"{tmp_dir}/feedback")
-        critiques, revisions = _critique_and_revise(critic, prompts, answers, cfg)
+            critic = Chat(feedback_dir, config.engine.engine,
+                          {**opts, "max_new_tokens": feedback_sampling["max_new_tokens"]}, seed, f"{tmp_dir}/feedback")
+        critiques, revisions = _critique_and_revise(critic, prompts, answers, principles, feedback_sampling, seed)
         timings["revise_s"] = round(time.time() - t1, 2)
     # The transformers engine already holds the feedback model as the judge needs it: no second load.
     model = critic.hf_model() if critic is not None else None
     tok = critic.tok if model is not None else AutoTokenizer.from_pretrained(feedback_dir)
     critic = None
     _release()
-    items = _pairs(prompts, answers, revisions, cfg["revise"])
+    items = _pairs(prompts, answers, revisions, config.revise)
     calib = [{"id": c["id"], "request": c["request"], "first": c["better"], "second": c["worse"], "kind": c["kind"]}
-             for c in calibration_pairs(cfg["calibration_pairs"], cfg["seed"])] if cfg["calibration_pairs"] else []
+             for c in calibration_pairs(config.calibration_pairs, seed)] if config.calibration_pairs else []
     t2 = time.time()
     compute = compute_init(in_ray_train=False)
     if model is None:
         model = AutoModelForCausalLM.from_pretrained(feedback_dir, dtype=torch.float32).to(compute.device).eval()
-    judged = judge(model, tok, compute.device, items + calib, cfg["principles"], cfg["judge_batch_size"],
-                   cfg["judge"])
+    judged = judge(model, tok, compute.device, items + calib, principles, config.judge_batch_size, config.judge)
     timings["judge_s"] = round(time.time() - t2, 2)
     return {"answers": answers, "critiques": critiques, "revisions": revisions, "pairs": judged[:len(items)],
             "calibration": judged[len(items):], "timings": timings, "engine": engine}
+
+
+# ---------------------------------------------------------------- on the driver
+
+
+def _model_dirs(config, ctx) -> tuple[Path, Path]:
+    """(policy folder, feedback folder): stage model/ folders, or `from:` / `feedback_from:` folders
+    resolved (URIs downloaded into the run's model cache) and checked as causal LMs."""
+    cache = model_cache(ctx.run_dir)
+    if config.init:
+        policy = ctx.input("init").path("model")
+    else:
+        policy = resolve_model_source(config.from_, cache, f"stages.{ctx.name}.from")
+    if config.feedback:
+        return policy, ctx.input("feedback").path("model")
+    if config.feedback_from:
+        return policy, resolve_model_source(config.feedback_from, cache, f"stages.{ctx.name}.feedback_from")
+    return policy, policy
+
+
+def _prompts(config, ctx) -> tuple[list[dict], int]:
+    loaded = load_data(config.prompts, "prompt", "train", config.fields, what="prompts")
+    write_quarantine(loaded.quarantined, ctx.out_dir, "prompts")
+    recs = loaded.records
+    if not recs:
+        raise ValueError(f"prompts: no usable records in {config.prompts!r} (see quarantine/prompts.jsonl)")
+    if config.max_prompts and len(recs) > config.max_prompts:
+        step = len(recs) / config.max_prompts  # an even spread keeps the harmful/benign mix
+        recs = [recs[int(i * step)] for i in range(config.max_prompts)]
+    return [{"id": r["id"], "prompt": r["prompt"], **({"harmful": r["harmful"]} if "harmful" in r else {})}
+            for r in recs], len(loaded.quarantined)
+
+
+def _records(config, prompts: list[dict], res: dict) -> tuple[list[dict], list[dict], int]:
+    """Preference and SFT records (with their split); how many pairs the confidence rules dropped."""
+    by_id = {p["id"]: p for p in prompts}
+    prefs, dropped = [], 0
+    for pair in res["pairs"]:
+        p = pair["p_first"]
+        if abs(p - 0.5) < config.min_confidence or (config.require_consistent and pair["consistent"] is False) \
+                or pair["first"] == pair["second"]:
+            dropped += 1
+            continue
+        chosen, rejected = (pair["first"], pair["second"]) if p >= 0.5 else (pair["second"], pair["first"])
+        prefs.append({"id": pair["id"], "prompt": by_id[pair["prompt_id"]]["prompt"], "chosen": chosen,
+                      "rejected": rejected, "p_chosen": round(max(p, 1 - p), 4), "principle": pair["principle"],
+                      "source": pair["source"], "consistent": pair["consistent"],
+                      "split": "test" if held_out(pair["prompt_id"], config.eval_fraction) else "train"})
+    sft = []
+    if config.revise:
+        principles = [p.model_dump() for p in config.principles]
+        for p, rev in zip(prompts, res["revisions"]):
+            if rev:
+                sft.append({"id": f"{p['id']}:rev", "messages": [*p["prompt"], {"role": "assistant", "content": rev}],
+                            "principle": principle_for(p["id"], principles)["name"],
+                            "split": "test" if held_out(p["id"], config.eval_fraction) else "train"})
+    return prefs, sft, dropped
+
+
+def _rate(values) -> float | None:
+    values = list(values)
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def _on_policy(prompts: list[dict], prefs: list[dict]) -> dict:
+    """The judge on the policy's own answers, where the rule judge can settle it: prompts flagged
+    `harmful` true/false (built-in red-team prompts are), pairs with exactly one refusal. Agreement =
+    the refusal chosen for a harmful prompt, the other answer for a harmless one. Calibration pairs are
+    clean templates; this is the figure on the answers the pairs are actually made of."""
+    from llmray.data.instruct import is_refusal
+
+    flag = {p["id"]: p["harmful"] for p in prompts if "harmful" in p}
+    out = {}
+    for kind, want in (("harmful", True), ("benign", False)):
+        sel = [r for r in prefs if flag.get(r["id"].rsplit(":", 1)[0]) is want
+               and is_refusal(r["chosen"]) != is_refusal(r["rejected"])]
+        out[f"pairs_{kind}"] = len(sel)
+        out[f"agreement_{kind}"] = _rate(is_refusal(r["chosen"]) == want for r in sel)
+    return out
+
+
+def _calibration(calib: list[dict]) -> dict:
+    """The feedback model on the held-out comparisons with known answers (the better one is first)."""
+    return {"pairs": len(calib), "agreement": _rate(c["p_first"] >= 0.5 for c in calib),
+            "agreement_harmful": _rate(c["p_first"] >= 0.5 for c in calib if c["kind"] == "harmful"),
+            "agreement_benign": _rate(c["p_first"] >= 0.5 for c in calib if c["kind"] == "benign"),
+            "position_consistency": _rate(c["consistent"] for c in calib if c["consistent"] is not None)}
+
+
+def _metrics(prompts, res: dict, prefs: list[dict], sft: list[dict], dropped: int) -> dict:
+    from llmray.data.instruct import is_refusal
+
+    return {
+        "prompts": len(prompts), "answers": sum(len(a) for a in res["answers"]),
+        "revisions": sum(1 for r in res["revisions"] if r), "pairs": len(res["pairs"]), "pairs_kept": len(prefs),
+        "pairs_dropped": dropped, "sft_records": len(sft),
+        "train_pairs": sum(r["split"] == "train" for r in prefs), "test_pairs": sum(r["split"] == "test" for r in prefs),
+        "position_consistency": _rate(p["consistent"] for p in res["pairs"] if p["consistent"] is not None),
+        "mean_confidence": _rate(r["p_chosen"] for r in prefs),
+        "answer_refusal_rate": _rate(is_refusal(a) for row in res["answers"] for a in row),
+        "revision_refusal_rate": _rate(is_refusal(r) for r in res["revisions"] if r),
+        # Where the AI feedback pushes a model trained on it: refusals among chosen vs rejected answers.
+        "chosen_refusal_rate": _rate(is_refusal(r["chosen"]) for r in prefs),
+        "rejected_refusal_rate": _rate(is_refusal(r["rejected"]) for r in prefs),
+        # How often the feedback model prefers its own revision to the answer it revised.
+        "revision_preferred": _rate(p["p_first"] >= 0.5 for p in res["pairs"] if p["source"] == "revision"),
+        "on_policy": _on_policy(prompts, prefs),
+        "calibration": _calibration(res["calibration"]),
+        "engine": res["engine"], "timings": res["timings"],
+    }
+
+
+def run_constitution(config, ctx) -> StageResult:
+    """The `constitution` stage (`config`: llmray.stages.constitution.Config): prompts, the feedback
+    Ray task, confidence rules, records and figures."""
+    import ray
+
+
+    policy_dir, feedback_dir = _model_dirs(config, ctx)
+    prompts, quarantined = _prompts(config, ctx)
+    task = ray.remote(feedback_task).options(**config.resources.ray_options(), max_retries=1)
+    ctx.log.info("constitution: %d prompts x %d answers from %s; feedback model %s", len(prompts), config.samples,
+                 policy_dir, feedback_dir)
+    res = ray.get(task.remote(str(policy_dir), str(feedback_dir), prompts, config, str(ctx.work_dir / "engine-tmp")))
+    agreement = _calibration(res["calibration"])["agreement"]
+    if config.min_calibration is not None and (agreement is None or agreement < config.min_calibration):
+        raise ValueError(f"min_calibration: the feedback model {feedback_dir} agrees with {agreement} of "
+                         f"{len(res['calibration'])} held-out calibration pairs, below {config.min_calibration}; "
+                         "its preferences would be noise (use a stronger feedback model)")
+    prefs, sft, dropped = _records(config, prompts, res)
+    write_jsonl(ctx.out_dir / "data" / "prefs.jsonl", prefs)
+    write_jsonl(ctx.out_dir / "data" / "sft.jsonl", sft)
+    write_jsonl(ctx.out_dir / "trace.jsonl", [
+        {"id": p["id"], "prompt": p["prompt"], "answers": a, "critique": c, "revision": r}
+        for p, a, c, r in zip(prompts, res["answers"], res["critiques"], res["revisions"])])
+    write_jsonl(ctx.out_dir / "calibration.jsonl", res["calibration"])
+    metrics = {**_metrics(prompts, res, prefs, sft, dropped), "quarantined": quarantined,
+               "calibration_agreement": agreement,  # top level too: the report's tile
+               "feedback_model": "policy" if feedback_dir == policy_dir else (config.feedback or "folder")}
+    cal = metrics["calibration"]
+    ctx.log.info("constitution: %d pairs kept of %d; calibration agreement %s (harmful %s, benign %s); "
+                 "position consistency %s", len(prefs), len(res["pairs"]), cal["agreement"],
+                 cal["agreement_harmful"], cal["agreement_benign"], metrics["position_consistency"])
+    return StageResult(metrics=metrics, outputs={"prefs": "data/prefs.jsonl", "sft": "data/sft.jsonl",
+                                                 "trace": "trace.jsonl", "calibration": "calibration.jsonl"})

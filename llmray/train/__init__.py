@@ -45,6 +45,12 @@ object store (ctx.work_remote) when the run directory is a URI (a rerun of the s
 resumes; FailureConfig(max_failures) restarts dead workers from there).
 
 `train_step(model, micro_batches, optimizer, scheduler, loss_fn, compute, grad_clip)` in
-llmray.train.step imports no Ray: benchmarks and GPU checks call it on a bare model.
+llmray.train.step imports no Ray: benchmarks and GPU checks call it on a bare model, and the RL
+policy/critic trainers (llmray.rlhf.trainer) take one per minibatch, with `llmray.train.optim`'s
+optimizer and schedule.
+
+The kinds' tasks and their driver-side work live here too, one module per kind: causal.py
+(pretrain), sft.py (`train_sft`), reward.py (`train_reward`), dpo.py (`train_dpo`); each stage
+module (llmray/stages/) is the kind's Config and a `run` that calls into them.
 Nothing in this package imports Ray or torch at module level except inside functions.
 """

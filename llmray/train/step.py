@@ -62,11 +62,13 @@ def grad_norm_clip(model, max_norm: float):
 
 
 def train_step(model, micro_batches, optimizer, scheduler, loss_fn, compute, grad_clip: float = 1.0,
-               attention: str = "auto") -> dict:
+               attention: str = "auto", weights=None) -> dict:
     """One optimizer step over `micro_batches` (a list of dict batches). Returns tensors and numbers:
     loss (mean over micro-batches), grad_norm (before clipping), lr (used for this step), tokens,
     plus the mean of every metric `loss_fn` reported. `attention`: the SDPA kernel
-    (llmray.device.attention_kernel), applied to forward and backward."""
+    (llmray.device.attention_kernel), applied to forward and backward. `weights`: each micro-batch's
+    share of the step's gradient (default 1/n each); the RL trainers weight by response tokens so the
+    step is the token mean over the whole minibatch whatever its micro-batch split."""
     import torch
 
     n = len(micro_batches)
@@ -79,7 +81,7 @@ def train_step(model, micro_batches, optimizer, scheduler, loss_fn, compute, gra
         with _no_grad_sync(model, last=i == n - 1), attention_kernel(attention):
             with autocast(compute):
                 loss, metrics = loss_fn(model, batch)
-            (loss / n).backward()
+            (loss / n if weights is None else loss * weights[i]).backward()
         total_loss += loss.detach().float()
         tokens += int(metrics.pop("tokens", batch["input_ids"].numel() if "input_ids" in batch else 0))
         for k, v in metrics.items():
