@@ -16,7 +16,10 @@ is warm-up; TRL: a callback timing each optimizer step). llmray's fixed cost com
 metrics (`fixed_cost`). Prints one JSON object (written to $OUT/bench_grpo_trl.json when OUT is set):
 
     flock /tmp/llmray-ray.lock .venv/bin/python bench/bench_grpo_trl.py [--sides trl,llmray,llmray-colocate]
-        [--repeats 1]
+        [--repeats 1] [--preload torch,transformers.modeling_utils,...]
+
+With `--preload`, the local Ray's prestarted idle workers import those modules before the clocks and
+the first role actors (one per CPU; no per-actor runtime env, llmray.rlhf.actors) start in them.
 """
 
 from __future__ import annotations
@@ -132,6 +135,28 @@ def run_llmray(policy: Path, reward: Path, prompts: list[str], a, tag: str, colo
             "fixed_cost": m.get("fixed_cost"), "reward_mean_last": m["reward_mean_last"]}
 
 
+def wait_idle_workers(timeout: float = 90.0) -> int:
+    """Wait (before any clock) until the local Ray's prestarted idle workers (one per CPU) are up, with
+    their preloaded modules: a pipeline starts Ray once and its earlier stages give them the time."""
+    import psutil
+    import ray
+
+    raylet = psutil.Process(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
+    want, deadline, n = int(ray.cluster_resources().get("CPU", 1)), time.time() + timeout, 0
+    while time.time() < deadline:
+        n = sum("ray::IDLE" in " ".join(p.cmdline()) for p in raylet.children())  # Ray's title once registered
+        if n >= want:
+            break
+        time.sleep(0.5)
+    busy = 1.0
+    while busy > 0.05 and time.time() < deadline:  # preloading registers first, then imports: wait for quiet
+        procs = raylet.children()
+        t = sum(sum(p.cpu_times()[:2]) for p in procs)
+        time.sleep(1.0)
+        busy = sum(sum(p.cpu_times()[:2]) for p in procs) - t
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sides", default="trl,llmray,llmray-colocate",
@@ -144,6 +169,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--preload", default="", help="RAY_preload_python_modules for the local Ray, e.g. "
+                    "torch,transformers.modeling_utils: its prestarted idle workers import them before the clocks")
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     sides = a.sides.split(",")
@@ -151,10 +178,13 @@ def main() -> None:
         a.work = Path(tmp)
         policy, reward = make_models(a.work / "models")
         prompts = prompt_texts(a.prompts)
-        if "llmray" in sides:
+        if "llmray" in a.sides:
             from llmray.rayutil import init_ray
 
+            if a.preload:  # Ray's own switch, read by the raylet this process starts (llmray.rayutil)
+                os.environ["RAY_preload_python_modules"] = a.preload
             init_ray(None)
+            print("idle workers", wait_idle_workers(), flush=True)
         runs: dict[str, list[dict]] = {s: [] for s in sides}
         for r in range(a.repeats):
             for s in sides:

@@ -1,33 +1,66 @@
-"""Connecting to Ray: join a cluster when one is named, else start a local Ray on loopback."""
+"""Connecting to Ray: join a cluster when one is named, else start a local Ray on loopback.
+
+A local Ray's raylet is a child of this process, so its worker processes inherit this process's
+environment as it was at `ray.init`: the switches workers need (offline hub, quiet tokenizers) reach
+them without a job-level `runtime_env`. That matters for start-up: Ray prestarts idle Python workers
+(one per CPU) and hands them only to tasks and actors whose runtime env is the job's, so a job-level
+env_vars block (or a per-actor one, see `llmray.rlhf.actors`) makes every actor a fresh process.
+`inherited_env()` tells callers what the workers already have; `RAY_preload_python_modules`
+(e.g. `torch,transformers`) set before the run makes those prestarted workers import the modules while
+the driver works (bench/README.md "Fixed costs": what it buys and costs).
+"""
 
 from __future__ import annotations
 
 import os
 
+# The switches workers need from the driver; a cluster we join gets them as the job's runtime env.
+WORKER_ENV = ("HF_HUB_OFFLINE", "VLLM_CPU_KVCACHE_SPACE", "TOKENIZERS_PARALLELISM")
+_inherited: dict[str, str] | None = None  # this process's environment when it started a local Ray
+
 
 def init_ray(cfg=None) -> None:
-    """Idempotent ray.init. Joins `cfg.address` or $RAY_ADDRESS; otherwise starts a local Ray."""
+    """Idempotent ray.init. Joins `cfg.address`, $RAY_ADDRESS or a Ray already running on this machine
+    (as `ray.init()` does); otherwise starts a local Ray."""
     import ray
 
     if ray.is_initialized():
         return
-    address = (cfg.address if cfg else None) or os.environ.get("RAY_ADDRESS")
-    # Workers must find the llmray package and see the same environment switches.
-    env_vars = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "VLLM_CPU_KVCACHE_SPACE", "TOKENIZERS_PARALLELISM")
-                if k in os.environ}
-    runtime_env = {"env_vars": env_vars} if env_vars else None
+    address = (cfg.address if cfg else None) or os.environ.get("RAY_ADDRESS") or _running_local_ray()
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        # Workers on other machines must see the same environment switches.
+        env_vars = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
+        ray.init(address=address, runtime_env={"env_vars": env_vars} if env_vars else None, log_to_driver=True)
         return
     host = cfg.host if cfg else "127.0.0.1"
     if host in ("127.0.0.1", "localhost"):
         _loopback_only()
-    kwargs = {"include_dashboard": False, "runtime_env": runtime_env}
+    # No job-level runtime_env: the workers inherit this environment (module docstring).
+    kwargs = {"include_dashboard": False}
     if cfg and cfg.num_cpus:
         kwargs["num_cpus"] = cfg.num_cpus
     if cfg and cfg.object_store_mb:
         kwargs["object_store_memory"] = cfg.object_store_mb * 2**20
+    global _inherited
+    _inherited = dict(os.environ)
     ray.init(**kwargs)
+
+
+def _running_local_ray() -> str | None:
+    """The address of a Ray already running on this machine, which `ray.init()` would join (as it always
+    did here); its workers do not inherit this process's environment, so it is treated as a cluster."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        return canonicalize_bootstrap_address(None)
+    except Exception:  # noqa: BLE001 - Ray's own lookup failing means nothing to join
+        return None
+
+
+def inherited_env() -> dict[str, str] | None:
+    """The environment every worker of the local Ray this process started inherits; None when this
+    process joined a cluster (or did not start Ray): then nothing is known to be inherited."""
+    return _inherited
 
 
 def _loopback_only() -> None:

@@ -14,10 +14,15 @@ from __future__ import annotations
 import os
 import uuid
 
+from llmray.rayutil import inherited_env
+
 # Environment every RL actor gets: vLLM in-process (weight reload through collective_rpc stays
 # in one process), CPU KV cache size, quiet tokenizers, offline hub.
 BASE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
 PASS_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_CPU_KVCACHE_SPACE", "HF_HUB_DISABLE_PROGRESS_BARS")
+# BASE_ENV's switches are read when used (vLLM's `envs` on access, tokenizers on its first parallel
+# batch), never at import, so the actor may set them in its own process when its constructor starts.
+LATE_ENV = frozenset(BASE_ENV)
 
 
 def actor_env(extra: dict | None = None) -> dict:
@@ -25,6 +30,36 @@ def actor_env(extra: dict | None = None) -> dict:
     env.update(BASE_ENV)
     env.update(extra or {})
     return env
+
+
+def split_env(env: dict) -> tuple[dict, dict]:
+    """(runtime_env vars, vars the actor sets itself). Ray hands a prestarted idle worker only to an
+    actor whose runtime env is the job's (llmray.rayutil), so a per-actor `env_vars` block costs a fresh
+    process (~6 s importing torch + transformers on a laptop core). On a local Ray this process started,
+    the workers inherit its environment: a var with the inherited value needs nothing, a late-read one
+    (LATE_ENV) is set in the actor's process; the rest (PYTHONPATH, the hub switches read at import, any
+    var on a cluster we joined) still goes through the runtime env."""
+    inherited = inherited_env()
+    if inherited is None:
+        return dict(env), {}
+    missing = {k: v for k, v in env.items() if inherited.get(k) != v}
+    late = {k: v for k, v in missing.items() if k in LATE_ENV}
+    return {k: v for k, v in missing.items() if k not in late}, late
+
+
+def _with_env(actor_cls, env: dict):
+    """`actor_cls` whose constructor first sets `env` in its process (a worker serves one actor, so
+    nothing leaks); the class itself when there is nothing to set."""
+    if not env:
+        return actor_cls
+
+    class WithEnv(actor_cls):
+        def __init__(self, *args, **kwargs):
+            os.environ.update(env)
+            super().__init__(*args, **kwargs)
+
+    WithEnv.__name__, WithEnv.__qualname__ = actor_cls.__name__, actor_cls.__qualname__
+    return WithEnv
 
 
 def threads_for(res) -> int:
@@ -54,7 +89,8 @@ class RayActorGroup:
             raise RuntimeError(f"cannot place the {role} role ({replicas} x {bundle}) within {ready_timeout_s:.0f}s; "
                                f"the cluster has {ray.available_resources()} free. Lower resources.{role}."
                                "num_cpus/num_gpus or add nodes.") from None
-        remote_cls = ray.remote(actor_cls)
+        ray_env, late_env = split_env(actor_env(env))
+        remote_cls = ray.remote(_with_env(actor_cls, late_env))
         suffix = uuid.uuid4().hex[:6]
         self.names = [f"{name_prefix}-{role}-{i}-{suffix}" for i in range(replicas)]
         self.actors = [
@@ -63,7 +99,7 @@ class RayActorGroup:
                 max_restarts=max_restarts, max_task_retries=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=self.pg,
                                                                      placement_group_bundle_index=i),
-                runtime_env={"env_vars": actor_env(env)},
+                **({"runtime_env": {"env_vars": ray_env}} if ray_env else {}),
             ).remote(*args, **(kwargs or {}))
             for i in range(replicas)
         ]
