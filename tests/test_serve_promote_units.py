@@ -122,3 +122,50 @@ def test_validate_checks_served_names(tmp_path):
 
     with pytest.raises(ConfigError, match="serve.names.assistant: no stage named 'nope'"):
         load_pipeline("pipeline.yaml", [f"workdir={tmp_path}", "serve.names.assistant=nope"])
+
+
+class _Runner:
+    """A loaded version as the model deployment holds it (only what its bookkeeping touches)."""
+
+    def __init__(self, model_dir):
+        self.dir, self.closed = model_dir, False
+        self.engine = types.SimpleNamespace(close=self._close)
+
+    async def start(self):
+        pass
+
+    async def _close(self):
+        self.closed = True
+
+
+def test_a_request_routed_before_a_promotion_does_not_retire_the_loaded_canary():
+    """The race CI hit: a request whose `live` list was taken before the canary was set arrives after the
+    canary's load; it must not retire the canary (which would then be answered by its predecessor)."""
+    from llmray.serve.app import ModelServer
+
+    server = object.__new__(ModelServer.func_or_class)
+    dpo = _Runner("/d")
+    server.model_id, server.runner, server._new_runner = "p/assistant", dpo, _Runner
+    server.versions, server.dirs, server.aliases, server.loaded_gen = {"dpo": dpo}, {"dpo": "/d"}, {}, {}
+    server.busy, server._loading = {}, asyncio.Lock()
+
+    def body(key, live, gen):
+        return {"version": {"key": key, "dir": f"/{key[0]}"}, "live": live, "gen": gen}
+
+    async def scenario():
+        # NameRouter.promote: generation 1 while loading, 2 once the canary is routed, 3 when it settles.
+        await server.load({"key": "ppo", "dir": "/p"}, None, 1)
+        assert await server._runner_for(body("dpo", ["dpo"], 0)) is dpo  # routed before the promotion
+        ppo = server.versions.get("ppo")
+        assert ppo is not None and not ppo.closed  # still loaded
+        assert await server._runner_for(body("ppo", ["dpo", "ppo"], 2)) is ppo
+        assert await server._runner_for(body("ppo", ["ppo"], 3)) is ppo  # completed: dpo is retired now
+        assert "dpo" not in server.versions and server._resolve("dpo") == "ppo"
+        await asyncio.sleep(0)
+        assert dpo.closed
+        # A rolled-back canary is retired by the first request of the settled generation.
+        await server.load({"key": "bad", "dir": "/b"}, None, 4)
+        assert await server._runner_for(body("ppo", ["ppo"], 4)) is ppo and "bad" in server.versions
+        assert await server._runner_for(body("ppo", ["ppo"], 6)) is ppo and "bad" not in server.versions
+
+    asyncio.run(scenario())

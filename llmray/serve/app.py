@@ -81,6 +81,7 @@ class ModelServer:
         self.versions = {key: self.runner} if key else {}
         self.dirs = {key: model["dir"]} if key else {}
         self.aliases: dict[str, str] = {}  # a key reloaded in place -> the key it became
+        self.loaded_gen: dict[str, int] = {}  # a version -> the route generation it was loaded at
         self.busy: dict[int, int] = {}
         self._loading = asyncio.Lock()
 
@@ -96,8 +97,9 @@ class ModelServer:
 
     # ------------------------------------------------------------ versions
 
-    async def load(self, version: dict, replace: str | None = None) -> dict:
-        """Load a version next to the live ones, or over `replace` in place (vLLM, same architecture)."""
+    async def load(self, version: dict, replace: str | None = None, gen: int = 0) -> dict:
+        """Load a version next to the live ones, or over `replace` in place (vLLM, same architecture).
+        `gen`: the name's route generation (NameRouter) when the load was asked for."""
         async with self._loading:
             if version["key"] in self.versions:
                 return {"mode": "already loaded", "load_s": 0.0}
@@ -116,6 +118,7 @@ class ModelServer:
                 self.versions[version["key"]], self.dirs[version["key"]] = runner, version["dir"]
                 mode = "new engine"
             self.aliases.pop(version["key"], None)
+            self.loaded_gen[version["key"]] = gen
             log.info("%s: loaded %s (%s)", self.model_id, version["key"], mode)
             return {"mode": mode, "load_s": round(time.perf_counter() - t0, 3)}
 
@@ -123,12 +126,16 @@ class ModelServer:
         v = body.get("version")
         if v is None:
             return self.runner
+        gen = body.get("gen", 0)
         key = self._resolve(v["key"])
         if key not in self.versions:
-            await self.load(v)
+            await self.load(v, gen=gen)
             key = v["key"]
         live = [self._resolve(k) for k in body.get("live") or ()]
-        for old in [k for k in self.versions if live and k not in live]:
+        # A request's `live` list is as old as its route generation: a version loaded at that generation
+        # or later (a promotion the request was routed before) is not retired by it, or a canary loaded
+        # while older requests were still on their way would be dropped and answered by its predecessor.
+        for old in [k for k in self.versions if live and k not in live and self.loaded_gen.get(k, -1) < gen]:
             self._retire(old, live[0])  # live[0]: the name's current version
         return self.versions[key]
 
@@ -143,6 +150,7 @@ class ModelServer:
         """Drop a version no longer live; requests for it still on their way get its successor."""
         runner = self.versions.pop(key)
         self.dirs.pop(key, None)
+        self.loaded_gen.pop(key, None)
         self.aliases[key] = successor
         if not self.busy.get(id(runner)):
             asyncio.get_running_loop().create_task(runner.engine.close())
@@ -295,7 +303,7 @@ class OpenAIIngress:
             return await call(model_id, body)
         version, canary = self.router.pick(name)
         body.update(version={"key": version["key"], "dir": version["dir"]}, live=self.router.live_keys(name),
-                    t0=time.perf_counter())
+                    gen=self.router.routes[name]["gen"], t0=time.perf_counter())
         try:
             return await call(model_id, body)
         except Exception as e:
@@ -314,8 +322,8 @@ class OpenAIIngress:
                                blocked=any(c["finish_reason"] == "content_filter" for c in choices))
 
     async def _load_version(self, name: str, version: dict, replace: str | None) -> dict:
-        handle = self.handles[self.router.routes[name]["id"]]
-        return await handle.load.remote({"key": version["key"], "dir": version["dir"]}, replace)
+        r = self.router.routes[name]
+        return await self.handles[r["id"]].load.remote({"key": version["key"], "dir": version["dir"]}, replace, r["gen"])
 
     async def _screen(self, prompt: str, text: str) -> bool:
         if self.guardrail is None:

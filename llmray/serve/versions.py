@@ -7,6 +7,10 @@ latency / errors / guardrail refusals for `window_s`, and `verdict` decides: com
 Every event goes to <run>/promotions.json (who/what/when/why; `read_history`); what each name serves
 goes to <run>/.serve/routes.json and is restored when the ingress restarts. The command-line side
 (`llmray promote` / `rollback`) is llmray.serve.promote. No Ray import here.
+
+Each name has a route generation, `gen`, raised whenever what is live changes or a load begins;
+requests carry it with their `live` list, so the model deployment can tell a stale list (routed
+before a promotion) from a current one and never retires a version on the word of an older request.
 """
 
 from __future__ import annotations
@@ -110,7 +114,8 @@ class NameRouter:
             current = prev.get("current") if Path((prev.get("current") or {}).get("dir", "/nonexistent")).is_dir() \
                 else n["version"]
             self.routes[n["name"]] = {"id": n["id"], "current": current, "previous": prev.get("previous"),
-                                      "canary": None, "share": 0.0, "state": "live", "last": prev.get("last")}
+                                      "canary": None, "share": 0.0, "state": "live", "last": prev.get("last"),
+                                      "gen": 0}
 
     def _saved(self) -> dict:
         try:
@@ -173,7 +178,7 @@ class NameRouter:
         share = self.cfg["canary"] if canary is None else canary
         what = {"name": name, "from": r["current"]["key"], "to": version["key"], "stage": version["stage"],
                 "fingerprint": version["fingerprint"], "who": who, "canary": share}
-        r["state"] = "loading"
+        r["state"], r["gen"] = "loading", r["gen"] + 1  # a new generation: see ModelServer._runner_for
         try:
             info = await self.load(name, version, r["current"]["key"] if share == 0 else None)
         except Exception as e:  # noqa: BLE001 - any load failure means the candidate never goes live
@@ -184,7 +189,7 @@ class NameRouter:
             r["previous"], r["current"], r["state"] = r["current"], version, "live"
             return self._settle(name, what, "completed", "canary 0: switched at once")
         self.stats = {r["current"]["key"]: Stats(), version["key"]: Stats()}
-        r["canary"], r["share"], r["state"] = version, share, "canary"
+        r["canary"], r["share"], r["state"], r["gen"] = version, share, "canary", r["gen"] + 1
         self._log(event="canary", **what)
         self.tasks[name] = asyncio.create_task(self._watch(name, what))
         return {"status": "canary", **what}
@@ -206,7 +211,7 @@ class NameRouter:
 
     def _settle(self, name: str, what: dict, outcome: str, why: str, event: str = "promote") -> dict:
         r = self.routes[name]
-        r["canary"], r["share"], r["state"] = None, 0.0, "live"
+        r["canary"], r["share"], r["state"], r["gen"] = None, 0.0, "live", r["gen"] + 1
         self.stats = {}
         event = self._log(event=event, outcome=outcome, why=why, **what)
         r["last"] = {"outcome": outcome, "why": why, "to": what["to"], "time": event["time"], "load": what.get("load")}
@@ -220,6 +225,7 @@ class NameRouter:
         if not r["previous"]:
             raise PromoteError(f"{name} has no previous version to roll back to")
         target = r["previous"]
+        r["gen"] += 1
         info = await self.load(name, target, r["current"]["key"])
         what = {"name": name, "from": r["current"]["key"], "to": target["key"], "stage": target["stage"],
                 "fingerprint": target["fingerprint"], "who": who, "load": info}
