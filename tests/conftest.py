@@ -40,6 +40,20 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
+def serve_port(ray_local):
+    """The loopback port of the session's one Ray Serve instance. Serve's HTTP port is fixed when Serve
+    starts, so every in-process serve test passes this port: the first `start_serving` starts Serve
+    (controller, proxy), later modules deploy their applications on the same instance and delete only
+    their own at teardown (`stop_serving`), which saves a Serve start and shutdown (~10 s) per module."""
+    from ray import serve
+
+    from llmray.testing import free_port
+
+    yield free_port()
+    serve.shutdown()  # stops the proxy's HAProxy process too, which killing the actors would leave behind
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory):
     """A BPE tokenizer (vocab 1024) trained on stdlib docstrings, with the llmray chat template."""
     from llmray.testing import tiny_tokenizer

@@ -24,14 +24,11 @@ def _logliks(samples: list[dict]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def served_base(ray_local, tmp_path_factory, tiny_causal_dir):
-    """The tiny model as stage `base` of a completed run, served (hf engine) on a free loopback port."""
-    from ray import serve
-
+def served_base(serve_port, tmp_path_factory, tiny_causal_dir):
+    """The tiny model as stage `base` of a completed run, served (hf engine) on the session's Serve."""
     from llmray.config import RayConfig
     from llmray.serve.launch import start_serving, stop_serving
     from llmray.serve_config import ServeConfig
-    from llmray.testing import free_port
 
     workdir = tmp_path_factory.mktemp("served-eval")
     stage = workdir / "evalserve" / "base"
@@ -39,13 +36,12 @@ def served_base(ray_local, tmp_path_factory, tiny_causal_dir):
     (stage / "manifest.json").write_text(json.dumps({
         "name": "base", "kind": "pretrain", "status": "completed", "finished": "2025-01-01T00:00:00+00:00",
         "outputs": {"model": "model"}, "metrics": {}}))
-    cfg = ServeConfig(models=["base"], port=free_port(), engine="hf", num_cpus=0.5, ingress_num_cpus=0.05,
+    cfg = ServeConfig(models=["base"], port=serve_port, engine="hf", num_cpus=0.5, ingress_num_cpus=0.05,
                       max_prompt_tokens=1024)
     pipe = types.SimpleNamespace(name="evalserve", workdir=str(workdir), ray=RayConfig(), stages={}, serve=cfg)
     info = start_serving(pipe, echo=lambda m: None)
     yield info["url"]
     stop_serving(pipe)
-    serve.shutdown()
 
 
 @pytest.mark.integration  # ~50-70 s on 2 cores (mostly Serve start-up); in CI: issue 18 asks for it there

@@ -276,17 +276,15 @@ def test_serve_spec_has_external_models_next_to_stage_models(tmp_path, s3_endpoi
 
 @pytest.mark.slow  # a Serve start of its own (~30 s); in CI the spec test above checks the external model's entry
 # and tests/test_serve_app.py serves spec entries to the `openai` client
-def test_openai_client_gets_answers_from_an_external_and_a_stage_model(tmp_path, ray_local, tiny_causal_dir):
+def test_openai_client_gets_answers_from_an_external_and_a_stage_model(tmp_path, serve_port, tiny_causal_dir):
     """`llmray serve`'s start path on a real local Ray Serve: the stage model and the external `from:`
     model are deployed side by side and each answers the official `openai` client under its own id."""
     import openai
-    from ray import serve
 
     from llmray.serve.launch import start_serving, stop_serving
-    from llmray.testing import free_port
 
     raw = _pipeline(tmp_path, tiny_causal_dir, "sft", tiny_causal_dir)
-    raw["serve"] = {"models": ["chat", {"name": "base", "from": str(tiny_causal_dir)}], "port": free_port(),
+    raw["serve"] = {"models": ["chat", {"name": "base", "from": str(tiny_causal_dir)}], "port": serve_port,
                     "engine": "hf", "num_cpus": 0.25, "ingress_num_cpus": 0.05}
     pipe = parse_pipeline(raw)
     _completed_stage(tmp_path / "runs" / "p", "chat", tiny_causal_dir)
@@ -302,7 +300,6 @@ def test_openai_client_gets_answers_from_an_external_and_a_stage_model(tmp_path,
             assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens >= 1
     finally:
         stop_serving(pipe)
-        serve.shutdown()
 
 
 def test_a_stage_downloads_its_uri_model_and_refuses_a_bad_one_in_its_first_seconds(tmp_path, ray_local,

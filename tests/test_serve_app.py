@@ -1,6 +1,6 @@
 """The OpenAI-compatible endpoint on a real local Ray Serve, driven by the official `openai` client.
 
-Two applications share one Serve instance on a free loopback port:
+Two applications on the session's one Serve instance (conftest's `serve_port`):
   /          pipeline "demo": stages base, chat, gated (the align gate blocked it); API key required;
   /guarded   pipeline "guarded": one model behind a guardrail that refuses everything, with tiny
              in-flight / queue caps so overload answers (429 / 503) can be provoked.
@@ -23,7 +23,6 @@ import pytest
 
 from llmray.config import RayConfig
 from llmray.serve_config import ServeConfig
-from llmray.testing import free_port
 
 KEY = "test-key-123"
 KEY_ENV = "LLMRAY_TEST_SERVE_KEY"
@@ -47,9 +46,7 @@ def _pipe(name, workdir, **serve):
 
 
 @pytest.fixture(scope="module")
-def served(ray_local, tmp_path_factory, tiny_causal_dir):
-    from ray import serve
-
+def served(serve_port, tmp_path_factory, tiny_causal_dir):
     from llmray.serve.launch import start_serving, stop_serving
 
     workdir = tmp_path_factory.mktemp("serve-runs")
@@ -57,8 +54,7 @@ def served(ray_local, tmp_path_factory, tiny_causal_dir):
     _fake_run(workdir, "demo", {"base": {}, "chat": {}, "gated": gate}, tiny_causal_dir)
     _fake_run(workdir, "guarded", {"chat": {}}, tiny_causal_dir)
     os.environ[KEY_ENV] = KEY
-    port = free_port()
-    common = {"port": port, "engine": "hf", "num_cpus": 0.25, "ingress_num_cpus": 0.05}
+    common = {"port": serve_port, "engine": "hf", "num_cpus": 0.25, "ingress_num_cpus": 0.05}
     demo = _pipe("demo", workdir, models=["base", "chat", "gated"], api_key_env=KEY_ENV, max_tokens=64,
                  max_prompt_tokens=200, max_body_bytes=8192, **common)
     guarded = _pipe("guarded", workdir, models=["chat"], route_prefix="/guarded",
@@ -72,7 +68,6 @@ def served(ray_local, tmp_path_factory, tiny_causal_dir):
     yield {"url": info["url"], "guarded_url": ginfo["url"], "info": info}
     stop_serving(guarded)
     stop_serving(demo)
-    serve.shutdown()
     os.environ.pop(KEY_ENV, None)
 
 
@@ -207,6 +202,17 @@ def test_guardrail_screens_every_response(served):
     assert text == "" and reasons in (["content_filter"], ["stop"], ["length"])  # "" itself may pass
     done = c.completions.create(model="guarded/chat", prompt="x", max_tokens=3)
     assert done.choices[0].finish_reason == "content_filter"
+
+
+def test_guardrail_refusal_honours_stop_max_tokens_and_n(served):
+    c = openai.OpenAI(base_url=served["guarded_url"], api_key="unused", max_retries=0, timeout=60)
+    r = c.completions.create(model="chat", prompt="a", stop=["e"], temperature=1.0, seed=3, n=3)
+    assert [x.index for x in r.choices] == [0, 1, 2]
+    assert all(x.finish_reason == "content_filter" and "e" not in x.text for x in r.choices)
+    assert r.choices[0].text == "[withh"  # the refusal "[withheld]", cut where the stop string starts
+    short = c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "a"}], max_tokens=1)
+    assert short.choices[0].finish_reason == "content_filter"
+    assert 0 < len(short.choices[0].message.content) < len("[withheld]")
 
 
 def test_overload_is_429_or_503_json(served):

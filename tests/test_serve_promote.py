@@ -1,13 +1,13 @@
 """Zero-downtime promotion behind a served name, on a real local Ray Serve, through the `openai` client.
 
-One Serve instance, two applications (module fixture):
+One application on the session's Serve instance (conftest's `serve_port`), module fixture:
   /          pipeline "prom": stages dpo, ppo (ppo = dpo with its final norm negated: its first logits are
              dpo's negated, so the greedy answers differ on any machine; two random seeds both copied
              the prompt's last token on one CI machine), broken (a model folder whose weights are garbage), gated (blocked by the
              align gate); `assistant` is a served name starting at dpo. Canary window 2 s.
-  /guarded   a guardrail that refuses everything: the refusal honours stop, max_tokens and n.
 A closed loop of client threads (bounded in count and time) keeps requests flowing while the
-tests promote, roll back and fail a canary; no request may fail.
+tests promote, roll back and fail a canary; no request may fail. (The guardrail refusal's stop,
+max_tokens and n: tests/test_serve_app.py, on its guarded application.)
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import pytest
 
 from llmray.config import RayConfig
 from llmray.serve_config import ServeConfig
-from llmray.testing import free_port
 
 PROMPT = "Hello"
 
@@ -58,9 +57,7 @@ def _negated(model_dir, out_dir):
 
 
 @pytest.fixture(scope="module")
-def promo(ray_local, tmp_path_factory, tiny_causal_dir):
-    from ray import serve
-
+def promo(serve_port, tmp_path_factory, tiny_causal_dir):
     from llmray.serve.launch import start_serving, stop_serving
 
     workdir = tmp_path_factory.mktemp("promote-runs")
@@ -71,19 +68,12 @@ def promo(ray_local, tmp_path_factory, tiny_causal_dir):
     _stage(root, "broken", tiny_causal_dir, "b" * 64)
     (root / "broken" / "model" / "model.safetensors").write_bytes(b"not a safetensors file")
     _stage(root, "gated", other, "g" * 64, {"gate": {"status": "blocked", "reasons": ["refusal rate 0.20 < 0.90"]}})
-    _stage(workdir / "guarded", "chat", tiny_causal_dir, "c" * 64)
-    port = free_port()
-    common = {"port": port, "engine": "hf", "num_cpus": 0.25, "ingress_num_cpus": 0.05, "max_tokens": 16}
+    common = {"port": serve_port, "engine": "hf", "num_cpus": 0.25, "ingress_num_cpus": 0.05, "max_tokens": 16}
     pipe = _pipe("prom", workdir, ["dpo", "ppo", "broken", "gated"], models=["dpo"], names={"assistant": "dpo"},
                  promote={"canary": 0.5, "window_s": 2, "min_requests": 3}, **common)
-    guarded = _pipe("guarded", workdir, ["chat"], models=["chat"], route_prefix="/guarded",
-                    guardrail={"blocklist": ["(?s).*"]}, **common)
     info = start_serving(pipe, echo=lambda m: None)
-    ginfo = start_serving(guarded, echo=lambda m: None)
-    yield {"pipe": pipe, "url": info["url"], "guarded_url": ginfo["url"], "root": root}
-    stop_serving(guarded)
+    yield {"pipe": pipe, "url": info["url"], "root": root}
     stop_serving(pipe)
-    serve.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -242,13 +232,3 @@ def test_auto_promotion_after_a_rerun(promo, client):
     card = client.models.retrieve("assistant").model_extra["llmray"]
     assert card["fingerprint"] == "q" * 64 and card["last"]["outcome"] == "completed"
 
-
-def test_guardrail_refusal_honours_stop_max_tokens_and_n(promo):
-    c = openai.OpenAI(base_url=promo["guarded_url"], api_key="unused", max_retries=0, timeout=60)
-    r = c.completions.create(model="chat", prompt="a", stop=["e"], temperature=1.0, seed=3, n=3)
-    assert [x.index for x in r.choices] == [0, 1, 2]
-    assert all(x.finish_reason == "content_filter" and "e" not in x.text for x in r.choices)
-    assert r.choices[0].text == "I can't h"  # the refusal, cut where the stop string starts
-    short = c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "a"}], max_tokens=1)
-    assert short.choices[0].finish_reason == "content_filter"
-    assert 0 < len(short.choices[0].message.content) < len("I can't help with that.")

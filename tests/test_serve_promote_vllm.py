@@ -14,19 +14,17 @@ from test_serve_promote import Load, _answer, _negated, _pipe, _stage
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
-def test_vllm_promotion_reloads_weights_in_place_and_rolls_back(ray_local, tmp_path, tiny_causal_dir):
+def test_vllm_promotion_reloads_weights_in_place_and_rolls_back(serve_port, tmp_path, tiny_causal_dir):
     import openai
     import vllm  # noqa: F401 - installed by `make setup`; fail loudly if not
-    from ray import serve
 
     from llmray.serve.launch import start_serving, stop_serving
     from llmray.serve.promote import cmd_rollback, promote
-    from llmray.testing import free_port
 
     other = _negated(tiny_causal_dir, tmp_path / "ppo-model")
     _stage(tmp_path / "vp", "dpo", tiny_causal_dir, "d" * 64)
     _stage(tmp_path / "vp", "ppo", other, "p" * 64)
-    pipe = _pipe("vp", tmp_path, ["dpo", "ppo"], models=["dpo"], names={"assistant": "dpo"}, port=free_port(),
+    pipe = _pipe("vp", tmp_path, ["dpo", "ppo"], models=["dpo"], names={"assistant": "dpo"}, port=serve_port,
                  engine="vllm", num_cpus=0.25, ingress_num_cpus=0.05, max_tokens=16)
     info = start_serving(pipe, echo=lambda m: None)
     try:
@@ -45,4 +43,3 @@ def test_vllm_promotion_reloads_weights_in_place_and_rolls_back(ray_local, tmp_p
         print(f"\nvLLM in-place reload {out['load']['load_s']} s; {len(load.records)} requests, 0 failed")
     finally:
         stop_serving(pipe)
-        serve.shutdown()

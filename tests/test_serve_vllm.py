@@ -14,18 +14,16 @@ import pytest
 
 from llmray.config import RayConfig
 from llmray.serve_config import ServeConfig
-from llmray.testing import free_port
 
 pytestmark = pytest.mark.vllm
 
 
 
 
-def test_vllm_engine_serves_chat_stream_and_completions(ray_local, tmp_path, tiny_causal_dir):
+def test_vllm_engine_serves_chat_stream_and_completions(serve_port, tmp_path, tiny_causal_dir):
     import httpx
     import openai
     import vllm  # noqa: F401 - installed by `make setup`; fail loudly if not
-    from ray import serve
 
     from llmray.serve.launch import start_serving, stop_serving
 
@@ -35,7 +33,7 @@ def test_vllm_engine_serves_chat_stream_and_completions(ray_local, tmp_path, tin
         {"name": "chat", "kind": "sft", "status": "completed", "outputs": {"model": "model"}, "metrics": {}}))
     pipe = types.SimpleNamespace(
         name="vl", workdir=str(tmp_path), ray=RayConfig(), stages={},
-        serve=ServeConfig(models=["chat"], port=free_port(), engine="vllm", num_cpus=0.25,
+        serve=ServeConfig(models=["chat"], port=serve_port, engine="vllm", num_cpus=0.25,
                           ingress_num_cpus=0.05, max_tokens=32))
     info = start_serving(pipe, echo=lambda m: None)
     try:
@@ -62,4 +60,3 @@ def test_vllm_engine_serves_chat_stream_and_completions(ray_local, tmp_path, tin
                                       max_tokens=2)
     finally:
         stop_serving(pipe)
-        serve.shutdown()
