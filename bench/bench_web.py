@@ -1,7 +1,7 @@
 """Benchmarks of web collection in the curate stage (CPU): WARC throughput and extraction speed.
 
     .venv/bin/python bench/bench_web.py --only extract                       # no Ray needed
-    flock /tmp/llmray-ray.lock .venv/bin/python bench/bench_web.py --mb 200  # everything
+    flock /tmp/llmray-ray.lock .venv/bin/python bench/bench_web.py --mb 200  # everything, 3 rounds
 
 1. Extraction: docs/s of each extractor (trafilatura, resiliparse) on the test pages of
    `llmray.testing.web_pages` (stdlib documentation and seven languages in boilerplate), one process,
@@ -14,7 +14,8 @@
    start-up and writing the output. On a shared machine wall time also counts other jobs, so the
    bench reports CPU time too: the CPU seconds of this process and every process it started (Ray's
    raylet, GCS, workers...) during each run, per process kind, and records per CPU-second vs the
-   loop's (the per-core ratio when each used core were the stage's alone).
+   loop's (the per-core ratio when each used core were the stage's alone). Loop and stage runs
+   alternate for `--repeat` rounds; the median ratio is the figure to quote.
 """
 
 from __future__ import annotations
@@ -104,47 +105,83 @@ def _tree_cpu() -> dict[str, float]:
     return out
 
 
-def bench_stage(workdir: Path, folder: Path) -> list[dict]:
+def bench_stage(workdir: Path, folder: Path, workers: int, tag: str) -> dict:
+    """One curate run (warc source, resiliparse extract, other operators off) on `folder`'s crawl."""
     from llmray.pipeline import parse_pipeline
-    from llmray.rayutil import init_ray
     from llmray.runner import run_pipeline
 
-    init_ray()
     off = {"enabled": False}
-    rows = []
-    # A first run on a 1 MB crawl starts and warms Ray's workers (imports of Ray Data, pyarrow, the
-    # extractor: several seconds on this box), as the loop's imports happen before its clock starts.
+    stage = {"kind": "curate", "workers": workers,
+             "sources": [{"type": "warc", "path": str(folder / "*.warc.gz")}],
+             "extract": {"extractor": "resiliparse", "min_chars": 0},
+             **{op: off for op in ("clean", "boilerplate", "gopher_quality", "gopher_repetition", "fineweb",
+                                   "toxicity", "quality", "exact_dedup", "near_dedup")}}
+    pipe = parse_pipeline({"name": tag, "workdir": str(workdir), "stages": {"pages": stage}})
+    cpu0 = _tree_cpu()
+    t = time.perf_counter()
+    run_pipeline(pipe, force=["pages"], echo=lambda *_: None)
+    wall = time.perf_counter() - t
+    cpu = {k: round(v - cpu0.get(k, 0.0), 2) for k, v in _tree_cpu().items()}
+    m = json.loads((workdir / tag / "pages" / "manifest.json").read_text())["metrics"]
+    return {"workers": workers, "records": m["docs_in"], "kept": m["docs_out"], "seconds": round(wall, 2),
+            "records_per_s": round(m["docs_in"] / wall, 1),
+            "records_per_s_per_core": round(m["docs_in"] / wall / workers, 1),
+            "cpu_s": cpu, "records_per_cpu_s": round(m["docs_in"] / sum(cpu.values()), 1)}
+
+
+def warm_up(workdir: Path) -> float:
+    """Start Ray and warm its workers with a run on a 1 MB crawl (imports of Ray Data, pyarrow, the
+    extractor: several seconds on this box), as the loop's imports happen before its clock starts."""
+    from llmray.rayutil import init_ray
+
+    init_ray()
     warm = workdir / "warm-crawl"
     warm.mkdir(parents=True)
     write_crawl(warm, 1, files=2)
-    for workers in (0, 1, 2):
-        src = warm if workers == 0 else folder
-        stage = {"kind": "curate", "workers": workers or 2,
-                 "sources": [{"type": "warc", "path": str(src / "*.warc.gz")}],
-                 "extract": {"extractor": "resiliparse", "min_chars": 0},
-                 **{op: off for op in ("clean", "boilerplate", "gopher_quality", "gopher_repetition", "fineweb",
-                                       "toxicity", "quality", "exact_dedup", "near_dedup")}}
-        pipe = parse_pipeline({"name": f"w-{workers}", "workdir": str(workdir), "stages": {"pages": stage}})
-        cpu0 = _tree_cpu()
-        t = time.perf_counter()
-        run_pipeline(pipe, force=["pages"], echo=lambda *_: None)
-        wall = time.perf_counter() - t
-        if workers == 0:
-            print(f"warm-up run (1 MB, workers=2, Ray start-up): {wall:.1f} s")
-            continue
-        cpu = {k: round(v - cpu0.get(k, 0.0), 2) for k, v in _tree_cpu().items()}
-        m = json.loads((workdir / f"w-{workers}" / "pages" / "manifest.json").read_text())["metrics"]
-        rows.append({"workers": workers, "records": m["docs_in"], "kept": m["docs_out"], "seconds": round(wall, 2),
-                     "records_per_s": round(m["docs_in"] / wall, 1),
-                     "records_per_s_per_core": round(m["docs_in"] / wall / workers, 1),
-                     "cpu_s": cpu, "records_per_cpu_s": round(m["docs_in"] / sum(cpu.values()), 1)})
-    return rows
+    return bench_stage(workdir, warm, 2, "warm")["seconds"]
+
+
+def bench_warc(tmp: Path, mb: int, repeat: int) -> dict:
+    """The loop and the stage (workers=1, 2) `repeat` times, alternating; ratios within each round,
+    then the median round by round (the box is shared: identical runs vary by tens of percent)."""
+    import statistics
+
+    folder = tmp / "crawl"
+    folder.mkdir()
+    n = write_crawl(folder, mb)
+    gz_mb = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
+    print(f"warc: {n} records, {mb} MB of HTML ({gz_mb:.0f} MB gzipped), 8 files")
+    print(f"warm-up run (1 MB, workers=2, Ray start-up): {warm_up(tmp / 'runs'):.1f} s")
+    rounds = []
+    for r in range(repeat):
+        cpu = time.process_time()
+        loop_n, loop_s = plain_loop(folder)
+        loop_cpu = time.process_time() - cpu
+        assert loop_n == n
+        loop_rate, loop_cpu_rate = loop_n / loop_s, loop_n / loop_cpu
+        print(f"[{r + 1}] plain loop (1 process): {loop_rate:8.1f} records/s, {loop_cpu_rate:8.1f} records/CPU-s")
+        stages = [bench_stage(tmp / "runs", folder, w, f"w{w}-{r}") for w in (1, 2)]
+        for s in stages:
+            s["ratio_vs_loop_per_core"] = round(s["records_per_s_per_core"] / loop_rate, 3)
+            s["ratio_vs_loop_per_cpu_s"] = round(s["records_per_cpu_s"] / loop_cpu_rate, 3)
+            print(f"[{r + 1}] stage workers={s['workers']}: {s['records_per_s']:8.1f} records/s, "
+                  f"{s['records_per_s_per_core']:8.1f} per core, {s['ratio_vs_loop_per_core']:.3f} of the loop "
+                  f"per core ({s['seconds']} s); {s['records_per_cpu_s']:8.1f} records/CPU-s, "
+                  f"{s['ratio_vs_loop_per_cpu_s']:.3f} of the loop's; CPU s {s['cpu_s']}")
+        rounds.append({"loop_records_per_s": round(loop_rate, 1), "loop_records_per_cpu_s": round(loop_cpu_rate, 1),
+                       "stage": stages})
+    median = {f"workers={w}": {k: statistics.median(rd["stage"][i][k] for rd in rounds)
+                               for k in ("ratio_vs_loop_per_core", "ratio_vs_loop_per_cpu_s")}
+              for i, w in enumerate((1, 2))}
+    print(f"median of {repeat} rounds: {median}")
+    return {"records": n, "html_mb": mb, "gzip_mb": round(gz_mb, 1), "rounds": rounds, "median": median}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["extract", "warc"], help="run one part")
     ap.add_argument("--mb", type=int, default=200, help="MB of HTML in the WARC benchmark")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds of loop + stage runs (the median is reported)")
     args = ap.parse_args(argv)
     results: dict = {}
     if args.only in (None, "extract"):
@@ -154,28 +191,7 @@ def main(argv=None) -> int:
                   f"boilerplate kept {r['boilerplate_kept']:.3f}")
     if args.only in (None, "warc"):
         with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp) / "crawl"
-            folder.mkdir()
-            n = write_crawl(folder, args.mb)
-            gz_mb = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
-            cpu = time.process_time()
-            loop_n, loop_s = plain_loop(folder)
-            loop_cpu = time.process_time() - cpu
-            assert loop_n == n
-            loop_rate, loop_cpu_rate = loop_n / loop_s, loop_n / loop_cpu
-            print(f"warc: {n} records, {args.mb} MB of HTML ({gz_mb:.0f} MB gzipped), 8 files")
-            print(f"plain loop (1 process): {loop_rate:8.1f} records/s, {loop_cpu_rate:8.1f} records/CPU-s")
-            rows = bench_stage(Path(tmp) / "runs", folder)
-            for r in rows:
-                r["ratio_vs_loop_per_core"] = round(r["records_per_s_per_core"] / loop_rate, 3)
-                r["ratio_vs_loop_per_cpu_s"] = round(r["records_per_cpu_s"] / loop_cpu_rate, 3)
-                print(f"stage workers={r['workers']}: {r['records_per_s']:8.1f} records/s, "
-                      f"{r['records_per_s_per_core']:8.1f} per core, {r['ratio_vs_loop_per_core']:.3f} of the loop "
-                      f"per core ({r['seconds']} s); {r['records_per_cpu_s']:8.1f} records/CPU-s, "
-                      f"{r['ratio_vs_loop_per_cpu_s']:.3f} of the loop's; CPU s {r['cpu_s']}")
-            results["warc"] = {"records": n, "html_mb": args.mb, "gzip_mb": round(gz_mb, 1),
-                               "loop_records_per_s": round(loop_rate, 1),
-                               "loop_records_per_cpu_s": round(loop_cpu_rate, 1), "stage": rows}
+            results["warc"] = bench_warc(Path(tmp), args.mb, args.repeat)
     print(json.dumps(results, indent=1))
     return 0
 

@@ -113,6 +113,12 @@ def test_warc_from_s3(tmp_path, pages, s3_endpoint, monkeypatch):
     got = rows(ref.uri, ref.relpath)
     assert got == rows(str(local), "crawl.warc.gz")
     assert [r["_drop"] or "kept" for r in got] == ["kept"] * 5 + ["extract", "quarantine", "quarantine"]
+    # The endpoint in the URI's query instead (pyarrow.fs options): not a glob; every file found keeps it.
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    query = f"?endpoint_override={endpoint}&scheme=http"
+    (qref,) = expand_paths([f"s3://crawls/cc/*.warc.gz{query}"], "warc")
+    assert (qref.uri, qref.relpath) == (ref.uri + query, ref.relpath)
+    assert rows(qref.uri, qref.relpath) == got
 
 
 def test_warc_charset_from_http_header(tmp_path):
@@ -120,6 +126,23 @@ def test_warc_charset_from_http_header(tmp_path):
             "html": "<html><body><p>Élève déjà à l'école, où l'été est chaud.</p></body></html>"}
     rows = _read(write_warc(tmp_path / "l1.warc", [page], broken=False))
     assert "Élève déjà à l'école" in rows[0]["text"] and json.loads(rows[0]["meta"])["charset"] == "iso-8859-1"
+
+
+def test_response_without_an_http_message_is_quarantined_bad_http(tmp_path):
+    """A complete response record whose block is not an HTTP message (bare HTML, no HTTP headers)."""
+    from fastwarc.warc import WarcRecord, WarcRecordType
+
+    r = WarcRecord()
+    r.init_headers(record_type=WarcRecordType.response)
+    r.headers["WARC-Target-URI"] = "https://bare.example.net/"
+    r.headers["Content-Type"] = "text/html"  # not application/http: fastwarc parses no HTTP headers
+    r.set_bytes_content(b"<html><body><p>no status line</p></body></html>")
+    with open(tmp_path / "bare.warc", "wb") as f:
+        r.write(f)
+    (row,) = _read(tmp_path / "bare.warc")
+    assert row["_drop"] == "quarantine" and row["_why"].startswith("bad_http: record ")
+    assert "(https://bare.example.net/): HTTP headers not parsed, 47 of 47 bytes" in row["_why"]
+    assert row["text"].startswith("<html><body>")
 
 
 def test_url_block_and_allow_lists(tmp_path, pages):
@@ -153,13 +176,12 @@ def _raw_response(path: Path, url: str, body: bytes) -> None:
 
 
 def test_warc_rows_of_every_outcome_with_meta_as_json_dumps_writes_it(tmp_path, pages):
-    """Every outcome of a WARC record through read + the `extract` operator (as the plan runs them,
-    through Arrow blocks): URL blocked, not HTML, no main content, too short, kept (UTF-8, Latin-1,
+    """Every outcome of a WARC record through the read task, with the `extract` operator it applies per
+    batch (as the plan runs it, into Arrow blocks): URL blocked, not HTML, no main content, too short, kept (UTF-8, Latin-1,
     repaired bytes), undecodable, truncated, unreadable gzip file; the meta column (built by hand per
     record for speed) is byte for byte what json.dumps(meta, ensure_ascii=False) writes."""
     import pyarrow as pa
 
-    from llmray.curate.extract import op_extract
     from llmray.curate.readers import read_task
     from llmray.curate.sources import ROW_COLUMNS
 
@@ -173,14 +195,12 @@ def test_warc_rows_of_every_outcome_with_meta_as_json_dumps_writes_it(tmp_path, 
     (tmp_path / "block.txt").write_text("de.example.net\n")
     task = {"source_idx": 0, "source": "web", "type": "warc", "text_field": "text", "id_field": None, "limit": None,
             "task_idx": 0, "files": [(str(tmp_path / f), f) for f in ("a.warc", "b.warc.gz", "c.warc")],
-            "html_only": True, "url_filter": UrlFilterConfig(block_lists=[str(tmp_path / "block.txt")]).model_dump()}
+            "html_only": True, "url_filter": UrlFilterConfig(block_lists=[str(tmp_path / "block.txt")]).model_dump(),
+            "extract": ExtractConfig(extractor="resiliparse", min_chars=300).model_dump(), "sample_chars": 100}
     schema = pa.schema([(c, pa.int64() if c in ("_line", "_ord") else pa.string()) for c in ROW_COLUMNS])
     rows = []
-    for b in read_task(task, CleanConfig(), True, 16):
-        t = pa.Table.from_pydict(b, schema=schema)
-        batch = {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
-        rows.extend(pa.Table.from_pydict(op_extract(batch, ExtractConfig(extractor="resiliparse", min_chars=300),
-                                                    ["web"], 100)).to_pylist())
+    for b in read_task(task, CleanConfig(), True, 16):  # extraction runs in the read task, per batch
+        rows.extend(pa.Table.from_pydict(b, schema=schema).to_pylist())
     why = Counter((r["_drop"], r["_why"].split(":")[0]) for r in rows if r["_drop"])
     assert why == {("url_filter", "blocked_url"): 2, ("extract", "not_html"): 2, ("extract", "no_content"): 1,
                    ("extract", "too_short"): 2, ("quarantine", "undecodable_bytes"): 2,

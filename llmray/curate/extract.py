@@ -3,7 +3,10 @@
 extract: decoded HTML of a warc row --trafilatura.extract or resiliparse extract_plain_text (the
 `extractor:`, with `options:` passed through)--> main text with navigation, footers, banners and
 ads removed and one paragraph per block --> rows with less than `min_chars` removed (`too_short`),
-pages where the extractor finds no main content removed (`no_content`).
+pages where the extractor finds no main content removed (`no_content`). It runs inside the warc
+read task, over each batch of rows before it becomes an Arrow block (`read_extractor`, called by
+`readers.read_task`): the HTML never enters Arrow or Ray's object store, and the extractor still
+runs over a batch of pages in a row (faster than one call between record parses; bench/README.md).
 Rows of other sources pass untouched.
 
 language: the first `max_chars` of each live row --py3langid (the langid.py model shipped in the
@@ -13,10 +16,12 @@ with `languages:` rows in another language or below `min_score` are removed.
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import numpy as np
 
+from llmray.curate.config import ExtractConfig
 from llmray.curate.ops import _arr, _View
 
 # Defaults merged under the user's `options:` (which win). Comments are not main text; formatting
@@ -63,7 +68,19 @@ def make_extractor(name: str, options: dict):
     return run
 
 
+def read_extractor(task: dict):
+    """For a warc read task with `extract` on: the function its read task applies to each batch of rows
+    before they become an Arrow block (None when extract is off). So only extracted text, never the
+    HTML, travels through Arrow, Ray's object store and the later operators (bench/README.md)."""
+    opts = task.get("extract")
+    if not opts:
+        return None
+    cfg = ExtractConfig(**opts)
+    return functools.partial(op_extract, cfg=cfg, sources=[task["source"]], sample_chars=task["sample_chars"])
+
+
 def op_extract(batch: dict, cfg, sources: list[str], sample_chars: int) -> dict:
+    """Rows of `sources`: HTML -> main text; too short / no main content rejected as `extract`."""
     extractor = make_extractor(cfg.extractor, cfg.options)
     v = _View(batch, sample_chars)
     wanted = set(sources)

@@ -2,8 +2,8 @@
 
 Data flow:
   a Ray Data datasource, one read task per file / module chunk / repository --> rows (`sources.py`,
-  `readers.py`; `warc.py` applies the URL lists, `repos.py` the licence and file rules while reading)
-  -> extract (HTML -> text, warc rows) -> clean -> language -> [boilerplate: line keys to shard actors | materialize | strip frequent lines]
+  `readers.py`; `warc.py` applies the URL lists, `extract.py` HTML -> text per batch, `repos.py` the
+  licence and file rules while reading) -> clean -> language -> [boilerplate: line keys to shard actors | materialize | strip frequent lines]
   -> gopher_quality -> gopher_repetition -> c4 -> fineweb -> toxicity (actors) -> quality (actors)
   -> decontaminate -> pii
   -> [exact_dedup: hashes to shard actors | materialize | mark losers]
@@ -83,10 +83,15 @@ class Curator:
 
     # ------------------------------------------------------------ helpers
 
-    def _map(self, ds, fn, **kwargs):
+    def _map(self, ds, fn, arrow_blocks: bool = False, **kwargs):
+        """A task-pool map of `fn` over numpy batches of `batch_size` rows, or with `arrow_blocks` over
+        whole Arrow blocks as they come (no conversion; a map without a batch size also fuses into the
+        read task, where one with a batch size gets its own tasks and reads the blocks back from the
+        object store)."""
         import ray
 
-        return ds.map_batches(fn, batch_format="numpy", batch_size=self.cfg.batch_size, zero_copy_batch=False,
+        fmt, size = ("pyarrow", None) if arrow_blocks else ("numpy", self.cfg.batch_size)
+        return ds.map_batches(fn, batch_format=fmt, batch_size=size, zero_copy_batch=arrow_blocks,
                               num_cpus=1, compute=ray.data.TaskPoolStrategy(size=self.cfg.workers), fn_kwargs=kwargs)
 
     def _actor_map(self, ds, cls, size: int, **ctor):
@@ -120,12 +125,9 @@ class Curator:
 
     def run_ops(self, ds):
         from llmray.curate import extract
-        from llmray.curate.config import op_active
 
         cfg = self.cfg
-        if op_active(cfg, "extract"):
-            web = [n for n, s in zip(self.names, cfg.sources) if s.type == "warc"]
-            ds = self._map(ds, extract.op_extract, cfg=cfg.extract, sources=web, sample_chars=self.sample_chars)
+        # extract (HTML -> text) runs inside the warc read tasks (sources.read_options, extract.read_extractor)
         if cfg.clean.enabled:
             ds = self._map(ds, ops.op_clean, cfg=cfg.clean, sample_chars=self.sample_chars)
         if cfg.language.enabled:

@@ -1,7 +1,8 @@
 """Live progress of a curate run: documents read, kept, removed and quarantined so far.
 
-Data flow. Two count taps join the Ray Data plan (`tap`, a map_batches that passes each batch on
-unchanged and fuses with its neighbours): one right after the read (documents in, quarantined at
+Data flow. Two count taps join the Ray Data plan (`tap`, a map_batches over whole Arrow blocks that
+passes each block on unchanged, with no conversion and no re-batching, so it can fuse with its
+neighbours, the read included): one right after the read (documents in, quarantined at
 read), one before the final barrier (rows out of the last operator: kept or removed). Each batch's
 counts go, fire-and-forget, to one `ProgressCounter` actor (no CPU reserved). A driver thread
 (`CurateProgress`) reads the actor every `INTERVAL_S` and, when the counts moved, appends a record
@@ -21,6 +22,8 @@ import threading
 import time
 from collections import Counter
 
+import pyarrow.compute as pc
+
 from llmray.curate.dedup import make_actors
 
 INTERVAL_S = 1.0  # how often the driver reads the counter (a record only when the counts moved)
@@ -39,14 +42,18 @@ class ProgressCounter:
         return dict(self.counts)
 
 
-def tap(batch: dict, counter, where: str) -> dict:
-    """Count the batch's rows for the progress line; the batch goes on unchanged."""
-    drop = batch["_drop"]
-    quarantined = int((drop == "quarantine").sum())
+def _count(drop, value: str) -> int:
+    return pc.sum(pc.equal(drop, value)).as_py() or 0  # None for an empty block
+
+
+def tap(batch, counter, where: str):
+    """Count the block's rows (an Arrow table) for the progress line; the block goes on unchanged."""
+    drop = batch.column("_drop")
+    quarantined = _count(drop, "quarantine")
     if where == "in":
         counts = {"docs_in": len(drop), "quarantined": quarantined}
     else:
-        kept = int((drop == "").sum())
+        kept = _count(drop, "")
         counts = {"docs_kept": kept, "docs_removed": len(drop) - kept - quarantined}
     counter.add.remote(counts)  # fire-and-forget: a batch never waits on the driver's bookkeeping
     return batch
@@ -65,10 +72,10 @@ class CurateProgress:
         self._thread = threading.Thread(target=self._poll, name="llmray-curate-progress", daemon=True)
 
     def tap_in(self, ds):
-        return self.cur._map(ds, tap, counter=self.counter, where="in")
+        return self.cur._map(ds, tap, arrow_blocks=True, counter=self.counter, where="in")
 
     def tap_out(self, ds):
-        return self.cur._map(ds, tap, counter=self.counter, where="out")
+        return self.cur._map(ds, tap, arrow_blocks=True, counter=self.counter, where="out")
 
     def __enter__(self):
         self._thread.start()

@@ -16,6 +16,7 @@ import json
 from collections.abc import Iterator
 
 from llmray.curate.clean import decode, sanitize
+from llmray.curate.extract import read_extractor
 from llmray.curate.sources import _Rows, iter_lines, open_random_access
 
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
@@ -36,11 +37,13 @@ def read_task(task: dict, clean_cfg, keep_meta: bool, batch_rows: int) -> Iterat
         gen = _python_docs(rows, task)
     else:
         gen = _files(rows, task, clean_cfg)
+    # warc: HTML -> text per batch here, so blocks carry the extracted text only (extract.py)
+    post = (read_extractor(task) if task["type"] == "warc" else None) or (lambda batch: batch)
     for _ in gen:
         if rows.full:
-            yield rows.take()
+            yield post(rows.take())
     if rows.cols["id"]:
-        yield rows.take()
+        yield post(rows.take())
 
 
 def _files(rows: _Rows, task: dict, clean_cfg) -> Iterator[None]:

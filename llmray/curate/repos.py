@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from llmray.curate import licenses
-from llmray.curate.sources import ARCHIVES, expand_repos, repo_name  # noqa: F401 - re-exported
+from llmray.curate.sources import ARCHIVES, expand_repos, repo_name, uri_path  # noqa: F401 - re-exported
 
 _SNIFF = 8192
 _GENERATED_NAMES = ("*.min.js", "*.min.css", "*_pb2.py", "*_pb2_grpc.py", "*.pb.go", "package-lock.json",
@@ -105,9 +105,9 @@ def _zip(uri: str) -> Iterator[Entry]:
 
 
 def _entries(uri: str) -> Iterator[Entry]:
-    if uri.endswith(".zip"):
+    if uri_path(uri).endswith(".zip"):
         return _zip(uri)
-    if uri.endswith((".tar.gz", ".tgz")):
+    if uri_path(uri).endswith((".tar.gz", ".tgz")):
         return _tar(uri)
     return _folder(uri)
 
@@ -118,7 +118,7 @@ def _safe(path: str) -> bool:
 
 def top_folder(uri: str) -> str:
     """The single top-level folder of an archive ("" for a folder or an archive without one)."""
-    if not uri.endswith(ARCHIVES):
+    if not uri_path(uri).endswith(ARCHIVES):
         return ""
     tops, nested = set(), True
     for e in _entries(uri):
@@ -147,7 +147,7 @@ def repo_license(uri: str, top: str = "") -> tuple[str | None, dict]:
 def survey(uri: str) -> tuple[str, str | None, dict]:
     """(`top_folder`, `repo_license`) of a repository in one pass over its entries: the licence files
     of both candidate tops (the archive root and a single top-level folder) are read as they pass."""
-    if not uri.endswith(ARCHIVES):
+    if not uri_path(uri).endswith(ARCHIVES):
         return "", *repo_license(uri)
     tops, nested = set(), True
     texts: dict[str, str] = {}  # licence-file path (at depth 1 or 2) -> its text

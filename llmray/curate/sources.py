@@ -9,7 +9,8 @@ so it is counted and written to quarantine/ instead of being lost.
 
 `_ord` = (source index << 55) | (task index << 31) | record index: the document's position in source
 order, independent of parallelism. Dedup keeps the smallest `_ord` of each duplicate cluster.
-Files are opened through pyarrow.fs (local paths, file://, s3://, gs://, hdfs://), with gzip/zstd/bz2
+Files are opened through pyarrow.fs (local paths, file://, s3://, gs://, hdfs://; a URI's
+`?key=value` query, e.g. `endpoint_override=`, goes to every file the glob finds), with gzip/zstd/bz2
 decompression chosen by extension.
 """
 
@@ -38,6 +39,23 @@ _CHUNK = 1 << 20
 class FileRef:
     uri: str  # a local absolute path or a URI pyarrow.fs understands
     relpath: str  # path relative to the pattern's fixed prefix (for ids)
+
+
+_QUERY = re.compile(r"\?([A-Za-z_]\w*=[^/?&]*(?:&[A-Za-z_]\w*=[^/?&]*)*)\Z")
+
+
+def split_query(uri: str) -> tuple[str, str]:
+    """(the URI without its query, "?<query>" or ""). A URI's `?key=value&...` tail holds pyarrow.fs
+    options (`s3://b/crawl/*.warc.gz?endpoint_override=127.0.0.1:9000&scheme=http`): it is not part
+    of the glob, and every file the glob finds is opened with it. A `?` not followed by key=value
+    pairs stays a one-character wildcard."""
+    m = _QUERY.search(uri) if "://" in uri else None
+    return (uri[:m.start()], uri[m.start():]) if m else (uri, "")
+
+
+def uri_path(uri: str) -> str:
+    """The URI or path without a query: what its extension is read from."""
+    return split_query(uri)[0]
 
 
 def _glob_regex(pattern: str) -> re.Pattern:
@@ -108,17 +126,18 @@ def _expand_local(pat: str, kind: str) -> list[FileRef]:
     return [FileRef(f, os.path.relpath(f, base)) for f in files]
 
 
-def _expand_uri(pat: str, kind: str) -> list[FileRef]:
+def _expand_uri(uri: str, kind: str) -> list[FileRef]:
     import pyarrow.fs as pafs
 
+    pat, query = split_query(uri)
     scheme = pat.split("://", 1)[0]
-    fs, path = pafs.FileSystem.from_uri(_fixed_prefix(pat) if any(c in pat for c in "*?[") else pat)
+    fs, path = pafs.FileSystem.from_uri((_fixed_prefix(pat) if any(c in pat for c in "*?[") else pat) + query)
     root = pat.split("://", 1)[1]
     if scheme == "file":
         root = path if not any(c in pat for c in "*?[") else path + pat[len(_fixed_prefix(pat)):]
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File and not any(c in pat for c in "*?["):
-        return [FileRef(pat, path.rsplit("/", 1)[-1])]
+        return [FileRef(uri, path.rsplit("/", 1)[-1])]
     if info.type != pafs.FileType.Directory:
         return []
     rx = _glob_regex(root) if any(c in pat for c in "*?[") else None
@@ -130,7 +149,7 @@ def _expand_uri(pat: str, kind: str) -> list[FileRef]:
             continue
         if rx is None and not _wanted(fi.base_name, kind):
             continue
-        out.append(FileRef(f"{scheme}://{fi.path}", fi.path[len(path):].lstrip("/")))
+        out.append(FileRef(f"{scheme}://{fi.path}{query}", fi.path[len(path):].lstrip("/")))
     return sorted(out, key=lambda r: r.uri)
 
 
@@ -142,7 +161,7 @@ def open_stream(uri: str):
         fs, path = pafs.FileSystem.from_uri(uri)
     else:
         fs, path = pafs.LocalFileSystem(), uri
-    comp = next((c for ext, c in _COMPRESSION.items() if uri.endswith(ext)), None)
+    comp = next((c for ext, c in _COMPRESSION.items() if uri_path(uri).endswith(ext)), None)
     return fs.open_input_stream(path, compression=comp)
 
 
@@ -173,7 +192,7 @@ def iter_lines(uri: str) -> Iterator[tuple[int, bytes]]:
 
 
 def repo_name(uri: str) -> str:
-    base = uri.rstrip("/").rsplit("/", 1)[-1]
+    base = uri_path(uri).rstrip("/").rsplit("/", 1)[-1]
     for ext in ARCHIVES:
         base = base.removesuffix(ext)
     return base
@@ -184,7 +203,7 @@ def expand_repos(patterns: list[str]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for pat in patterns:
         if "://" in pat:
-            found = [r.uri for r in expand_paths([pat], "repo") if r.uri.endswith(ARCHIVES)]
+            found = [r.uri for r in expand_paths([pat], "repo") if uri_path(r.uri).endswith(ARCHIVES)]
         elif os.path.isdir(pat) or os.path.isfile(pat):
             found = [os.path.abspath(pat)]
         else:
@@ -218,7 +237,7 @@ def _checked_input(path: str, field: str) -> str:
 
 def read_options(cfg) -> dict[str, dict]:
     """Per source type, the operator settings applied while reading (plain dicts for the read tasks):
-    URL lists and the HTML check for warc, licence and file rules for repo."""
+    URL lists, the HTML check and the extractor for warc, licence and file rules for repo."""
     from llmray.curate.config import op_active
 
     lists = None
@@ -228,7 +247,9 @@ def read_options(cfg) -> dict[str, dict]:
         lists = cfg.url_filter.model_dump()
         for key in ("block_lists", "allow_lists"):
             lists[key] = [_checked_input(p, f"url_filter.{key}") for p in lists[key]]
-    web = {"url_filter": lists, "html_only": op_active(cfg, "extract") and cfg.extract.html_only}
+    extract = op_active(cfg, "extract")
+    web = {"url_filter": lists, "html_only": extract and cfg.extract.html_only,
+           "extract": cfg.extract.model_dump() if extract else None, "sample_chars": cfg.output.sample_chars}
     code = {"license": cfg.license.model_dump() if op_active(cfg, "license") else None,
             "code_filter": cfg.code_filter.model_dump() if op_active(cfg, "code_filter") else None}
     return {"warc": web, "repo": code}

@@ -11,13 +11,16 @@ documents and are skipped by the parser) --> per record:
 - body not decodable in its charset (HTTP header, else detected by resiliparse): quarantined
   `undecodable_bytes`;
 - else a row whose text is the decoded HTML and whose meta has url, timestamp, record_id, charset
-  and content_type. The `extract` operator turns the HTML into text later, in parallel map tasks.
+  and content_type.
 A record or file that fastwarc cannot parse ends the file with an `unreadable_file` quarantine row
 (see `readers._files`).
 
-Extraction stays a map operator over batches of rows (not a call per record inside this loop):
-measured in one process, extracting inside the read loop cost ~18% more CPU than the same extractor
-over batches of 256 pages (its parser's code and tables stay in cache; bench/README.md).
+The `extract` operator then turns each batch of these rows (`batch_size`, 256) into main text in the
+same read task, before the batch becomes an Arrow block (`extract.read_extractor`), not once per
+record inside this loop: measured in one process, a call between record parses cost ~18% more CPU
+than the same extractor over a batch of pages in a row (its parser's code and tables stay in cache),
+and a separate map operator cost the stage a copy of every page's HTML through Arrow and Ray's
+object store (bench/README.md).
 """
 
 from __future__ import annotations
