@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from llmray.resources import ActorResources, ReplicaResources
-from llmray.serve.app import replica_resources
+from llmray.serve.replica import replica_resources
 from llmray.serve_config import ServeConfig
 from llmray.stages import get_stage
 

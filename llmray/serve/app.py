@@ -20,7 +20,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import time
 from contextlib import asynccontextmanager
 
@@ -30,28 +29,14 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llmray.resources import ReplicaResources
 from llmray.serve import protocol as P
 from llmray.serve.engines import ModelRunner, same_architecture
 from llmray.serve.guardrail import build_guardrail
 from llmray.serve.protocol import APIError
+from llmray.serve.replica import model_options, replica_env, replica_resources
 from llmray.serve.versions import NameRouter, PromoteError, candidate_version
 
 log = logging.getLogger("llmray.serve")
-PASS_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "VLLM_CPU_KVCACHE_SPACE")
-
-
-def replica_env(settings: dict, engine: str | None = None) -> dict:
-    """Environment variables the replicas get (Serve's own switches come from the controller)."""
-    env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
-    if engine == "vllm":
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(settings["vllm"]["kv_cache_gb"]))))
-    return env
-
-
-def replica_resources(settings: dict) -> ReplicaResources:
-    """The replica's reservation from the serve settings (a ServeConfig dump)."""
-    return ReplicaResources(**{k: settings[k] for k in ReplicaResources.model_fields if k in settings})
 
 
 @serve.deployment
@@ -563,33 +548,17 @@ class OpenAIIngress:
 # ---------------------------------------------------------------- building the application
 
 
-def _model_options(m: dict, s: dict, engine: str) -> dict:
-    env = replica_env(s, engine)
-    opts = {
-        "name": f"model-{m['stage']}",
-        "ray_actor_options": {**replica_resources(s).ray_options(), "runtime_env": {"env_vars": env}},
-        "max_ongoing_requests": s["max_ongoing_requests"], "max_queued_requests": s["max_queued_requests"],
-        # vLLM on CPU takes tens of seconds to start; the default health check would be too eager.
-        "health_check_timeout_s": 60, "graceful_shutdown_timeout_s": 10,
-    }
-    if s.get("autoscaling"):
-        opts["autoscaling_config"] = dict(s["autoscaling"])
-    else:
-        opts["num_replicas"] = s["replicas"]
-    return opts
-
-
 def build_application(spec: dict):
     """The Serve application (ingress + one ModelServer per served stage) for a serve spec."""
     from llmray.generate import pick_engine
 
     s = spec["settings"]
     engine = pick_engine(spec["engine"], "serve.engine")
-    handles = {m["id"]: ModelServer.options(**_model_options(m, s, engine)).bind(m, engine, s)
+    handles = {m["id"]: ModelServer.options(**model_options(m, s, engine)).bind(m, engine, s)
                for m in spec["models"]}
     for n in spec.get("names", []):  # a served name: its own deployment, holding its versions
         m = {"id": n["id"], "stage": n["name"], "dir": n["version"]["dir"], "version": n["version"]}
-        opts = _model_options(m, s, engine) | {"name": f"name-{n['name']}"}
+        opts = model_options(m, s, engine) | {"name": f"name-{n['name']}"}
         handles[n["id"]] = ModelServer.options(**opts).bind(m, engine, s)
     ingress = OpenAIIngress.options(
         name="openai-ingress", num_replicas=1,
