@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import os
 
-# The switches workers need from the driver; a cluster we join gets them as the job's runtime env.
-WORKER_ENV = ("HF_HUB_OFFLINE", "VLLM_CPU_KVCACHE_SPACE", "TOKENIZERS_PARALLELISM")
+# The switches workers need from the driver (one list for Ray workers, RL actors and Serve replicas);
+# a cluster we join gets them as the job's runtime env.
+WORKER_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS", "TOKENIZERS_PARALLELISM",
+              "VLLM_CPU_KVCACHE_SPACE")
 _inherited: dict[str, str] | None = None  # this process's environment when it started a local Ray
 
 

@@ -14,19 +14,18 @@ from __future__ import annotations
 import os
 import uuid
 
-from llmray.rayutil import inherited_env
+from llmray.rayutil import WORKER_ENV, inherited_env
 
 # Environment every RL actor gets: vLLM in-process (weight reload through collective_rpc stays
 # in one process), CPU KV cache size, quiet tokenizers, offline hub.
 BASE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
-PASS_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_CPU_KVCACHE_SPACE", "HF_HUB_DISABLE_PROGRESS_BARS")
 # BASE_ENV's switches are read when used (vLLM's `envs` on access, tokenizers on its first parallel
 # batch), never at import, so the actor may set them in its own process when its constructor starts.
 LATE_ENV = frozenset(BASE_ENV)
 
 
 def actor_env(extra: dict | None = None) -> dict:
-    env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
+    env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
     env.update(BASE_ENV)
     env.update(extra or {})
     return env

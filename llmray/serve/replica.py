@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import os
 
+from llmray.rayutil import WORKER_ENV
 from llmray.resources import ReplicaResources
-
-PASS_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "VLLM_CPU_KVCACHE_SPACE")
 
 
 def replica_env(settings: dict, engine: str | None = None) -> dict:
     """Environment variables the replicas get (Serve's own switches come from the controller)."""
-    env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
+    env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
     if engine == "vllm":
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(settings["vllm"]["kv_cache_gb"]))))
     return env
