@@ -39,7 +39,6 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 # The rollout/optim defaults of llmray.rlhf.config, spelled out so parts 1-2 need no pydantic.
-ENGINE_OPTS = {"dtype": "auto", "enforce_eager": True, "kv_cache_gb": 1.0, "gpu_memory_utilization": 0.4}
 OPTIM = {"lr": 2e-5, "critic_lr": 1e-4, "weight_decay": 0.0, "max_grad_norm": 1.0, "epochs": 2,
          "minibatch_size": 16, "micro_batch_size": 16, "clip": 0.2, "entropy_coef": 0.0}
 
@@ -67,9 +66,10 @@ def load_prompts(model_dir: Path, n: int):
 
 
 def make_engine(kind: str, model_dir: Path, args, tmp: Path):
-    from llmray.rlhf.rollout import HFEngine, VLLMEngine
+    from llmray.rlhf.rollout import EngineOptions, HFEngine, VLLMEngine
 
-    opts = {**ENGINE_OPTS, "max_model_len": 256 + args.max_new_tokens, "hf_batch_size": args.prompts}
+    opts = EngineOptions(max_model_len=256 + args.max_new_tokens, gpu_memory_utilization=0.4,
+                         hf_batch_size=args.prompts)
     t0 = time.perf_counter()
     engine = (VLLMEngine if kind == "vllm" else HFEngine)(str(model_dir), opts, 0, str(tmp / kind))
     return engine, time.perf_counter() - t0

@@ -38,7 +38,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from llmray.config import EXECUTION_ONLY, EXTERNAL_INPUT
-from llmray.storage import is_uri, open_uri
+from llmray.storage import glob_files, is_uri, open_uri
 
 CALLABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 CACHE_FILE = ".input-digests.json"
@@ -183,12 +183,16 @@ def _local_files(spec: str) -> list[Path]:
 
 
 def _uri_digest(uri: str) -> str:
-    """The store's listing under `uri`: (name, size, mtime) of every object."""
+    """The store's listing under `uri` (a file, a folder, or a glob): (name, size, mtime) of every object."""
     import pyarrow.fs as pafs
 
     fs, path = open_uri(uri)
     info = fs.get_file_info(path)
-    if info.type == pafs.FileType.Directory:
+    if any(c in path for c in "*?[") and info.type == pafs.FileType.NotFound:
+        infos = glob_files(fs, path)
+        if not infos:
+            return "missing"
+    elif info.type == pafs.FileType.Directory:
         infos = [i for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
                  if i.type == pafs.FileType.File]
     elif info.type == pafs.FileType.File:

@@ -98,6 +98,52 @@ def open_uri(uri: str):
         raise StorageError(f"workdir {uri!r}: cannot open the store: {e}") from e
 
 
+def glob_regex(pattern: str) -> re.Pattern:
+    """A glob (`*`, `?`, `[...]`, `**/`) on an object store's paths as a regex (stores have no glob)."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[":
+            j = pattern.find("]", i)
+            out.append(pattern[i:j + 1] if j > 0 else re.escape("["))
+            i = j + 1 if j > 0 else i + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def fixed_prefix(path: str) -> str:
+    """The folder part of a glob before its first wildcard: where a store listing starts."""
+    parts = path.split("/")
+    keep = []
+    for p in parts:
+        if any(c in p for c in "*?["):
+            break
+        keep.append(p)
+    return "/".join(keep)
+
+
+def glob_files(fs, pattern: str) -> list:
+    """The files (pyarrow FileInfo, sorted by path) on a store filesystem matching a glob path."""
+    import pyarrow.fs as pafs
+
+    rx = glob_regex(pattern)
+    infos = fs.get_file_info(pafs.FileSelector(fixed_prefix(pattern), recursive=True, allow_not_found=True))
+    return sorted((i for i in infos if i.type == pafs.FileType.File and rx.match(i.path)), key=lambda i: i.path)
+
+
 @dataclass
 class Remote:
     """A folder on a pyarrow filesystem: `fs` + `path` (no scheme, e.g. `bucket/runs/tiny`)."""

@@ -119,6 +119,16 @@ def test_warc_from_s3(tmp_path, pages, s3_endpoint, monkeypatch):
     (qref,) = expand_paths([f"s3://crawls/cc/*.warc.gz{query}"], "warc")
     assert (qref.uri, qref.relpath) == (ref.uri + query, ref.relpath)
     assert rows(qref.uri, qref.relpath) == got
+    # The stage's fingerprint follows what the glob lists (not "missing"), and a new file changes it.
+    from llmray.fingerprint import InputDigests
+
+    glob_uri = f"s3://crawls/cc/*.warc.gz{query}"
+    before = InputDigests(None).digest(glob_uri)
+    assert before not in ("missing", "") and before == InputDigests(None).digest(glob_uri)
+    assert InputDigests(None).digest(f"s3://crawls/nothing/*.warc.gz{query}") == "missing"
+    with fs.open_output_stream("crawls/cc/more.warc.gz", compression=None) as f:
+        f.write(local.read_bytes())
+    assert InputDigests(None).digest(glob_uri) != before
 
 
 def test_warc_charset_from_http_header(tmp_path):

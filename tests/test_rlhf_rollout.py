@@ -15,7 +15,7 @@ from llmray.resources import ActorResources
 from llmray.rlhf.actors import RayActorGroup
 from llmray.rlhf.batch import pack
 from llmray.rlhf.config import Optim, Rollout
-from llmray.rlhf.rollout import RolloutGroup, RolloutWorker
+from llmray.rlhf.rollout import EngineOptions, RolloutGroup, RolloutWorker
 from llmray.rlhf.trainer import ModelRole, PolicyWorker
 
 OPTIM = {"lr": 1e-4, "critic_lr": 1e-4, "weight_decay": 0.0, "max_grad_norm": 1.0, "epochs": 1,
@@ -65,7 +65,7 @@ def _sync_check(engine, ray_local, tiny_causal_dir, model_b, tmp_path):
 
     tok, prompts, stop = _prompts(tiny_causal_dir)
     cfg = Rollout(engine=engine, max_restarts=1, sync_timeout_s=60)
-    opts = {**cfg.model_dump(), "max_model_len": 256}
+    opts = EngineOptions.of(cfg, max_model_len=256)
     rollout = RayActorGroup("rollout", RolloutWorker, ActorResources(num_cpus=0.5), 1,
                             args=(str(tiny_causal_dir), engine, opts, 0, str(tmp_path / "engine"), 2),
                             max_restarts=1, ready_timeout_s=120)

@@ -80,3 +80,19 @@ def test_warmup_longer_than_the_run_is_a_config_error():
     assert cfg.optimizer_steps() == 2 * 2 * 2  # iterations x epochs x (4 samples / minibatch 2)
     with pytest.raises(ValueError, match="optim.warmup_steps"):
         config("ppo", "builtin:prompts", iterations=2, optim=optim(9))
+
+
+def test_engine_options_are_typed_from_the_yaml_blocks():
+    """A rollout engine is built from `EngineOptions` (typed, picklable), taken from ppo's `rollout:` or
+    constitution's `engine:` block: the engine's own fields only, the stage's context length added."""
+    from llmray.rlhf.config import Rollout
+    from llmray.rlhf.rollout import EngineOptions
+    from llmray.stages.constitution import Engine
+
+    opts = EngineOptions.of(Rollout(replicas=3, dtype="bfloat16", kv_cache_gb=2.0), max_model_len=320)
+    assert opts == EngineOptions(max_model_len=320, dtype="bfloat16", kv_cache_gb=2.0, gpu_memory_utilization=0.4)
+    assert pickle.loads(pickle.dumps(opts)) == opts  # it travels to the rollout actors
+    cai = EngineOptions.of(Engine(hf_batch_size=8), max_model_len=Engine().max_model_len)
+    assert (cai.hf_batch_size, cai.max_model_len, cai.gpu_memory_utilization) == (8, 1024, 0.5)
+    with pytest.raises(TypeError):
+        EngineOptions(max_model_len=64, replicas=2)  # not an engine option

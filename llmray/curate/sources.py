@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from llmray.curate.clean import sanitize
+from llmray.storage import fixed_prefix, glob_regex
 
 RECORD_BITS, TASK_BITS, SOURCE_BITS = 31, 24, 8
 _COMPRESSION = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
@@ -58,41 +59,6 @@ def uri_path(uri: str) -> str:
     return split_query(uri)[0]
 
 
-def _glob_regex(pattern: str) -> re.Pattern:
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[":
-            j = pattern.find("]", i)
-            out.append(pattern[i:j + 1] if j > 0 else re.escape("["))
-            i = j + 1 if j > 0 else i + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def _fixed_prefix(path: str) -> str:
-    parts = path.split("/")
-    keep = []
-    for p in parts:
-        if any(c in p for c in "*?["):
-            break
-        keep.append(p)
-    return "/".join(keep)
-
-
 def _wanted(name: str, kind: str) -> bool:
     base = name
     for ext in _COMPRESSION:
@@ -117,7 +83,7 @@ def _expand_local(pat: str, kind: str) -> list[FileRef]:
         base = os.path.abspath(pat)
         files = [os.path.join(d, f) for d, _, fs in os.walk(base) for f in fs if _wanted(f, kind)]
     elif any(c in pat for c in "*?["):
-        base = os.path.abspath(_fixed_prefix(pat) or ".")
+        base = os.path.abspath(fixed_prefix(pat) or ".")
         files = [f for f in globlib.glob(pat, recursive=True) if os.path.isfile(f)]
     else:
         base = os.path.dirname(os.path.abspath(pat))
@@ -131,16 +97,16 @@ def _expand_uri(uri: str, kind: str) -> list[FileRef]:
 
     pat, query = split_query(uri)
     scheme = pat.split("://", 1)[0]
-    fs, path = pafs.FileSystem.from_uri((_fixed_prefix(pat) if any(c in pat for c in "*?[") else pat) + query)
+    fs, path = pafs.FileSystem.from_uri((fixed_prefix(pat) if any(c in pat for c in "*?[") else pat) + query)
     root = pat.split("://", 1)[1]
     if scheme == "file":
-        root = path if not any(c in pat for c in "*?[") else path + pat[len(_fixed_prefix(pat)):]
+        root = path if not any(c in pat for c in "*?[") else path + pat[len(fixed_prefix(pat)):]
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File and not any(c in pat for c in "*?["):
         return [FileRef(uri, path.rsplit("/", 1)[-1])]
     if info.type != pafs.FileType.Directory:
         return []
-    rx = _glob_regex(root) if any(c in pat for c in "*?[") else None
+    rx = glob_regex(root) if any(c in pat for c in "*?[") else None
     out = []
     for fi in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
         if fi.type != pafs.FileType.File:

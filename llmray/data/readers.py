@@ -27,8 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmray.curate.sources import _COMPRESSION, _fixed_prefix, _glob_regex
-from llmray.storage import StorageError, is_uri, open_uri
+from llmray.curate.sources import _COMPRESSION
+from llmray.storage import StorageError, glob_files, is_uri, open_uri
 
 JSONL_EXT = (".jsonl", ".ndjson")
 PARQUET_EXT = (".parquet", ".pq")
@@ -133,9 +133,7 @@ def resolve(spec: str, split: str = "train") -> list[Source]:
     shown = (lambda p: prefix + p) if prefix else (lambda p: p)
     if _has_glob(path):
         if prefix:  # object stores have no glob: list below the pattern's fixed prefix and match
-            rx = _glob_regex(path)
-            infos = fs.get_file_info(pafs.FileSelector(_fixed_prefix(path), recursive=True, allow_not_found=True))
-            files = sorted(i.path for i in infos if i.type == pafs.FileType.File and rx.match(i.path))
+            files = [i.path for i in glob_files(fs, path)]
         else:
             files = sorted(f for f in glob.glob(path, recursive=True) if Path(f).is_file())
         out = [Source(fs, f, file_format(f), shown(f)) for f in files if file_format(f)]

