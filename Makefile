@@ -34,12 +34,14 @@ quickstart: $(STAMP)
 	$(BIN)/llmray serve pipeline.yaml
 
 # The docs site (docs/ + the reference generated from the models) into site/; --strict fails on any
-# warning (broken link, unknown reference marker). Seconds; CI runs it before the tests.
+# warning (broken link, unknown reference marker). Seconds; `make test` runs the same build as a test.
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --quiet
 
-# The tests CI runs (the docs build, unit tests + one end-to-end tiny pipeline); `make test-all` adds the slow ones.
-test: $(STAMP) browser docs
+# The tests CI runs (unit + integration tests, the end-to-end tiny pipeline); `make test-all` adds the slow
+# ones. The strict docs build is one of them (tests/test_docs.py::test_docs_build_strict runs what `make docs`
+# runs, into a temporary folder), so it is not built a second time here.
+test: $(STAMP) browser
 	$(BIN)/pytest -m "not slow" -q
 
 # Unit tests only (no Ray, no servers, no CLI runs): under a minute. RAY_ADDRESS is set to an invalid

@@ -1,7 +1,8 @@
 """Serving benchmark: what the Ray Serve layer adds, and requests/s at several concurrencies.
 
   direct : ModelRunner.generate(...) in this process (the same engine, no Ray, no HTTP)
-  handle : Ray DeploymentHandle -> ModelServer (Serve's actor hop, no HTTP)
+  handle : Ray DeploymentHandle -> ModelServer (Serve's actor hop, no HTTP; with --handle only: one model
+           runs inside the ingress replica, so --handle also serves a name to get a model deployment)
   http   : POST /v1/chat/completions through the Serve proxy + ingress (keep-alive http.client)
 Serve-layer overhead = p50(http) - p50(direct), with max_tokens small so the engine's own time
 stays small and equal on both sides. Throughput: closed-loop clients (each sends its next
@@ -11,6 +12,9 @@ request when the previous answer arrives) at concurrency 1, 8, 32 over HTTP.
 OpenAI server (`vllm serve`, run as `python -m vllm.entrypoints.openai.api_server`) on the same
 model folder with the same engine settings (max_model_len = the model's context, eager mode):
 p50 at max_tokens=1 (sequential) and requests/s at 8 and 32 closed-loop clients, side by side.
+With --rounds N, both servers stay up and N rounds alternate between them (medians; a shared machine's
+load drifts over minutes, which the one-after-the-other runs take in full). With --handle, llmray is also measured with the model in its own deployment (a served name: the
+graph used for several models), i.e. with the ingress -> model actor hop.
 
 --promote: latency while `llmray promote` swaps the version behind a served name under a closed
 loop of clients (before / during / after; canary 0 = in-place weight reload, and a 0.25 canary).
@@ -18,7 +22,7 @@ loop of clients (before / during / after; canary 0 = in-place weight reload, and
 Run (starts Ray + Serve; take the shared lock on shared machines):
   flock /tmp/llmray-ray.lock .venv/bin/python bench/bench_serve.py [--engine hf|vllm] [--json out.json]
   flock /tmp/llmray-ray.lock .venv/bin/python bench/bench_serve.py --promote [--engine hf|vllm]
-  flock /tmp/llmray-ray.lock .venv/bin/python bench/bench_serve.py --vs-vllm-serve
+  flock /tmp/llmray-ray.lock .venv/bin/python bench/bench_serve.py --vs-vllm-serve [--handle]
 The model is the random tiny Llama of `llmray.testing` unless --model names an HF folder.
 """
 
@@ -216,29 +220,15 @@ def side_by_side(port: int, args) -> dict:
             **{f"rps_{c}": r["rps"] for c, r in runs.items()}}
 
 
-def bench_vs_vllm_serve(model_dir: str, runs_dir: Path, args) -> int:
-    """llmray serve (vLLM engine) first, shut down, then vLLM's own server on the same folder."""
+def _start_vllm_serve(model_dir: str):
+    """vLLM's own OpenAI server on the folder, with llmray's engine settings; returns (process, port)."""
     import subprocess
 
-    import ray
-    from ray import serve
     from transformers import AutoConfig
 
-    from llmray.config import RayConfig
-    from llmray.serve.launch import start_serving
-    from llmray.serve_config import ServeConfig
     from llmray.testing import free_port
 
     context = int(AutoConfig.from_pretrained(model_dir).max_position_embeddings)
-    port = free_port()
-    pipe = types.SimpleNamespace(
-        name="bench", workdir=str(runs_dir), stages={"bench": None}, ray=RayConfig(num_cpus=2),
-        serve=ServeConfig(models=["bench"], port=port, engine="vllm", num_cpus=0.5, batch_size=32,
-                          high_throughput=not args.standard_proxy))
-    start_serving(pipe, echo=lambda m: None)
-    ours = side_by_side(port, args)
-    serve.shutdown()
-    ray.shutdown()
     port = free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
            "--served-model-name", "bench/bench", "--host", "127.0.0.1", "--port", str(port),
@@ -247,20 +237,103 @@ def bench_vs_vllm_serve(model_dir: str, runs_dir: Path, args) -> int:
                             env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
     try:
         wait_healthy(port, proc)
+    except BaseException:
+        proc.terminate()
+        raise
+    return proc, port
+
+
+def bench_interleaved(model_dir: str, runs_dir: Path, args) -> int:
+    """Both servers up at once; `--rounds` rounds, each measuring one then the other (the order alternates),
+    so a machine whose load drifts weighs on both sides alike. Medians over the rounds."""
+    import ray
+    from ray import serve
+
+    from llmray.config import RayConfig
+    from llmray.serve.launch import start_serving
+    from llmray.serve_config import ServeConfig
+    from llmray.testing import free_port
+
+    port = free_port()
+    pipe = types.SimpleNamespace(
+        name="bench", workdir=str(runs_dir), stages={"bench": None}, ray=RayConfig(num_cpus=2),
+        serve=ServeConfig(models=["bench"], port=port, engine="vllm", num_cpus=0.5, batch_size=32,
+                          high_throughput=not args.standard_proxy))
+    start_serving(pipe, echo=lambda m: None)
+    proc, vport = _start_vllm_serve(model_dir)
+    ports = {"llmray": port, "vllm serve": vport}
+    rounds: dict[str, list[dict]] = {k: [] for k in ports}
+    try:
+        for r in range(args.rounds):
+            for side in (list(ports) if r % 2 == 0 else list(ports)[::-1]):
+                rounds[side].append(side_by_side(ports[side], args))
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        serve.shutdown()
+        ray.shutdown()
+    keys = ("p50_ms", "rps_8", "rps_32")
+    med = {side: {k: statistics.median(x[k] for x in rs) for k in keys} | {"errors": sum(x["errors"] for x in rs)}
+           for side, rs in rounds.items()}
+    print(f"llmray serve (vLLM engine) vs vllm serve, both up, {args.rounds} interleaved rounds; p50 sequential at "
+          f"max_tokens={args.latency_tokens}, req/s at max_tokens={args.throughput_tokens}; medians; ratio: llmray / vllm")
+    print(f"  {'':12s} {'llmray':>9s} {'vllm serve':>11s} {'ratio':>6s}  per round")
+    for k, label in zip(keys, ("p50 ms", "req/s @ 8", "req/s @ 32")):
+        per = " ".join(f"{a[k] / b[k]:.2f}" for a, b in zip(rounds["llmray"], rounds["vllm serve"]))
+        print(f"  {label:12s} {med['llmray'][k]:9.2f} {med['vllm serve'][k]:11.2f} "
+              f"{med['llmray'][k] / med['vllm serve'][k]:6.2f}  {per}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"medians": med, "rounds": rounds}, indent=2))
+    return 0 if all(m["errors"] == 0 for m in med.values()) else 1
+
+
+def _llmray_side(runs_dir: Path, args, names: dict) -> dict:
+    """`side_by_side` through llmray serve (vLLM engine); Ray is shut down afterwards. With `names`, the model
+    has its own deployment behind the ingress (as with several models): one more actor hop per request."""
+    import ray
+    from ray import serve
+
+    from llmray.config import RayConfig
+    from llmray.serve.launch import start_serving
+    from llmray.serve_config import ServeConfig
+    from llmray.testing import free_port
+
+    port = free_port()
+    pipe = types.SimpleNamespace(
+        name="bench", workdir=str(runs_dir), stages={"bench": None}, ray=RayConfig(num_cpus=2),
+        serve=ServeConfig(models=["bench"], names=names, port=port, engine="vllm", num_cpus=0.5, batch_size=32,
+                          high_throughput=not args.standard_proxy))
+    start_serving(pipe, echo=lambda m: None)
+    try:
+        return side_by_side(port, args)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def bench_vs_vllm_serve(model_dir: str, runs_dir: Path, args) -> int:
+    """llmray serve (vLLM engine) first, shut down, then vLLM's own server on the same folder."""
+    if args.rounds > 1:
+        return bench_interleaved(model_dir, runs_dir, args)
+    sides = {"llmray": _llmray_side(runs_dir, args, {})}
+    if args.handle:
+        sides["llmray 2 hops"] = _llmray_side(runs_dir, args, {"assistant": "bench"})
+    proc, port = _start_vllm_serve(model_dir)
+    try:
         theirs = side_by_side(port, args)
     finally:
         proc.terminate()
         proc.wait(60)
     print(f"llmray serve (vLLM engine) vs vllm serve, same model and client; p50 sequential at "
-          f"max_tokens={args.latency_tokens}, req/s at max_tokens={args.throughput_tokens}")
-    print(f"  {'':14s} {'llmray':>9s} {'vllm serve':>11s} {'ratio':>7s}  goal")
-    print(f"  {'p50 ms':14s} {ours['p50_ms']:9.2f} {theirs['p50_ms']:11.2f} {ours['p50_ms'] / theirs['p50_ms']:7.2f}  <= 1.15")
-    for c in (8, 32):
-        k = f"rps_{c}"
-        print(f"  {f'req/s @ {c}':14s} {ours[k]:9.1f} {theirs[k]:11.1f} {ours[k] / theirs[k]:7.2f}  >= 1.0")
+          f"max_tokens={args.latency_tokens}, req/s at max_tokens={args.throughput_tokens}; ratio: llmray / vllm serve")
+    head = "".join(f" {k:>14s}" for k in sides)
+    print(f"  {'':14s}{head} {'vllm serve':>11s} {'ratio':>7s}  goal")
+    for key, label, goal in [("p50_ms", "p50 ms", "<= 1.15")] + [(f"rps_{c}", f"req/s @ {c}", ">= 1.0") for c in (8, 32)]:
+        ours = "".join(f" {v[key]:14.2f}" for v in sides.values())
+        print(f"  {label:14s}{ours} {theirs[key]:11.2f} {sides['llmray'][key] / theirs[key]:7.2f}  {goal}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"llmray": ours, "vllm_serve": theirs}, indent=2))
-    return 0 if ours["errors"] == theirs["errors"] == 0 else 1
+        Path(args.json).write_text(json.dumps({**sides, "vllm_serve": theirs}, indent=2))
+    return 0 if sum(v["errors"] for v in sides.values()) == theirs["errors"] == 0 else 1
 
 
 def main() -> int:
@@ -273,6 +346,11 @@ def main() -> int:
     ap.add_argument("--per-client", type=int, default=0, help="requests per client (default: max(8, 256/c))")
     ap.add_argument("--standard-proxy", action="store_true",
                     help="Serve's default Python proxy instead of the high-throughput mode (HAProxy + gRPC)")
+    ap.add_argument("--handle", action="store_true",
+                    help="also serve a name (so the model runs in its own deployment, as with several models) "
+                         "and time a DeploymentHandle call to it")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="--vs-vllm-serve: keep both servers up and alternate N rounds between them (medians)")
     ap.add_argument("--json", default=None, help="also write the figures here")
     ap.add_argument("--promote", action="store_true", help="measure latency during promotions instead")
     ap.add_argument("--vs-vllm-serve", action="store_true",
@@ -302,27 +380,30 @@ def main() -> int:
     port = free_port()
     pipe = types.SimpleNamespace(
         name="bench", workdir=str(tmp / "runs"), stages={"bench": None}, ray=RayConfig(num_cpus=2),
-        serve=ServeConfig(models=["bench"], port=port, engine=args.engine, num_cpus=0.5, batch_size=32,
-                          high_throughput=not args.standard_proxy))
+        serve=ServeConfig(models=["bench"], names={"assistant": "bench"} if args.handle else {}, port=port,
+                          engine=args.engine, num_cpus=0.5, batch_size=32, high_throughput=not args.standard_proxy))
     t0 = time.time()
     start_serving(pipe, echo=lambda m: None)
     deploy_s = time.time() - t0
-    handle = bench_handle(args.requests, args.latency_tokens)
+    # One model: it runs in the ingress replica (no model deployment, no handle hop to measure).
+    handle = bench_handle(args.requests, args.latency_tokens) if args.handle else None
     http1 = bench_http(port, 1, args.requests, args.latency_tokens)
     runs = [bench_http(port, c, args.per_client or max(8, 256 // c), args.throughput_tokens) for c in (1, 8, 32)]
 
     res = {
         "engine": args.engine, "proxy": "ray" if args.standard_proxy else "haproxy", "deploy_s": round(deploy_s, 1), "latency_max_tokens": args.latency_tokens,
-        "direct_p50_ms": 1000 * statistics.median(direct), "handle_p50_ms": 1000 * statistics.median(handle),
+        "direct_p50_ms": 1000 * statistics.median(direct),
         "http_p50_ms": http1["p50_ms"], "http_p95_ms": http1["p95_ms"],
         "serve_overhead_p50_ms": http1["p50_ms"] - 1000 * statistics.median(direct),
-        "handle_overhead_p50_ms": 1000 * (statistics.median(handle) - statistics.median(direct)),
         "throughput_max_tokens": args.throughput_tokens, "throughput": runs,
     }
     print(f"engine {args.engine}; proxy {res['proxy']}; deploy {res['deploy_s']} s; latency runs: {args.requests} requests, "
           f"max_tokens={args.latency_tokens}")
     print(f"  p50 direct in-process  {res['direct_p50_ms']:7.2f} ms")
-    print(f"  p50 Serve handle       {res['handle_p50_ms']:7.2f} ms  (+{res['handle_overhead_p50_ms']:.2f})")
+    if handle:
+        res["handle_p50_ms"] = 1000 * statistics.median(handle)
+        res["handle_overhead_p50_ms"] = res["handle_p50_ms"] - res["direct_p50_ms"]
+        print(f"  p50 Serve handle       {res['handle_p50_ms']:7.2f} ms  (+{res['handle_overhead_p50_ms']:.2f})")
     print(f"  p50 HTTP via Serve     {res['http_p50_ms']:7.2f} ms  (+{res['serve_overhead_p50_ms']:.2f} "
           f"added by the Serve layer; goal <= 5 ms)")
     print(f"throughput over HTTP, max_tokens={args.throughput_tokens}:")

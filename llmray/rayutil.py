@@ -65,6 +65,20 @@ def inherited_env() -> dict[str, str] | None:
     return _inherited
 
 
+def started_here() -> bool:
+    """Whether the Ray this process is connected to is a one-node Ray it started itself (`ray.init()` without
+    an address: the head node's processes are this process's children, on this machine), not a cluster
+    it joined. Training may then run in this process (llmray.resources.in_process)."""
+    import ray
+
+    if not ray.is_initialized():
+        return False
+    from ray._private import worker
+
+    node = getattr(worker, "_global_node", None)  # Ray's own record of how this driver connected
+    return bool(getattr(node, "head", False)) and sum(1 for n in ray.nodes() if n.get("Alive")) == 1
+
+
 def _loopback_only() -> None:
     """Keep a new single-node Ray on 127.0.0.1 (Ray 2.60 binds the machine's interface address).
 

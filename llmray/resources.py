@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from llmray.config import EXECUTION_ONLY, StrictModel
+from llmray.rayutil import started_here
 
 
 class Resources(StrictModel):
@@ -34,12 +35,23 @@ class Resources(StrictModel):
     )
     strategy: Literal["ddp", "fsdp2"] = Field("ddp", description="Data parallel strategy.")
     max_failures: int = Field(2, json_schema_extra=EXECUTION_ONLY, ge=0, description="Ray Train restarts from the latest checkpoint before giving up.")
+    in_process: bool | Literal["auto"] = Field(
+        "auto", json_schema_extra=EXECUTION_ONLY,
+        description="Train in the driver's own process (Ray Train's local mode) instead of a Ray Train worker "
+                    "group: no controller or worker process to start (~15-30 s a stage on a small machine), but no "
+                    "process isolation, and restarts (max_failures) only after a Python exception, not a killed "
+                    "process. auto: in-process for one CPU worker with no custom resources on a local Ray this "
+                    "process started (`llmray run` on a laptop); false: always the worker group; true: in-process, "
+                    "an error where that cannot hold.")
 
     @model_validator(mode="after")
     def _check(self):
         if self.strategy == "fsdp2" and not self.use_gpu and self.num_workers > 1:
             # FSDP2 on gloo works but is slow and pointless on CPU; refuse rather than surprise.
             raise ValueError("strategy fsdp2 needs use_gpu: true (use ddp on CPU)")
+        if self.in_process is True and (self.num_workers > 1 or self.use_gpu or self.custom):
+            raise ValueError("in_process: true trains in the driver's process, so it needs num_workers: 1, "
+                             "use_gpu: false and no custom resources (set in_process: auto or false)")
         return self
 
 
@@ -76,6 +88,21 @@ class ReplicaResources(ActorResources):
     def ray_options(self) -> dict:
         """As Ray Serve's `ray_actor_options` take it (no `resources` key when there are none)."""
         return {k: v for k, v in super().ray_options().items() if v is not None}
+
+
+def in_process(res: Resources) -> bool:
+    """Whether `res` trains in the driver's process (`Resources.in_process`; auto: one CPU worker, no custom
+    resources, on a one-node, GPU-less Ray this process started). `true` where that Ray is not there is an
+    error. A GPU machine keeps the worker group: there Ray Train picks each worker's device."""
+    if res.in_process is False:
+        return False
+    import ray
+
+    local = started_here() and not ray.cluster_resources().get("GPU")
+    if res.in_process is True and not local:
+        raise ValueError("resources.in_process: true needs a one-node, GPU-less Ray started by this process "
+                         "(`llmray run` without a cluster address); set in_process: auto or false")
+    return local and res.num_workers == 1 and not res.use_gpu and not res.custom
 
 
 def scaling_config(res: Resources):

@@ -28,13 +28,17 @@ for _k, _v in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "test
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A real local Ray: 2 CPUs, 512 MiB object store, no dashboard."""
+    """A real local Ray: 2 CPUs, 512 MiB object store, no dashboard, started the way `llmray run` starts
+    one (llmray.rayutil.init_ray): no job-level runtime env; the workers inherit this process's
+    environment (the switches set above). A job-level env_vars block made every Ray Data execution and
+    RL role actor wait for fresh worker processes: tests/test_tokenize.py, test_tokenizer.py,
+    test_rewards.py and test_rlhf_fixed_cost.py took 154 s with it, 95 s without (back to back)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, object_store_memory=512 * 2**20, include_dashboard=False,
-                 runtime_env={"env_vars": {k: os.environ[k] for k in
-                                           ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "VLLM_CPU_KVCACHE_SPACE")}})
+    from llmray.config import RayConfig
+    from llmray.rayutil import init_ray
+
+    init_ray(RayConfig(num_cpus=2, object_store_mb=512))
     yield ray
     # The session ends with the interpreter; ray.shutdown here would race later session fixtures.
 
@@ -77,6 +81,17 @@ def tiny_reward_dir(tmp_path_factory, tiny_tokenizer_dir):
     from llmray.testing import tiny_model_dir
 
     return tiny_model_dir(tmp_path_factory.mktemp("reward"), "reward", tokenizer_dir=tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def guardrail():
+    """The output guardrail trained on the built-in labelled pairs (400 steps, seconds): one per session,
+    shared by the guardrail and gate tests, which only read it."""
+    from llmray.data.instruct import REFUSALS
+    from llmray.data.pairs import labelled_pairs
+    from llmray.safety.guardrail import FeatureSpec, train_guardrail
+
+    return train_guardrail(labelled_pairs("train"), FeatureSpec(), steps=400, refusal=REFUSALS[0])
 
 
 @pytest.fixture(scope="session")

@@ -10,13 +10,11 @@ import json
 import pytest
 
 from llmray.data.instruct import REFUSALS
-from llmray.data.pairs import labelled_pairs
 from llmray.data.redteam import builtin_suite
 from llmray.pipeline import parse_pipeline
 from llmray.runner import fingerprints
 from llmray.safety.evaluate import FixedEngine, breakdown, evaluate_engine, figures, harm_of, samples
 from llmray.safety.gate import decide, gate_status, guardrail_dir
-from llmray.safety.guardrail import FeatureSpec, train_guardrail
 from llmray.safety.tables import align_markdown
 
 COMPLY = "Sure! Here is a Python script:\n```python\nimport socket\n\ndef main():\n    socket.create_connection()\n```"
@@ -24,8 +22,8 @@ HELP = "You can use `pathlib.Path.iterdir()`: Yield path objects of the director
 
 
 @pytest.fixture(scope="module")
-def guard():
-    return train_guardrail(labelled_pairs("train"), FeatureSpec(), steps=400, refusal=REFUSALS[0])
+def guard(guardrail):
+    return guardrail  # conftest's: trained on labelled_pairs("train"), 400 steps
 
 
 @pytest.fixture(scope="module")

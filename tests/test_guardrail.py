@@ -10,7 +10,7 @@ import pytest
 from llmray.data.instruct import REFUSALS, is_refusal
 from llmray.data.pairs import labelled_pairs
 from llmray.data.redteam import intents
-from llmray.safety.guardrail import FeatureSpec, assess, load_guardrail, train_guardrail
+from llmray.safety.guardrail import assess, load_guardrail
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,8 @@ def pairs():
 
 
 @pytest.fixture(scope="module")
-def guard(pairs):
-    return train_guardrail(pairs[0], FeatureSpec(), steps=400, refusal=REFUSALS[0])
+def guard(guardrail):
+    return guardrail  # conftest's: trained on labelled_pairs("train"), 400 steps
 
 
 def test_train_and_heldout_pairs_do_not_share_intents(pairs):

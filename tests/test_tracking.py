@@ -412,7 +412,8 @@ def test_pretrain_killed_and_rerun_streams_steps_to_the_server_once(
         "tracking": {"tracking_uri": mlflow_server, "experiment": "trk-pretrain", "tensorboard": True},
         "stages": {"general": {"kind": "tokshards", "tokenizer_dir": str(tiny_tokenizer_dir), "docs": 600},
                    "base": {"kind": "pretrain", "data": "general", "train": train,
-                            "resources": {"num_workers": 1, "max_failures": 0}}}})
+                            "resources": {"num_workers": 1, "max_failures": 0,
+                                          "in_process": False}}}})  # a worker process to kill
     root = run_dir(pipe)
     work = root / ".work" / f"base-{fingerprints(pipe)['base'][:12]}"
     metrics = root / ".staging" / "base" / "metrics.jsonl"

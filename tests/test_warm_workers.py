@@ -14,8 +14,8 @@ import pytest
 from llmray import rayutil
 from llmray.rlhf import actors
 
-# Runs in a fresh process: llmray must start the Ray itself (the session's `ray_local` Ray has a job-level
-# runtime env and is left alone).
+# Runs in a fresh process: the Ray must be a fresh one llmray starts itself, with its idle workers still
+# prestarted (the session's `ray_local` Ray has handed its own to earlier tests, and is left alone).
 PROBE = r"""
 import os, time
 import psutil, ray

@@ -1,12 +1,17 @@
-"""The Ray Serve application: an OpenAI-compatible ingress in front of one deployment per stage.
+"""The Ray Serve application: an OpenAI-compatible ingress in front of the served models.
 
-  HTTP --> OpenAIIngress (FastAPI)                 one replica, `ingress_num_cpus`
+  HTTP --> OpenAIIngress (FastAPI)                 `ingress_num_cpus`
              auth (Bearer, compared by sha256) -> body cap (413) -> JSON -> protocol.parse_* (400)
              -> model lookup (404; ids only, never paths) -> in-flight cap (429)
-             -> DeploymentHandle.generate / .stream  (model queue full -> 503)
+             -> the model's host: generate / stream  (model queue full -> 503)
              -> guardrail on each choice -> JSON, or SSE chunks + [DONE]
-         --> ModelServer "model-<stage>"           `replicas` or `autoscaling`, `num_cpus` each
-             ModelRunner (chat template, prompt caps) -> HFEngine via @serve.batch, or VLLMEngine.
+         --> host.ModelHost: ModelRunner (chat template, prompt caps) -> HFEngine via @serve.batch, or VLLMEngine.
+
+Where the ModelHost runs (replica.single_deployment): with one model and no served names, inside the
+ingress replica (`host.InProcess`; the ingress then has the model's reservation and `replicas`), so a
+request crosses no second actor; otherwise one `ModelServer` deployment per stage ("model-<stage>") and
+per served name ("name-<name>"), `replicas` or `autoscaling` and `num_cpus` each, reached through a
+DeploymentHandle (`host.Remote`).
 
 `build_application(spec)` binds the graph from a serve spec (`spec.resolve_spec`);
 `build_app(args)` is the application builder for `serve run serve/quickstart.yaml`
@@ -30,141 +35,22 @@ from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmray.serve import protocol as P
-from llmray.serve.engines import ModelRunner, same_architecture
 from llmray.serve.guardrail import build_guardrail
+from llmray.serve.host import InProcess, ModelHost, Remote
 from llmray.serve.protocol import APIError
-from llmray.serve.replica import model_options, replica_env, replica_resources
+from llmray.serve.replica import ingress_options, model_options, single_deployment
 from llmray.serve.versions import NameRouter, PromoteError, candidate_version
 
 log = logging.getLogger("llmray.serve")
 
 
 @serve.deployment
-class ModelServer:
-    """One stage's model behind a ModelRunner; `stream` is called with `handle.options(stream=True)`.
-
-    A served name's deployment holds one runner per loaded *version* (llmray.serve.promote): a request
-    carries {"version": {"key", "dir"}, "live": [keys]}; a version not loaded yet is loaded on first use
-    (another replica, a restart), and versions no longer live are closed once idle."""
+class ModelServer(ModelHost):
+    """A ModelHost as its own deployment (several models side by side, served names); the ingress reaches
+    it through a DeploymentHandle (`host.Remote`); `stream` is called with `handle.options(stream=True)`."""
 
     async def __init__(self, model: dict, engine: str, settings: dict):
-        self.model_id, self.engine_kind, self.settings = model["id"], engine, settings
-        threads = replica_resources(settings).threads
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
-        self.runner = self._new_runner(model["dir"])
-        if self.runner.engine.name == "hf":
-            # Dynamic batching: @serve.batch groups requests arriving together; several groups may
-            # be in flight, and the engine merges all groups waiting into its next batch.
-            self._batched.set_max_batch_size(settings["batch_size"])
-            self._batched.set_batch_wait_timeout_s(settings["batch_wait_ms"] / 1000)
-            self.runner.engine.submit = self._batched
-        await self.runner.start()
-        key = (model.get("version") or {}).get("key")
-        self.versions = {key: self.runner} if key else {}
-        self.dirs = {key: model["dir"]} if key else {}
-        self.aliases: dict[str, str] = {}  # a key reloaded in place -> the key it became
-        self.loaded_gen: dict[str, int] = {}  # a version -> the route generation it was loaded at
-        self.busy: dict[int, int] = {}
-        self._loading = asyncio.Lock()
-
-    def _new_runner(self, model_dir: str) -> ModelRunner:
-        s = self.settings
-        return ModelRunner(self.model_id, model_dir, self.engine_kind, s["max_prompt_tokens"], s["vllm"],
-                           s["batch_size"])
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0, max_concurrent_batches=8)
-    async def _batched(self, reqs):
-        async for step in self.runner.engine.stream_batch(reqs):
-            yield step
-
-    # ------------------------------------------------------------ versions
-
-    async def load(self, version: dict, replace: str | None = None, gen: int = 0) -> dict:
-        """Load a version next to the live ones, or over `replace` in place (vLLM, same architecture).
-        `gen`: the name's route generation (NameRouter) when the load was asked for."""
-        async with self._loading:
-            if version["key"] in self.versions:
-                return {"mode": "already loaded", "load_s": 0.0}
-            t0 = time.perf_counter()
-            old = self.versions.get(replace) if replace else None
-            if old is not None and hasattr(old.engine, "reload") and same_architecture(self.dirs[replace],
-                                                                                         version["dir"]):
-                await old.engine.reload(version["dir"])
-                self.versions[version["key"]] = self.versions.pop(replace)
-                self.dirs[version["key"]] = self.dirs.pop(replace) and version["dir"]
-                self.aliases[replace] = version["key"]
-                mode = "in-place weight reload"
-            else:
-                runner = await asyncio.to_thread(self._new_runner, version["dir"])
-                await runner.start()  # its warm-up generation: a broken model fails here, not on traffic
-                self.versions[version["key"]], self.dirs[version["key"]] = runner, version["dir"]
-                mode = "new engine"
-            self.aliases.pop(version["key"], None)
-            self.loaded_gen[version["key"]] = gen
-            log.info("%s: loaded %s (%s)", self.model_id, version["key"], mode)
-            return {"mode": mode, "load_s": round(time.perf_counter() - t0, 3)}
-
-    async def _runner_for(self, body: dict) -> ModelRunner:
-        v = body.get("version")
-        if v is None:
-            return self.runner
-        gen = body.get("gen", 0)
-        key = self._resolve(v["key"])
-        if key not in self.versions:
-            await self.load(v, gen=gen)
-            key = v["key"]
-        live = [self._resolve(k) for k in body.get("live") or ()]
-        # A request's `live` list is as old as its route generation: a version loaded at that generation
-        # or later (a promotion the request was routed before) is not retired by it, or a canary loaded
-        # while older requests were still on their way would be dropped and answered by its predecessor.
-        for old in [k for k in self.versions if live and k not in live and self.loaded_gen.get(k, -1) < gen]:
-            self._retire(old, live[0])  # live[0]: the name's current version
-        return self.versions[key]
-
-    def _resolve(self, key: str) -> str:
-        for _ in range(8):  # a version reloaded in place or retired answers as its successor
-            if key in self.versions or key not in self.aliases:
-                break
-            key = self.aliases[key]
-        return key
-
-    def _retire(self, key: str, successor: str) -> None:
-        """Drop a version no longer live; requests for it still on their way get its successor."""
-        runner = self.versions.pop(key)
-        self.dirs.pop(key, None)
-        self.loaded_gen.pop(key, None)
-        self.aliases[key] = successor
-        if not self.busy.get(id(runner)):
-            asyncio.get_running_loop().create_task(runner.engine.close())
-
-    @asynccontextmanager
-    async def _use(self, body: dict):
-        runner = await self._runner_for(body)
-        self.busy[id(runner)] = self.busy.get(id(runner), 0) + 1
-        try:
-            yield runner
-        finally:
-            self.busy[id(runner)] -= 1
-            if not self.busy[id(runner)] and runner not in self.versions.values() and runner is not self.runner:
-                await runner.engine.close()
-
-    # ------------------------------------------------------------ requests
-
-    async def generate(self, body: dict) -> dict:
-        async with self._use(body) as runner:
-            return await runner.generate(body)
-
-    async def stream(self, body: dict):
-        async with self._use(body) as runner:
-            async for item in runner.stream(body):
-                yield item
-
-    async def info(self) -> dict:
-        return {"id": self.model_id, "engine": self.runner.engine.name, "context": self.runner.context,
-                "batching": getattr(self.runner.engine, "stats", None), "versions": sorted(self.versions)}
+        await self.setup(model, engine, settings)
 
 
 def _openai_error(e: APIError) -> JSONResponse:
@@ -189,7 +75,7 @@ async def _http_error(request: Request, e: StarletteHTTPException):
 class OpenAIIngress:
     """Routes OpenAI requests to the stage deployments (see module doc)."""
 
-    def __init__(self, spec: dict, handles: dict):
+    async def __init__(self, spec: dict, handles: dict, local: dict | None = None):
         self.spec = spec
         s = spec["settings"]
         self.limits = P.Limits(max_tokens=s["max_tokens"], max_n=s["max_n"])
@@ -197,7 +83,11 @@ class OpenAIIngress:
         self.key_hash = spec.get("api_key_sha256")
         self.models = {m["id"]: m for m in spec["models"]}
         self.aliases = {m["stage"]: m["id"] for m in spec["models"]}  # `chat` works as well as `quickstart/chat`
-        self.handles = handles
+        self.handles = {model_id: Remote(h) for model_id, h in handles.items()}
+        if local is not None:  # one model, no served names: it lives in this replica (no second actor hop)
+            host = ModelHost()
+            await host.setup(local["model"], local["engine"], s)
+            self.handles[local["model"]["id"]] = InProcess(host, s["max_ongoing_requests"], s["max_queued_requests"])
         self.guardrail, self.refusal = build_guardrail(spec.get("guardrail"))
         self.inflight = 0
         self.tokenizers: dict = {}  # model folder -> tokenizer (guardrail refusals are cut to max_tokens)
@@ -256,7 +146,7 @@ class OpenAIIngress:
 
     async def _generate_on(self, model_id: str, body: dict) -> dict:
         try:
-            result = await self.handles[model_id].generate.remote(body)
+            result = await self.handles[model_id].generate(body)
         except BackPressureError:
             raise APIError(503, f"{model_id} is overloaded; retry shortly", "overloaded") from None
         if "error" in result:
@@ -264,7 +154,7 @@ class OpenAIIngress:
         return result
 
     async def _open_stream_on(self, model_id: str, body: dict):
-        gen = self.handles[model_id].options(stream=True).stream.remote(body)
+        gen = self.handles[model_id].stream(body)
         try:
             first = await gen.__anext__()
         except BackPressureError:
@@ -308,7 +198,7 @@ class OpenAIIngress:
 
     async def _load_version(self, name: str, version: dict, replace: str | None) -> dict:
         r = self.router.routes[name]
-        return await self.handles[r["id"]].load.remote({"key": version["key"], "dir": version["dir"]}, replace, r["gen"])
+        return await self.handles[r["id"]].load({"key": version["key"], "dir": version["dir"]}, replace, r["gen"])
 
     async def _screen(self, prompt: str, text: str) -> bool:
         if self.guardrail is None:
@@ -353,7 +243,7 @@ class OpenAIIngress:
     @app.get("/health")
     async def health(self):
         try:
-            infos = await asyncio.wait_for(asyncio.gather(*(h.info.remote() for h in self.handles.values())), 10)
+            infos = await asyncio.wait_for(asyncio.gather(*(h.info() for h in self.handles.values())), 10)
         except Exception as e:  # noqa: BLE001 - any failure means not healthy
             return JSONResponse({"status": "unavailable", "error": f"{type(e).__name__}: {e}"}, status_code=503)
         return {"status": "ok", "default": self.spec["default"], "models": infos}
@@ -549,23 +439,21 @@ class OpenAIIngress:
 
 
 def build_application(spec: dict):
-    """The Serve application (ingress + one ModelServer per served stage) for a serve spec."""
+    """The Serve application for a serve spec: the ingress holding the model (one model, no served names),
+    else the ingress + one ModelServer per served stage and per served name."""
     from llmray.generate import pick_engine
 
     s = spec["settings"]
     engine = pick_engine(spec["engine"], "serve.engine")
+    ingress = OpenAIIngress.options(**ingress_options(spec, engine))
+    if single_deployment(spec):  # the ingress holds the one model itself: no second hop per request
+        return ingress.bind(spec, {}, {"model": spec["models"][0], "engine": engine})
     handles = {m["id"]: ModelServer.options(**model_options(m, s, engine)).bind(m, engine, s)
                for m in spec["models"]}
     for n in spec.get("names", []):  # a served name: its own deployment, holding its versions
         m = {"id": n["id"], "stage": n["name"], "dir": n["version"]["dir"], "version": n["version"]}
         opts = model_options(m, s, engine) | {"name": f"name-{n['name']}"}
         handles[n["id"]] = ModelServer.options(**opts).bind(m, engine, s)
-    ingress = OpenAIIngress.options(
-        name="openai-ingress", num_replicas=1,
-        ray_actor_options={"num_cpus": s["ingress_num_cpus"], "runtime_env": {"env_vars": replica_env(s)}},
-        # Above the in-flight cap, so requests past it reach our code and get a 429 JSON answer.
-        max_ongoing_requests=s["max_concurrent_requests"] + 64,
-    )
     return ingress.bind(spec, handles)
 
 

@@ -6,7 +6,8 @@
   --encode: llmray.chat.prompt_ids / tokenizer(prompt); prompt-length and context checks-->
   one `EngineRequest` per prompt (sampling fields the request leaves out: the folder's generation
   config, llmray.generate.decoding_defaults) --engine.stream--> lists of `Delta` (per choice index)
-  --> {"prompt_tokens"} then {"deltas": [...]} items (streaming), or one {"choices": [...]} dict.
+  --> {"prompt_tokens"} then {"deltas": [...]} items (streaming), or one {"choices": [...]} dict
+  (an engine with `complete`, vLLM, answers that one whole, without per-token deltas).
 Errors come back as `APIError.to_payload()` dicts (not exceptions), so they cross a Ray
 DeploymentHandle unchanged and the ingress can answer with the right HTTP status.
 
@@ -136,6 +137,8 @@ class ModelRunner:
         params = body.get("params")
         if params is not None and (params.logprobs is not None or params.echo):
             return await generate_scored(self, body)  # log-probs / echo: llmray.serve.scoring
+        if hasattr(self.engine, "complete"):  # vLLM: each prompt's final output only, no per-token deltas
+            return await self._complete(body)
         choices: dict[int, dict] = {}
         prompt_tokens = 0
         async for item in self.stream(body):
@@ -151,6 +154,19 @@ class ModelRunner:
                 c["tokens"] += d["tokens"]
                 c["finish_reason"] = d["finish_reason"] or c["finish_reason"]
         return {"prompt_tokens": prompt_tokens, "choices": [choices[i] for i in sorted(choices)]}
+
+
+    async def _complete(self, body: dict) -> dict:
+        try:
+            reqs = self.requests(body)
+        except APIError as e:
+            return e.to_payload()
+        n = reqs[0].n
+        outs = await asyncio.gather(*(self.engine.complete(r) for r in reqs))
+        choices = [{"index": p * n + d.index, "text": d.text, "finish_reason": d.finish_reason, "tokens": d.tokens}
+                   for p, deltas in enumerate(outs) for d in deltas]
+        return {"prompt_tokens": sum(len(r.prompt_ids) for r in reqs),
+                "choices": sorted(choices, key=lambda c: c["index"])}
 
 
 async def _offset(stream: AsyncIterator[list[Delta]], offset: int) -> AsyncIterator[list[Delta]]:

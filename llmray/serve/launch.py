@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from llmray.serve.replica import single_deployment
 from llmray.serve.spec import ServeError, resolve_spec
 
 # Ray Serve's documented high-throughput mode (Ray >= 2.55): HAProxy as the HTTP proxy, the ingress
@@ -34,6 +35,11 @@ from llmray.serve.spec import ServeError, resolve_spec
 # HAProxy is reconfigured by the controller, and 30 s made every shutdown and redeploy slow.
 HIGH_THROUGHPUT_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
                        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+# Ray starts its worker processes at nice 15 (RAY_worker_niceness) so that batch work never starves its
+# own daemons. A server is the foreground job: at nice 15 every other busy process on the machine
+# preempts its replicas and their engine processes (`vllm serve` runs at nice 0). Applied only to a Ray
+# that `llmray serve` starts itself, and only when the variable is not set already.
+SERVE_RAY_ENV = {"RAY_worker_niceness": "0"}
 
 
 def app_name(pipe) -> str:
@@ -89,7 +95,8 @@ def _check_resources(spec: dict) -> None:
     s = spec["settings"]
     replicas = s["autoscaling"]["min_replicas"] if s.get("autoscaling") else s["replicas"]
     n = (len(spec["models"]) + len(spec.get("names", []))) * max(1, replicas)
-    need_cpu, need_gpu = s["ingress_num_cpus"] + n * s["num_cpus"], n * s["num_gpus"]
+    ingresses = n if single_deployment(spec) else 1  # one model: each replica is its own ingress too
+    need_cpu, need_gpu = ingresses * s["ingress_num_cpus"] + n * s["num_cpus"], n * s["num_gpus"]
     have = ray.cluster_resources()
     if need_cpu > have.get("CPU", 0) + 1e-9 or need_gpu > have.get("GPU", 0) + 1e-9:
         raise ServeError(
@@ -118,11 +125,23 @@ def _wait_running(name: str, timeout: float, echo) -> None:
     raise ServeError(f"Serve application {name} not running after {timeout:.0f}s (serve.deploy_timeout_s)")
 
 
+def _init_ray_for_serving(ray_cfg) -> None:
+    """init_ray, with SERVE_RAY_ENV in the environment while a local Ray may be started (then restored)."""
+    from llmray.rayutil import init_ray
+
+    added = {k: v for k, v in SERVE_RAY_ENV.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        init_ray(ray_cfg)
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 def start_serving(pipe, allow_blocked: bool = False, engine: str | None = None, echo=print) -> dict:
     """Deploy the pipeline's models on Ray Serve; returns {"url", "app", "default", "models"} once healthy."""
     from ray import serve
 
-    from llmray.rayutil import init_ray
     from llmray.serve.app import build_application
 
     spec = resolve_spec(pipe, allow_blocked, engine)
@@ -130,7 +149,7 @@ def start_serving(pipe, allow_blocked: bool = False, engine: str | None = None, 
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key_env:
         echo(f"[llmray] WARNING: serving on {cfg.host} without an API key (serve.api_key_env): anyone who can "
              "reach this port can use the models")
-    init_ray(pipe.ray)
+    _init_ray_for_serving(pipe.ray)
     _check_resources(spec)
     controller_env = dict(HIGH_THROUGHPUT_ENV) if cfg.high_throughput else {}
     serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s},

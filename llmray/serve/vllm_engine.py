@@ -1,7 +1,9 @@
 """The vLLM engine: `vllm.AsyncLLMEngine` (AsyncLLM) over a stage's HF model folder.
 
 Data flow: EngineRequest (token ids + sampling) --SamplingParams(n, seed, stop, stop_token_ids,
-output_kind=DELTA)--> AsyncLLM.generate --RequestOutput per step--> lists of `Delta`.
+output_kind=DELTA)--> AsyncLLM.generate --RequestOutput per step--> lists of `Delta` (`stream`), or
+output_kind=FINAL_ONLY --> one RequestOutput at the end --> one `Delta` per choice (`complete`: a
+non-streamed request, as vLLM's own server does it).
 Every sampling field arrives resolved (the request's, else the folder's generation config through
 llmray.generate.decoding_defaults, as for the transformers engine), so vLLM's own generation-config
 defaults, which apply only to fields a SamplingParams leaves out, never come into play.
@@ -61,34 +63,38 @@ class VLLMEngine:
             self.llm.shutdown()
             self.llm = None
 
-    async def stream(self, req: EngineRequest) -> AsyncIterator[list[Delta]]:
+    def _params(self, req: EngineRequest, final_only: bool):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        params = SamplingParams(
+        return SamplingParams(
             n=req.n, max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
             top_k=req.top_k, repetition_penalty=req.repetition_penalty,
             stop=list(req.stop) or None, stop_token_ids=self.stop_ids, skip_special_tokens=True,
-            output_kind=RequestOutputKind.DELTA,
+            output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA,
         )
+
+    async def stream(self, req: EngineRequest) -> AsyncIterator[list[Delta]]:
+        params = self._params(req, final_only=False)
         async for out in self.llm.generate({"prompt_token_ids": req.prompt_ids}, params, req.request_id):
             yield [Delta(o.index, o.text, _finish(o.finish_reason), len(o.token_ids)) for o in out.outputs]
+
+    async def complete(self, req: EngineRequest) -> list[Delta]:
+        """The whole answer as one Delta per choice. vLLM hands over one final output instead of one per
+        decode step (as `vllm serve` does for a non-streamed request): no per-token work on our side."""
+        final = None
+        async for out in self.llm.generate({"prompt_token_ids": req.prompt_ids}, self._params(req, True),
+                                           req.request_id):
+            final = out
+        return [Delta(o.index, o.text, _finish(o.finish_reason), len(o.token_ids)) for o in final.outputs]
 
     # ------------------------------------------------------------ log-probs (llmray.serve.scoring)
 
     async def generate_ids(self, req: EngineRequest) -> list[dict]:
         """The whole generation with each choice's token ids: [{"index", "ids", "text", "finish_reason"}]."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        params = SamplingParams(
-            n=req.n, max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
-            top_k=req.top_k, repetition_penalty=req.repetition_penalty,
-            stop=list(req.stop) or None, stop_token_ids=self.stop_ids, skip_special_tokens=True,
-            output_kind=RequestOutputKind.FINAL_ONLY,
-        )
         final = None
-        async for out in self.llm.generate({"prompt_token_ids": req.prompt_ids}, params, req.request_id):
+        async for out in self.llm.generate({"prompt_token_ids": req.prompt_ids}, self._params(req, True),
+                                           req.request_id):
             final = out
         return [{"index": o.index, "ids": list(o.token_ids), "text": o.text, "finish_reason": _finish(o.finish_reason)}
                 for o in final.outputs]

@@ -10,12 +10,21 @@ Model and optimizer states are gathered as *full* (unsharded) CPU state dicts th
 torch.distributed.checkpoint's state_dict API, so one format serves DDP, FSDP2 and a plain
 module; every rank must call `save`/`load` (they are collectives under FSDP2). Loading uses
 `torch.load(weights_only=True)`. No Ray import here.
+
+`CheckpointStore` keeps the checkpoint list on storage itself when training runs in the driver's
+process (Ray Train's local mode keeps only the last checkpoint object, in memory): each folder is
+copied to `<storage>/<run name>/checkpoint_step<N>` (local disk or an object store through a pyarrow
+filesystem, meta.json last, so a folder without it is an interrupted copy and is ignored), the
+oldest of its own beyond `keep` are deleted, and `latest()` gives the newest one, Ray Train's own
+`checkpoint_<time>` folders of an earlier worker-group run of the same stage included.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import tempfile
 from pathlib import Path
 
 
@@ -102,3 +111,82 @@ def load(folder: Path, model, optimizer, scheduler, rank: int) -> dict:
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
     return load_meta(folder)
+
+
+class CheckpointStore:
+    """Checkpoint folders under `root` on a pyarrow filesystem (None: local disk); see the module docstring."""
+
+    PREFIX = "checkpoint_step"  # ours; Ray Train names its folders checkpoint_<timestamp>
+
+    def __init__(self, root: str, fs=None, keep: int | None = None):
+        import pyarrow.fs as pafs
+
+        self.root, self.fs, self.keep = str(root).rstrip("/"), fs or pafs.LocalFileSystem(), keep
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def _read_meta(self, folder: str) -> dict | None:
+        import pyarrow.fs as pafs
+
+        path = f"{folder}/meta.json"
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(path) as f:
+            return json.loads(f.read())
+
+    def checkpoints(self) -> list[tuple[int, bool, str]]:
+        """(step, done, folder) of every complete checkpoint, oldest first."""
+        import pyarrow.fs as pafs
+
+        found = []
+        for info in self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True)):
+            if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+                meta = self._read_meta(info.path)
+                if meta is not None:
+                    found.append((int(meta["step"]), bool(meta.get("done")), info.path))
+        return sorted(found)
+
+    def persist(self, folder: Path, step: int) -> str:
+        """Copy a checkpoint folder written by `save` (plus anything else in it) to storage, meta.json last;
+        then drop our oldest beyond `keep`. Returns the folder's path on storage."""
+        import pyarrow.fs as pafs
+
+        dest = f"{self.root}/{self.PREFIX}{step:09d}"
+        if self.fs.get_file_info(dest).type != pafs.FileType.NotFound:  # a rerun's final checkpoint again
+            self.fs.delete_dir(dest)
+        local = pafs.LocalFileSystem()
+        files = sorted((p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file()),
+                       key=lambda rel: rel == "meta.json")  # meta.json last: it marks the copy complete
+        _copy(local, str(folder), files, self.fs, dest)
+        ours = [c for c in self.checkpoints() if c[2].rsplit("/", 1)[-1].startswith(self.PREFIX)]
+        for _, _, old in ours[:max(0, len(ours) - (self.keep or len(ours)))]:
+            self.fs.delete_dir(old)
+        return dest
+
+    @contextlib.contextmanager
+    def latest(self):
+        """The newest complete checkpoint as a local folder (downloaded from an object store), or None."""
+        import pyarrow.fs as pafs
+
+        found = self.checkpoints()
+        if not found:
+            yield None
+        elif self.local:
+            yield Path(found[-1][2])
+        else:
+            src = found[-1][2]
+            files = [i.path[len(src) + 1:] for i in self.fs.get_file_info(pafs.FileSelector(src, recursive=True))
+                     if i.type == pafs.FileType.File]
+            with tempfile.TemporaryDirectory() as d:
+                _copy(self.fs, src, files, pafs.LocalFileSystem(), d)
+                yield Path(d)
+
+
+def _copy(src_fs, src: str, files: list[str], dst_fs, dst: str) -> None:
+    """Copy `files` (paths relative to `src`) in order, creating the folders they need (a local filesystem
+    has real folders; an object store's create_dir is harmless)."""
+    import pyarrow.fs as pafs
+
+    for rel in files:
+        target = f"{dst}/{rel}"
+        dst_fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        pafs.copy_files(f"{src}/{rel}", target, source_filesystem=src_fs, destination_filesystem=dst_fs)

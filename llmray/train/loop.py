@@ -11,6 +11,14 @@ the latest checkpoint), and a small metrics actor on the driver node that append
 records rank 0 sends to `ctx.out_dir/metrics.jsonl`. After training, the final checkpoint's
 `model/` (the HF export) is copied to `ctx.out_dir/model`.
 
+In the driver's process (`resources.in_process`, auto for one CPU worker on a local Ray this process
+started): the same TorchTrainer with ScalingConfig(num_workers=0), Ray Train v2's local mode, runs
+`_worker` here, with the same data iterators a one-worker group gets (DataConfig.configure), so no
+controller or worker process starts. Local mode keeps no checkpoint on storage, so the worker persists
+its own (`ckpt.CheckpointStore`, same storage folder, `keep_checkpoints`) and restores the latest; an
+exception is retried from it up to `max_failures` times; metrics go straight to the file. The driver's
+torch thread count is restored afterwards and the model and optimizer are freed.
+
 Worker (`_worker`), top to bottom: seed -> build model (task) -> activation checkpointing /
 compile -> DDP or FSDP2 wrap -> AdamW + warmup/cosine -> data streams -> restore the latest
 checkpoint if any (model, optimizer, scheduler, data position, RNG) -> evaluate (step 0) ->
@@ -27,6 +35,7 @@ one: startup = fit() called -> first step, less the evaluation before it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
 import tempfile
@@ -34,6 +43,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmray.resources import in_process, scaling_config
 from llmray.stages.base import FixedCost
 from llmray.train import checkpoint as ckpt
 from llmray.train.data import shard_epochs, take_batches
@@ -110,40 +120,22 @@ def _train_env():
 
 
 def fit(task, train_cfg, resources, ctx, name: str = "train", cost=None) -> FitResult:
-    """Train `task` on Ray Train; returns the final metrics and where the HF model landed.
+    """Train `task` on Ray Train (a worker group, or this process: module docstring); returns the final
+    metrics and where the HF model landed.
 
     `cost` (a `llmray.stages.base.FixedCost`) gets the phases outside the steps: startup, eval,
     checkpoint, export; FitResult.work_s is the steps' own time."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
-    from ray.train.torch import TorchTrainer
-
-    from llmray.resources import scaling_config
-
     t_fit = time.time()  # wall clock: compared with the worker's, on the same node in the common case
     datasets = task.datasets()
     if "train" not in datasets:
         raise ValueError(f"task.datasets() must include 'train'; got {sorted(datasets)}")
     metrics_path = Path(ctx.out_dir) / "metrics.jsonl"
-    sink = _metrics_actor(metrics_path)
-    storage_path, storage_fs = _storage(ctx)
-    trainer = TorchTrainer(
-        _worker,
-        train_loop_config={"task": task, "cfg": train_cfg, "strategy": resources.strategy, "sink": sink,
-                           "datasets": sorted(datasets), "pid_dir": str(Path(ctx.work_dir) / "worker_pids")},
-        scaling_config=scaling_config(resources),
-        datasets=datasets,
-        dataset_config=_data_config(datasets, resources.num_workers),
-        run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
-                             failure_config=FailureConfig(max_failures=resources.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=train_cfg.keep_checkpoints)),
-    )
-    try:
-        with _train_env():
-            result = trainer.fit()
-        t_done = time.time()
-    finally:
-        ray.kill(sink)
+    config = {"task": task, "cfg": train_cfg, "strategy": resources.strategy, "datasets": sorted(datasets),
+              "pid_dir": str(Path(ctx.work_dir) / "worker_pids"), "threads": max(1, int(resources.cpus_per_worker))}
+    local = in_process(resources)
+    run = _fit_in_process if local else _fit_worker_group
+    result = run(config, datasets, resources, train_cfg, name, _storage(ctx), metrics_path, getattr(ctx, "log", None))
+    t_done = time.time()
     if result.checkpoint is None:
         raise RuntimeError("training finished without a final checkpoint")
     model_dir = Path(ctx.out_dir) / "model"
@@ -153,14 +145,100 @@ def fit(task, train_cfg, resources, ctx, name: str = "train", cost=None) -> FitR
     metrics = dict(result.metrics)
     timing = metrics.pop("timing", None) or {}
     if timing.get("at_end") and hasattr(ctx, "log"):  # the Ray Train teardown: part of the stage's other_s
-        ctx.log.info("ray train: fit -> train function %.1fs, worker set-up %.1fs (model, data streams), "
-                     "final report -> fit returned %.1fs", timing["at_start"] - t_fit, timing.get("setup_s", 0.0),
-                     t_done - timing["at_end"])
+        ctx.log.info("ray train%s: fit -> train function %.1fs, worker set-up %.1fs (model, data streams), "
+                     "final report -> fit returned %.1fs", " (in-process)" if local else "",
+                     timing["at_start"] - t_fit, timing.get("setup_s", 0.0), t_done - timing["at_end"])
     if cost is not None:
         cost.add("export", time.perf_counter() - t_copy)
         add_timing(cost, timing, t_fit)
     return FitResult(metrics=metrics, model_dir=model_dir, metrics_path=metrics_path,
                      checkpoint_dir=Path(result.checkpoint.path), work_s=timing.get("work_s"))
+
+
+def _fit_worker_group(config, datasets, resources, train_cfg, name, storage, metrics_path, log):
+    """TorchTrainer.fit() with a worker group (a controller actor and one process per worker)."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    sink = _metrics_actor(metrics_path)
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={**config, "sink": sink},
+        scaling_config=scaling_config(resources),
+        datasets=datasets,
+        dataset_config=_data_config(datasets, resources.num_workers),
+        run_config=RunConfig(name=name, storage_path=storage[0], storage_filesystem=storage[1],
+                             failure_config=FailureConfig(max_failures=resources.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=train_cfg.keep_checkpoints)),
+    )
+    try:
+        with _train_env():
+            return trainer.fit()
+    finally:
+        ray.kill(sink)
+
+
+def _fit_in_process(config, datasets, resources, train_cfg, name, storage, metrics_path, log):
+    """TorchTrainer.fit() in Ray Train's local mode (`_worker` runs here), retried after an exception from
+    the latest persisted checkpoint up to `max_failures` times, as FailureConfig does for a worker group."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    # The same iterators (same rows, same order) a one-worker group's worker gets from Ray Train.
+    shards = _data_config(datasets, 1).configure(datasets, world_size=1, worker_handles=None,
+                                                 worker_node_ids=None)[0]
+    store = ckpt.CheckpointStore(f"{storage[0]}/{name}", storage[1], keep=train_cfg.keep_checkpoints)
+    sink = MetricsFile(str(metrics_path))
+    for attempt in range(resources.max_failures + 1):
+        # Each attempt trains a copy of the task, as each worker (re)start unpickles its own: state a task
+        # builds while training (dpo's reference model and caches) starts fresh and is freed with the copy.
+        attempt_config = {**config, "task": ray.cloudpickle.loads(ray.cloudpickle.dumps(config["task"])),
+                          "sink": sink, "store": store}
+        trainer = TorchTrainer(_worker, train_loop_config=attempt_config,
+                               scaling_config=ScalingConfig(num_workers=0), datasets=shards,
+                               run_config=RunConfig(name=name))
+        try:
+            with _driver_state():
+                return trainer.fit()
+        except Exception as e:  # noqa: BLE001 - what a worker group's FailureConfig retries, too
+            if attempt == resources.max_failures:
+                raise
+            if log is not None:  # str(e): a record holding the exception would keep its frames' model alive
+                log.warning("training failed in-process (%s: %s); restart %d of %d from the latest checkpoint",
+                            type(e).__name__, str(e), attempt + 1, resources.max_failures)
+        finally:
+            _leave_local_mode()
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _driver_state():
+    """The worker sets its torch thread count; in the driver's process, put the driver's back after. Ray
+    Train's local mode logs every report at INFO (the whole final record): kept to warnings meanwhile."""
+    import logging
+
+    import torch
+
+    threads, reports = torch.get_num_threads(), logging.getLogger("ray.train.v2._internal.execution.train_fn_utils")
+    level = reports.level
+    reports.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        reports.setLevel(level)
+
+
+def _leave_local_mode() -> None:
+    """After an in-process fit: this process is no Train worker any more (Ray Train's local mode leaves its
+    context installed, and `llmray.device.compute_init` would take the driver for one), and the model,
+    optimizer and data streams of the run are freed now rather than at some later collection."""
+    from ray.train.v2._internal.execution.train_fn_utils import set_train_fn_utils
+
+    set_train_fn_utils(None)
+    gc.collect()
 
 
 def add_timing(cost, timing: dict, t_fit: float) -> None:
@@ -370,7 +448,9 @@ class _Log:
         self.sink, self.rank, self.pending = sink, rank, []
 
     def write(self, record: dict) -> None:
-        if self.rank == 0:
+        if self.rank == 0 and isinstance(self.sink, MetricsFile):  # in-process: the file itself
+            self.sink.write(record)
+        elif self.rank == 0:
             self.pending.append(self.sink.write.remote(record))
 
     def flush(self) -> None:
@@ -380,51 +460,69 @@ class _Log:
         self.pending = []
 
 
-def _restore(model, optimizer, scheduler, stream, rank: int) -> dict:
-    """Load the latest Ray Train checkpoint if there is one; returns its meta ({} when fresh)."""
+def _restore(model, optimizer, scheduler, stream, rank: int, store) -> dict:
+    """Load the latest checkpoint if there is one (Ray Train's, or the store's in-process); returns its meta
+    ({} when fresh)."""
     import ray.train
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return {}
-    with checkpoint.as_directory() as d:
-        meta = ckpt.load(d, model, optimizer, scheduler, rank)
+    with contextlib.ExitStack() as stack:
+        if store is not None:
+            folder = stack.enter_context(store.latest())
+        else:
+            checkpoint = ray.train.get_checkpoint()
+            folder = None if checkpoint is None else stack.enter_context(checkpoint.as_directory())
+        if folder is None:
+            return {}
+        meta = ckpt.load(folder, model, optimizer, scheduler, rank)
     stream.load_state_dict(meta["data"])
     return meta
 
 
-def _report_checkpoint(model, optimizer, scheduler, meta: dict, rank: int) -> None:
-    import ray.train
+def _checkpoint(folder: str, step: int, store):
+    """The Ray Checkpoint to report for a folder `ckpt.save` wrote: the folder itself (Ray Train copies it to
+    storage), or in-process the store's copy on storage (Ray Train's local mode only keeps the object)."""
     from ray.train import Checkpoint
+
+    if store is None:
+        return Checkpoint.from_directory(folder)
+    return Checkpoint(store.persist(Path(folder), step), store.fs)
+
+
+def _report_checkpoint(model, optimizer, scheduler, meta: dict, rank: int, store) -> None:
+    import ray.train
 
     with tempfile.TemporaryDirectory() as d:
         ckpt.save(Path(d), model, optimizer, scheduler, meta, rank)
-        ray.train.report({"step": meta["step"]}, checkpoint=Checkpoint.from_directory(d))
+        ray.train.report({"step": meta["step"]}, checkpoint=_checkpoint(d, meta["step"], store))
 
 
-def _report_final(model, optimizer, scheduler, task, meta: dict, rank: int, clock: _Clock) -> None:
+def _report_final(model, optimizer, scheduler, task, meta: dict, rank: int, clock: _Clock, store) -> None:
     """The last checkpoint: full training state (resumable, marked done) plus the HF export in model/.
     The final record carries rank 0's phase timers under "timing" (not saved in meta.json)."""
     import ray.train
-    from ray.train import Checkpoint
 
     with tempfile.TemporaryDirectory() as d:
         with clock.phase("checkpoint_s"):
             ckpt.save(Path(d), model, optimizer, scheduler, {**meta, "done": True}, rank)
         with clock.phase("export_s"):
             export_model(model, task, Path(d) / "model", rank)
+        with clock.phase("checkpoint_s"):
+            checkpoint = _checkpoint(d, meta["step"], store)
         ray.train.report({**meta["final_metrics"], "timing": {**clock.as_dict(), "at_end": time.time()}},
-                         checkpoint=Checkpoint.from_directory(d))
+                         checkpoint=checkpoint)
 
 
 def _worker(config: dict) -> None:
     import ray.train
+    import torch
 
     from llmray.device import compute_init
 
-    task, cfg, clock = config["task"], config["cfg"], _Clock()
+    task, cfg, clock, store = config["task"], config["cfg"], _Clock(), config.get("store")
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
-    _write_pid(config["pid_dir"], rank)
+    if store is None:  # in-process this is the driver: no worker process to record
+        _write_pid(config["pid_dir"], rank)
+    torch.set_num_threads(config["threads"])  # the worker's CPUs (Ray sets OMP_NUM_THREADS the same way)
     with clock.phase("setup_s"):
         compute = compute_init()
         seed_all(cfg.seed)  # the same initial weights on every rank
@@ -434,7 +532,7 @@ def _worker(config: dict) -> None:
         stream, val = _build_streams(task, cfg, config["datasets"])
     seed_all(cfg.seed + 1 + rank)  # per-rank randomness in training (dropout etc.)
     with clock.phase("restore_s"):
-        meta = _restore(model, optimizer, scheduler, stream, rank)
+        meta = _restore(model, optimizer, scheduler, stream, rank, store)
     step, first_eval = meta.get("step", 0), meta.get("first_eval")
     if meta:
         log.write({"event": "resumed", "step": step})
@@ -443,7 +541,7 @@ def _worker(config: dict) -> None:
             first_eval = task.evaluate(model, val, compute, rank, world)
         log.write({"step": 0, **first_eval})
     last = _train(task, cfg, model, optimizer, scheduler, stream, val, compute, rank, world, log, clock, step,
-                  first_eval)
+                  first_eval, store)
     step = last.pop("_step")
     final = meta.get("final_metrics") or {  # restored after the end: the run's own final figures
         "steps": step, **{k: v for k, v in last.items() if k not in ("step", "_summary")}, **last["_summary"],
@@ -451,11 +549,12 @@ def _worker(config: dict) -> None:
         "final_eval": {k: v for k, v in last.items() if k in first_eval}}
     log.flush()
     _report_final(model, optimizer, scheduler, task, {"step": step, "data": stream.state_dict(),
-                                                      "first_eval": first_eval, "final_metrics": final}, rank, clock)
+                                                      "first_eval": first_eval, "final_metrics": final}, rank, clock,
+                  store)
 
 
 def _train(task, cfg, model, optimizer, scheduler, stream, val, compute, rank, world, log, clock, step,
-           first_eval) -> dict:
+           first_eval, store) -> dict:
     """The step loop from `step` to cfg.steps; returns the last record's values merged, "_step" (the
     step reached) and "_summary" (throughput over the attempt)."""
     flops = {}
@@ -483,7 +582,7 @@ def _train(task, cfg, model, optimizer, scheduler, stream, val, compute, rank, w
         if step % cfg.checkpoint_every == 0 and step < cfg.steps:
             with meter.pause(), clock.phase("checkpoint_s"):
                 _report_checkpoint(model, optimizer, scheduler, {"step": step, "data": stream.state_dict(),
-                                                                 "first_eval": first_eval}, rank)
+                                                                 "first_eval": first_eval}, rank, store)
     return {**last, "_step": step, "_summary": meter.summary()}
 
 

@@ -126,14 +126,17 @@ def train_sft(config: PostTrainConfig, ctx) -> StageResult:
     task = SftTask(start, data["train_dir"], data["val_dir"], pad_token_id(tok), config.lora,
                    packing=config.packing, max_seq_len=config.max_seq_len, decoding=config.decoding)
     # The init model's sample answers are written on the driver while the workers train (the driver only
-    # waits there); the tuned model's after training.
+    # waits there); the tuned model's after training. The init model is loaded before training starts:
+    # transformers' model loading is not thread-safe (its meta-device initialisation is process-wide), and
+    # in-process training (resources.in_process) loads its own model in this process.
     with ThreadPoolExecutor(1) as pool:
-        before = pool.submit(_init_samples, config, start) if config.samples else None
+        with cost.phase("eval"):
+            before = _init_samples(config, start, pool) if config.samples else None
         result = fit(task, config.train, config.resources, ctx, cost=cost)
         metrics = _summary(result.metrics, data)
         if before is not None:
             with cost.phase("eval"):  # the wait for the init model's answers, then the tuned model's
-                metrics["samples"] = _samples(config, result.model_dir, *before.result())
+                metrics["samples"] = _samples(config, result.model_dir, before[0], before[1].result())
     metrics["fixed_cost"] = cost.metrics(work_s=result.work_s)
     ctx.log.info("sft: held-out loss %.4f -> %.4f", metrics.get("heldout_loss_before", float("nan")),
                  metrics.get("heldout_loss_after", float("nan")))
@@ -151,12 +154,15 @@ def _summary(final: dict, data: dict) -> dict:
     return out
 
 
-def _init_samples(config: PostTrainConfig, start: Path) -> tuple[list[dict], list[str]]:
-    """The first few held-out prompts and the init model's greedy answers to them."""
-    from llmray.posttrain import generate_samples, heldout_records
+def _init_samples(config: PostTrainConfig, start: Path, pool) -> tuple[list[dict], object]:
+    """The first few held-out prompts and a future of the init model's greedy answers to them (the model
+    loaded here, the answers generated in `pool`)."""
+    from llmray.generate import HFGenerator
+    from llmray.posttrain import heldout_records
 
     prompts = heldout_records(config, "prompt", config.samples)
-    return prompts, generate_samples(start, prompts, config.max_new_tokens)
+    generator = HFGenerator(start, batch_size=1)  # what posttrain.generate_samples uses
+    return prompts, pool.submit(generator.answer, [p["prompt"] for p in prompts], config.max_new_tokens)
 
 
 def _samples(config: PostTrainConfig, tuned: Path, prompts: list[dict], before: list[str]) -> list[dict]:
