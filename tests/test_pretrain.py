@@ -22,11 +22,9 @@ SEQ = 64
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, tiny_tokenizer_dir):
-    from test_pretrain_support import stdlib_corpus, write_token_shards
+    from test_pretrain_support import stdlib_shards
 
-    d = tmp_path_factory.mktemp("shards")
-    write_token_shards(stdlib_corpus(1500), tiny_tokenizer_dir, d, seq_len=SEQ)
-    return d
+    return stdlib_shards(tmp_path_factory, tiny_tokenizer_dir, 1500, SEQ)
 
 
 def _ctx(root: Path) -> StageContext:

@@ -68,6 +68,13 @@ class Config(StageConfig):
     modules: list[str] | None = Field(None, description="Only these stdlib modules.")
 
 
+def stdlib_shards(tmp_path_factory, tokenizer_dir: Path, docs: int, seq_len: int) -> Path:
+    """A folder of token shards of the first `docs` stdlib documents (a module-scoped fixture's body)."""
+    d = tmp_path_factory.mktemp("shards")
+    write_token_shards(stdlib_corpus(docs), tokenizer_dir, d, seq_len=seq_len)
+    return d
+
+
 def run(cfg: Config, ctx) -> StageResult:
     texts = stdlib_corpus(cfg.docs, cfg.modules)
     metrics = write_token_shards(texts, Path(cfg.tokenizer_dir), ctx.out_dir, cfg.seq_len)

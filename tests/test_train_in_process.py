@@ -22,11 +22,9 @@ SEQ = 32
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, tiny_tokenizer_dir):
-    from test_pretrain_support import stdlib_corpus, write_token_shards
+    from test_pretrain_support import stdlib_shards
 
-    d = tmp_path_factory.mktemp("shards")
-    write_token_shards(stdlib_corpus(300), tiny_tokenizer_dir, d, seq_len=SEQ)
-    return d
+    return stdlib_shards(tmp_path_factory, tiny_tokenizer_dir, 300, SEQ)
 
 
 _CALLS: list = []  # training loss calls, across the copies of a task each in-process attempt trains
