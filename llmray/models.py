@@ -24,7 +24,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field
 
 from llmray.config import NAME_RE, StrictModel
-from llmray.storage import StorageError, _copy, check_workdir, is_uri, open_uri
+from llmray.storage import StorageError, check_workdir, copy_file, is_uri, open_uri
 
 PRESETS: dict[str, dict] = {
     # ~1.3M non-embedding parameters: tests and the 2-core quickstart.
@@ -360,7 +360,7 @@ def _download(uri: str, cache_dir: Path, field: str | None) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         for rel in sorted(wanted):
-            _copy(fs, f"{root}/{rel}", None, str(tmp / rel))
+            copy_file(fs, f"{root}/{rel}", None, str(tmp / rel))
     except StorageError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         _fail(field, shown_uri(uri), f"download failed: {e}")

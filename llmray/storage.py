@@ -186,8 +186,8 @@ def _empty_outputs(stage_dir: Path, manifest: dict) -> None:
             (stage_dir / rel).mkdir(parents=True, exist_ok=True)
 
 
-def _copy(src_fs, src: str, dst_fs, dst: str) -> None:
-    """One file between filesystems (None: local)."""
+def copy_file(src_fs, src: str, dst_fs, dst: str) -> None:
+    """One file between filesystems (None: local, whose folders are made as needed)."""
     import pyarrow.fs as pafs
 
     local = pafs.LocalFileSystem()
@@ -216,7 +216,7 @@ def _upload_tree(remote: Remote, folder: Path, dest: str, skip: tuple[str, ...] 
     files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).as_posix() not in skip]
 
     def send(p: Path) -> int:
-        _copy(None, str(p), remote.fs, remote.join(dest, p.relative_to(folder).as_posix()))
+        copy_file(None, str(p), remote.fs, remote.join(dest, p.relative_to(folder).as_posix()))
         return p.stat().st_size
 
     with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
@@ -305,7 +305,7 @@ class RunStore:
                 if not (here / rel).is_file() or (here / rel).stat().st_size != size]
         todo.sort(key=lambda rel: rel == MANIFEST)
         for rel in todo:
-            _copy(self.remote.fs, self.remote.join(stage, rel), None, str(here / rel))
+            copy_file(self.remote.fs, self.remote.join(stage, rel), None, str(here / rel))
 
     # ------------------------------------------------------------------ writing
 
@@ -321,7 +321,7 @@ class RunStore:
     def put_file(self, rel: str) -> None:
         """Upload one file of the local run directory (pipeline.resolved.yaml, report.html)."""
         if self.remote is not None and (self.local / rel).is_file():
-            _copy(None, str(self.local / rel), self.remote.fs, self.remote.join(rel))
+            copy_file(None, str(self.local / rel), self.remote.fs, self.remote.join(rel))
 
     def get_file(self, rel: str) -> bool:
         """Download one file of the run directory from the store into the mirror if the mirror lacks it
@@ -331,7 +331,7 @@ class RunStore:
         here = self.local / rel
         if self.remote is not None and not here.is_file():
             if self.remote.fs.get_file_info(self.remote.join(rel)).type == pafs.FileType.File:
-                _copy(self.remote.fs, self.remote.join(rel), None, str(here))
+                copy_file(self.remote.fs, self.remote.join(rel), None, str(here))
         return here.is_file()
 
     def begin(self, stage: str, manifest: dict) -> None:
@@ -401,7 +401,7 @@ def pull_checkpoint(remote: Remote, dest: Path) -> bool:
     tmp = Path(dest).with_name(Path(dest).name + ".pull")
     shutil.rmtree(tmp, ignore_errors=True)
     for rel in files:
-        _copy(remote.fs, remote.join(latest["folder"], rel), None, str(tmp / rel))
+        copy_file(remote.fs, remote.join(latest["folder"], rel), None, str(tmp / rel))
     tmp.rename(dest)
     return True
 

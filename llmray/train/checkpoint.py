@@ -27,6 +27,8 @@ import random
 import tempfile
 from pathlib import Path
 
+from llmray.storage import copy_file
+
 
 def _dist_ready() -> bool:
     import torch.distributed as dist
@@ -153,10 +155,11 @@ class CheckpointStore:
         dest = f"{self.root}/{self.PREFIX}{step:09d}"
         if self.fs.get_file_info(dest).type != pafs.FileType.NotFound:  # a rerun's final checkpoint again
             self.fs.delete_dir(dest)
-        local = pafs.LocalFileSystem()
         files = sorted((p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file()),
                        key=lambda rel: rel == "meta.json")  # meta.json last: it marks the copy complete
-        _copy(local, str(folder), files, self.fs, dest)
+        dst_fs = None if self.local else self.fs
+        for rel in files:
+            copy_file(None, f"{folder}/{rel}", dst_fs, f"{dest}/{rel}")
         ours = [c for c in self.checkpoints() if c[2].rsplit("/", 1)[-1].startswith(self.PREFIX)]
         for _, _, old in ours[:max(0, len(ours) - (self.keep or len(ours)))]:
             self.fs.delete_dir(old)
@@ -177,16 +180,7 @@ class CheckpointStore:
             files = [i.path[len(src) + 1:] for i in self.fs.get_file_info(pafs.FileSelector(src, recursive=True))
                      if i.type == pafs.FileType.File]
             with tempfile.TemporaryDirectory() as d:
-                _copy(self.fs, src, files, pafs.LocalFileSystem(), d)
+                for rel in files:
+                    copy_file(self.fs, f"{src}/{rel}", None, f"{d}/{rel}")
                 yield Path(d)
 
-
-def _copy(src_fs, src: str, files: list[str], dst_fs, dst: str) -> None:
-    """Copy `files` (paths relative to `src`) in order, creating the folders they need (a local filesystem
-    has real folders; an object store's create_dir is harmless)."""
-    import pyarrow.fs as pafs
-
-    for rel in files:
-        target = f"{dst}/{rel}"
-        dst_fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-        pafs.copy_files(f"{src}/{rel}", target, source_filesystem=src_fs, destination_filesystem=dst_fs)
