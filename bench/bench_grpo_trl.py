@@ -7,7 +7,8 @@ x 4 per group = 32), at most `--max-new-tokens` sampled tokens (random tiny mode
 early), temperature 1, one PPO epoch, one optimizer step per batch, the same fixed beta (no adaptive
 KL), the same learning rate. TRL: `GRPOTrainer` in this process on CPU (no eval, no saving, no logging
 integrations). llmray: `llmray.stages.grpo.run` on a local Ray with its held-out evaluations of the
-init and final policies (4 held-out prompts, part of its work) and the saved model.
+init and final policies (4 held-out prompts, part of its work) and the saved model; `--sides` picks
+its role placements (`LLMRAY_SIDES`: the defaults, separate actors, shared actors).
 
 Reported per side: end-to-end seconds (model load to trained model, TRL's trainer construction
 included; llmray's Ray start-up excluded — a pipeline starts Ray once for all its stages), end-to-end
@@ -15,7 +16,7 @@ samples/s = trained samples / wall, and per-iteration samples/s (median over ite
 is warm-up; TRL: a callback timing each optimizer step). llmray's fixed cost comes from its manifest
 metrics (`fixed_cost`). Prints one JSON object (written to $OUT/bench_grpo_trl.json when OUT is set):
 
-    flock /tmp/llmray-ray.lock .venv/bin/python bench/bench_grpo_trl.py [--sides trl,llmray,llmray-colocate]
+    flock /tmp/llmray-ray.lock .venv/bin/python bench/bench_grpo_trl.py [--sides trl,llmray,llmray-separate]
         [--repeats 1] [--preload torch,transformers.modeling_utils,...]
 
 With `--preload`, the local Ray's prestarted idle workers import those modules before the clocks and
@@ -97,7 +98,12 @@ def run_trl(policy: Path, reward: Path, prompts: list[str], a) -> dict:
             "iteration_samples_per_s_range": [round(min(per_it), 1), round(max(per_it), 1)]}
 
 
-def run_llmray(policy: Path, reward: Path, prompts: list[str], a, tag: str, colocate: bool = False) -> dict:
+# llmray sides: the `resources:` block each runs with (defaults: on this local Ray, the roles in this process)
+LLMRAY_SIDES = {"llmray": {}, "llmray-separate": {"colocate": False},
+                "llmray-colocate": {"colocate": True, "in_process": False}}
+
+
+def run_llmray(policy: Path, reward: Path, prompts: list[str], a, tag: str, resources: dict) -> dict:
     from llmray.stages import get_stage, grpo
     from llmray.stages.base import StageContext, StageOutput
 
@@ -121,7 +127,7 @@ def run_llmray(policy: Path, reward: Path, prompts: list[str], a, tag: str, colo
         "iterations": a.iterations, "batch_size": a.samples // a.group, "group_size": a.group,
         "generation": {"max_new_tokens": a.max_new_tokens},
         "optim": {"lr": a.lr, "epochs": 1, "minibatch_size": a.samples, "micro_batch_size": a.samples},
-        "kl": {"coef": a.beta, "adaptive": False}, "rollout": {"engine": "hf"}, "resources": {"colocate": colocate},
+        "kl": {"coef": a.beta, "adaptive": False}, "rollout": {"engine": "hf"}, "resources": resources,
         "checkpoint_every": a.iterations + 1})
     t0 = time.perf_counter()
     m = grpo.run(cfg, ctx).metrics
@@ -132,7 +138,7 @@ def run_llmray(policy: Path, reward: Path, prompts: list[str], a, tag: str, colo
     return {"wall_s": round(t1 - t0, 2), "samples": n, "samples_per_s": round(n / (t1 - t0), 2),
             "iteration_samples_per_s": round(statistics.median(per_it), 2),
             "iteration_samples_per_s_range": [round(min(per_it), 1), round(max(per_it), 1)],
-            "fixed_cost": m.get("fixed_cost"), "reward_mean_last": m["reward_mean_last"]}
+            "fixed_cost": m.get("fixed_cost"), "roles": m.get("roles"), "reward_mean_last": m["reward_mean_last"]}
 
 
 def wait_idle_workers(timeout: float = 90.0) -> int:
@@ -159,8 +165,10 @@ def wait_idle_workers(timeout: float = 90.0) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sides", default="trl,llmray,llmray-colocate",
-                    help="llmray: separate role actors; llmray-colocate: resources.colocate")
+    ap.add_argument("--sides", default="trl,llmray,llmray-separate",
+                    help="llmray: the defaults (resources.colocate/in_process auto: here the roles run in this "
+                         "process); llmray-separate: colocate false (every role its own actor, the default before); "
+                         "llmray-colocate: colocate true, in_process false (shared actors)")
     ap.add_argument("--repeats", type=int, default=1, help="Alternating runs of each side (best reported).")
     ap.add_argument("--prompts", type=int, default=80)
     ap.add_argument("--iterations", type=int, default=10)
@@ -191,7 +199,7 @@ def main() -> None:
                 if s == "trl":
                     res = run_trl(policy, reward, prompts, a)
                 else:
-                    res = run_llmray(policy, reward, prompts, a, f"{s}{r}", colocate=s == "llmray-colocate")
+                    res = run_llmray(policy, reward, prompts, a, f"{s}{r}", LLMRAY_SIDES[s])
                 print(s, json.dumps(res), flush=True)
                 runs[s].append(res)
     best = {s: max(rs, key=lambda x: x["samples_per_s"]) for s, rs in runs.items()}

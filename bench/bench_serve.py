@@ -13,7 +13,11 @@ OpenAI server (`vllm serve`, run as `python -m vllm.entrypoints.openai.api_serve
 model folder with the same engine settings (max_model_len = the model's context, eager mode):
 p50 at max_tokens=1 (sequential) and requests/s at 8 and 32 closed-loop clients, side by side.
 With --rounds N, both servers stay up and N rounds alternate between them (medians; a shared machine's
-load drifts over minutes, which the one-after-the-other runs take in full). With --handle, llmray is also measured with the model in its own deployment (a served name: the
+load drifts over minutes, which the one-after-the-other runs take in full), and each closed-loop phase also
+reports the CPU-seconds per request of each server's whole process tree, per process kind (llmray: GCS,
+raylet, Serve controller, HAProxy, the replica, its vLLM engine-core and worker processes; vllm serve: its
+API process and engine processes), from /proc before and after the phase: on a CPU-bound machine
+req/s ~ cores / CPU-s per request, and this figure moves far less with other jobs' load than req/s. With --handle, llmray is also measured with the model in its own deployment (a served name: the
 graph used for several models), i.e. with the ingress -> model actor hop.
 
 --promote: latency while `llmray promote` swaps the version behind a served name under a closed
@@ -211,13 +215,75 @@ def wait_healthy(port: int, proc, timeout_s: float = 300) -> None:
     raise TimeoutError(f"vllm serve not healthy after {timeout_s} s")
 
 
-def side_by_side(port: int, args) -> dict:
-    """The figures the comparison uses, through one server on `port`: sequential p50 and 8/32 clients."""
+def process_kind(p) -> str:
+    """Which part of a server a process is, from its name / process title (Ray workers retitle themselves
+    `ray::<actor class>`, vLLM's engine process `VLLM::EngineCore`)."""
+    import psutil
+
+    try:
+        name, cmd = p.name(), " ".join(p.cmdline())
+    except psutil.Error:
+        return "gone"
+    for key, kind in (("EngineCore", "vLLM engine core"), ("VLLM::Worker", "vLLM worker (the model)"),
+                      ("haproxy", "HAProxy"), ("ServeReplica", "Serve replica"), ("ServeController", "Serve controller"),
+                      ("ProxyActor", "Serve proxy actor"), ("gcs_server", "Ray GCS"), ("raylet", "raylet"),
+                      ("ray::IDLE", "Ray idle workers"), ("agent", "Ray agents"), ("log_monitor", "Ray log monitor")):
+        if key in name or key in cmd:
+            return kind
+    if "api_server" in cmd:
+        return "vllm serve API"
+    return "Ray other" if "ray" in cmd else "other"
+
+
+def cpu_snapshot(roots) -> dict[int, tuple[str, float]]:
+    """pid -> (kind, user+system CPU seconds so far) for each root process and all its descendants
+    (psutil reads /proc/<pid>/stat)."""
+    import psutil
+
+    out = {}
+    for root in roots:
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                out[p.pid] = (process_kind(p), t.user + t.system)
+            except psutil.Error:
+                pass
+    return out
+
+
+def cpu_delta(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds spent per process kind between two snapshots (a process born in between: all of it)."""
+    kinds: dict[str, float] = {}
+    for pid, (kind, t) in after.items():
+        kinds[kind] = kinds.get(kind, 0.0) + t - before.get(pid, (kind, 0.0))[1]
+    return kinds
+
+
+def side_by_side(port: int, args, roots=None) -> dict:
+    """The figures the comparison uses, through one server on `port`: sequential p50 and 8/32 clients.
+    With `roots` (the server's processes), also its CPU-seconds per request in each closed-loop phase, per
+    process kind (`cpu_ms_<c>`: kind -> ms of CPU per request): load-independent where req/s is not."""
     bench_http(port, 1, 10, args.latency_tokens)  # warm-up
     seq = bench_http(port, 1, args.requests, args.latency_tokens)
-    runs = {c: bench_http(port, c, args.per_client or max(8, 256 // c), args.throughput_tokens) for c in (8, 32)}
+    runs, cpu = {}, {}
+    for c in (8, 32):
+        before = cpu_snapshot(roots or [])
+        runs[c] = bench_http(port, c, args.per_client or max(8, 256 // c), args.throughput_tokens)
+        cpu[c] = {k: 1000 * v / runs[c]["requests"] for k, v in cpu_delta(before, cpu_snapshot(roots or [])).items()}
     return {"p50_ms": seq["p50_ms"], "p95_ms": seq["p95_ms"], "errors": seq["errors"] + sum(r["errors"] for r in runs.values()),
-            **{f"rps_{c}": r["rps"] for c, r in runs.items()}}
+            **{f"rps_{c}": r["rps"] for c, r in runs.items()},
+            **({f"cpu_ms_{c}": v for c, v in cpu.items()} if roots else {})}
+
+
+def llmray_roots(vllm_proc=None) -> list:
+    """The processes of the Ray this bench started (GCS, raylet and, below it, every worker: the Serve
+    controller, the replica and its vLLM engine process, the proxy actor and its HAProxy), not this
+    driver process and not `vllm serve`'s tree."""
+    import psutil
+
+    me = psutil.Process()
+    skip = {vllm_proc.pid} if vllm_proc is not None else set()
+    return [c for c in me.children() if c.pid not in skip]
 
 
 def _start_vllm_serve(model_dir: str):
@@ -260,13 +326,16 @@ def bench_interleaved(model_dir: str, runs_dir: Path, args) -> int:
         serve=ServeConfig(models=["bench"], port=port, engine="vllm", num_cpus=0.5, batch_size=32,
                           high_throughput=not args.standard_proxy))
     start_serving(pipe, echo=lambda m: None)
+    import psutil
+
     proc, vport = _start_vllm_serve(model_dir)
     ports = {"llmray": port, "vllm serve": vport}
+    roots = {"llmray": llmray_roots(proc), "vllm serve": [psutil.Process(proc.pid)]}
     rounds: dict[str, list[dict]] = {k: [] for k in ports}
     try:
         for r in range(args.rounds):
             for side in (list(ports) if r % 2 == 0 else list(ports)[::-1]):
-                rounds[side].append(side_by_side(ports[side], args))
+                rounds[side].append(side_by_side(ports[side], args, roots[side]))
     finally:
         proc.terminate()
         proc.wait(60)
@@ -282,9 +351,27 @@ def bench_interleaved(model_dir: str, runs_dir: Path, args) -> int:
         per = " ".join(f"{a[k] / b[k]:.2f}" for a, b in zip(rounds["llmray"], rounds["vllm serve"]))
         print(f"  {label:12s} {med['llmray'][k]:9.2f} {med['vllm serve'][k]:11.2f} "
               f"{med['llmray'][k] / med['vllm serve'][k]:6.2f}  {per}")
+    print_cpu_table(rounds)
     if args.json:
         Path(args.json).write_text(json.dumps({"medians": med, "rounds": rounds}, indent=2))
     return 0 if all(m["errors"] == 0 for m in med.values()) else 1
+
+
+def print_cpu_table(rounds: dict[str, list[dict]]) -> None:
+    """Median over rounds of CPU ms per request, per process kind, each side's whole process tree; on a
+    CPU-bound machine req/s ~ cores / CPU-s per request, and this figure does not move with other load."""
+    for c in (8, 32):
+        print(f"CPU ms per request at {c} clients (user+system, whole process tree; median over rounds):")
+        for side, rs in rounds.items():
+            kinds = sorted({k for x in rs for k in x[f"cpu_ms_{c}"]},
+                           key=lambda k: -statistics.median(x[f"cpu_ms_{c}"].get(k, 0) for x in rs))
+            total = statistics.median(sum(x[f"cpu_ms_{c}"].values()) for x in rs)
+            parts = ", ".join(f"{k} {statistics.median(x[f'cpu_ms_{c}'].get(k, 0) for x in rs):.2f}" for k in kinds)
+            print(f"  {side:11s} {total:6.2f}  = {parts}")
+        ratio = [sum(a[f"cpu_ms_{c}"].values()) / sum(b[f"cpu_ms_{c}"].values())
+                 for a, b in zip(rounds["llmray"], rounds["vllm serve"])]
+        print(f"  ratio llmray / vllm serve: {statistics.median(ratio):.2f} (per round "
+              + " ".join(f"{x:.2f}" for x in ratio) + ")")
 
 
 def _llmray_side(runs_dir: Path, args, names: dict) -> dict:

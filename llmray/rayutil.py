@@ -79,6 +79,14 @@ def started_here() -> bool:
     return bool(getattr(node, "head", False)) and sum(1 for n in ray.nodes() if n.get("Alive")) == 1
 
 
+def local_cpu_ray() -> bool:
+    """`started_here()` on a Ray without GPUs: where a role may run in the driver's process instead of a
+    Ray actor or worker group (`resources.in_process` of the training and RL kinds)."""
+    import ray
+
+    return started_here() and not ray.cluster_resources().get("GPU")
+
+
 def _loopback_only() -> None:
     """Keep a new single-node Ray on 127.0.0.1 (Ray 2.60 binds the machine's interface address).
 

@@ -84,7 +84,7 @@ def test_execution_only_fields_never_change_a_fingerprint(tmp_path):
                 other = {"node-group": "cpu"}
             if path[-1] == "strategy":
                 other = "SPREAD"
-            if path[-1] == "in_process":  # auto | true | false
+            if path[-1] in ("in_process", "colocate"):  # auto | true | false
                 other = False
             _set(new["stages"][stage], path, other)
             ref = raw

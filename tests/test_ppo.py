@@ -30,7 +30,7 @@ TINY = {"iterations": 3, "batch_size": 4, "num_eval": 4, "checkpoint_every": 1,
         "generation": {"max_new_tokens": 8},
         "optim": {"lr": 1e-4, "minibatch_size": 4, "micro_batch_size": 4, "epochs": 1},
         "rollout": {"engine": "hf", "restart_timeout_s": 120},
-        "resources": {"ready_timeout_s": 120}}
+        "resources": {"ready_timeout_s": 120, "colocate": False}}  # separate actors: the rollout one is killed
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@
 A tiny GRPO run (hf engine, one PPO epoch, one optimizer step per iteration: the old log-prob pass
 is skipped because the policy is on-policy and its ratio is exactly 1) with the policy, reference
 and engine in separate actors, and the same run colocated (`resources.colocate`: reference and
-generation inside the policy actor), give the same per-iteration and held-out metrics (same seeds). The manifest metrics carry the
+generation inside the policy actor; in_process false, tests/test_rlhf_colocate_auto.py runs the roles
+in the driver), give the same per-iteration and held-out metrics (same seeds). The manifest metrics carry the
 stage's fixed cost. Without Ray: the on-policy update equals the one against a separate pass.
 """
 
@@ -80,7 +81,7 @@ def test_grpo_skipped_old_logprobs_and_colocation_keep_the_metrics(ray_local, ti
                                                                    prompts_file, tmp_path):
     sep_m, sep_recs = _run(tmp_path, "separate", tiny_causal_dir, tiny_reward_dir, prompts_file)
     col_m, col_recs = _run(tmp_path, "colocated", tiny_causal_dir, tiny_reward_dir, prompts_file,
-                           resources={"colocate": True})
+                           resources={"colocate": True, "in_process": False})  # shared actors
     separate, colocated = _figures(sep_m, sep_recs), _figures(col_m, col_recs)
     assert len(separate["iterations"]) == len(colocated["iterations"]) == 2
     for a, b in zip(colocated["iterations"], separate["iterations"]):

@@ -26,6 +26,7 @@ from llmray.curate import dedup, ops
 from llmray.curate.config import default_source_name
 from llmray.curate.progress import CurateProgress
 from llmray.curate.sources import ROW_COLUMNS
+from llmray.stages.base import FixedCost
 
 
 @contextlib.contextmanager
@@ -273,6 +274,10 @@ def run_curate(cfg, ctx):
     """The stage body: returns a StageResult with the metrics and output paths."""
     from llmray.curate.accounting import write_outputs
 
+    # Fixed cost: startup = the start -> the first block of records read (models, word lists, eval sets, Ray
+    # Data's planning and first read task); work = from there to the plan's end (operators, barriers and
+    # their global decisions, the scorer actors' start-up included); export = summaries and output files.
+    cost = FixedCost()
     t0 = time.time()
     cur = Curator(cfg, ctx.log)
     if cfg.decontaminate.enabled and cfg.decontaminate.eval_stages:  # lm-eval task documents as eval sets
@@ -284,13 +289,19 @@ def run_curate(cfg, ctx):
         with data_context(cfg.workers):
             # Docs in / kept so far, for the console and tracking while the plan runs (curate/progress.py).
             progress = CurateProgress(cur, ctx.metrics_writer())
+            t_plan = time.time()
             with progress:
                 ds = progress.tap_out(cur.run_ops(progress.tap_in(cur.read())))
                 final = cur._barrier(ds, "final")
-            result = write_outputs(final, cfg, cur, ctx.out_dir, ctx.log)
-            progress.finish(result.metrics)
+            t_end = time.time()
+            cost.work(progress.first_read_at() or t_plan, t_end)
+            cost.add("startup", cost.uncovered())
+            with cost.phase("export"):
+                result = write_outputs(final, cfg, cur, ctx.out_dir, ctx.log)
+                progress.finish(result.metrics)
     finally:
         cur.close()
+    result.metrics["fixed_cost"] = cost.metrics(work_s=cost.work_s())
     elapsed = time.time() - t0
     result.metrics["elapsed_s"] = round(elapsed, 2)
     result.metrics["docs_per_s"] = round(result.metrics["docs_in"] / max(elapsed, 1e-9), 1)

@@ -34,12 +34,18 @@ class ProgressCounter:
 
     def __init__(self):
         self.counts: Counter = Counter()
+        self.first_in: float | None = None  # wall clock of the first block read: the plan's work starts
 
-    def add(self, counts: dict) -> None:
+    def add(self, counts: dict, at: float | None = None) -> None:
         self.counts.update(counts)
+        if at is not None:
+            self.first_in = at if self.first_in is None else min(self.first_in, at)
 
     def get(self) -> dict:
         return dict(self.counts)
+
+    def first_read(self) -> float | None:
+        return self.first_in
 
 
 def _count(drop, value: str) -> int:
@@ -55,7 +61,8 @@ def tap(batch, counter, where: str):
     else:
         kept = _count(drop, "")
         counts = {"docs_kept": kept, "docs_removed": len(drop) - kept - quarantined}
-    counter.add.remote(counts)  # fire-and-forget: a batch never waits on the driver's bookkeeping
+    # fire-and-forget: a batch never waits on the driver's bookkeeping
+    counter.add.remote(counts, time.time() if where == "in" else None)
     return batch
 
 
@@ -105,6 +112,12 @@ class CurateProgress:
             if counts and counts != self.last:
                 self.last = counts
                 self.writer.write(self._record(counts))
+
+    def first_read_at(self) -> float | None:
+        """When the first block of records was read (wall clock; None if none was): the end of start-up."""
+        import ray
+
+        return ray.get(self.counter.first_read.remote(), timeout=30)
 
     def finish(self, metrics: dict) -> None:
         """The last record, from the stage's exact figures (manifest metrics)."""

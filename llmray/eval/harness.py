@@ -203,7 +203,7 @@ def evaluate_model(folder: str, plan: TaskPlan, opts: dict) -> dict:
     torch.set_num_threads(max(1, int(opts.get("threads", 1))))
     start = time.perf_counter()
     lm = build_lm(folder, opts["backend"], opts["batch_size"], opts.get("max_length"), opts.get("dtype", "auto"))
-    loaded = time.perf_counter()
+    loaded, loaded_at = time.perf_counter(), time.time()
     out = simple_evaluate(lm, tasks=list(plan.names), task_manager=task_manager(plan),
                           num_fewshot=opts.get("num_fewshot"), limit=opts.get("limit"),
                           log_samples=bool(opts.get("log_samples")), bootstrap_iters=opts.get("bootstrap_iters", 1000),
@@ -215,4 +215,5 @@ def evaluate_model(folder: str, plan: TaskPlan, opts: dict) -> dict:
     items = sum(v.get("effective", v.get("original", 0)) for v in out.get("n-samples", {}).values())
     return {"results": to_json(out), "samples": to_json(samples) if samples else None,
             "load_seconds": round(loaded - start, 3), "eval_seconds": round(done - loaded, 3), "items": items,
+            "eval_span": [loaded_at, loaded_at + done - loaded],  # wall clock: the stage's work (FixedCost.work)
             "items_per_second": round(items / max(done - loaded, 1e-9), 3), "backend": opts["backend"]}

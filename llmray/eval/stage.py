@@ -87,10 +87,15 @@ def _write_model(out_dir: Path, label: str, res: dict) -> None:
 
 
 def run_eval(config, ctx) -> tuple[dict, dict]:
-    """The stage body; returns (metrics, outputs)."""
+    """The stage body; returns (metrics, outputs). Fixed cost: work = the time some model is being scored
+    (the tasks' `eval_span`s, overlaps once); startup = the start -> the first scoring (task resolution, Ray
+    tasks, imports, the first model load); data = the contamination check; export = results and tables;
+    other = the rest (model loads and waits no scoring overlapped)."""
     from llmray.eval import tables
     from llmray.eval.harness import TaskSpecError, resolve_tasks
+    from llmray.stages.base import FixedCost
 
+    cost = FixedCost()
     try:
         plan = resolve_tasks(config.tasks, f"stages.{ctx.name}.tasks")
     except TaskSpecError as e:
@@ -105,20 +110,15 @@ def run_eval(config, ctx) -> tuple[dict, dict]:
     new, failed = _collect(launch(config, {k: v for k, v in folders.items() if k not in results}, kinds, plan),
                            cache, ctx.log)
     results.update(new)
+    for res in new.values():
+        cost.work(*res["eval_span"])
+    cost.add("startup", cost.uncovered())
     order = [m for m in folders if m in results or m in failed]
-    contaminated = contamination_flags(config, ctx, plan)
-    rows, heads = [], {}
-    for label in order:
-        if label in results:
-            _write_model(ctx.out_dir, label, results[label])
-            rows += tables.score_rows(label, results[label]["results"], {t: bool(c.get("matched")) for t, c in
-                                                                           contaminated.items()})
-            heads.update(tables.headline(results[label]["results"]))
-    tables.write_csv(rows, ctx.out_dir / "table.csv")
+    with cost.phase("data"):
+        contaminated = contamination_flags(config, ctx, plan)
     flags = {t: bool(c.get("matched")) for t, c in contaminated.items()}
-    md = tables.markdown(rows, heads, order, failed, flags)
-    (ctx.out_dir / "table.md").write_text(md, encoding="utf-8")
-    ctx.log.info("eval table:\n%s", md)
+    with cost.phase("export"):
+        rows, heads, md = _write_outputs(ctx, order, results, failed, flags)
     if failed and not config.skip_failed:
         raise RuntimeError(f"stages.{ctx.name}: {len(failed)} model(s) failed to evaluate (the others' results "
                            f"are kept in the work folder; a rerun evaluates only these): "
@@ -130,8 +130,26 @@ def run_eval(config, ctx) -> tuple[dict, dict]:
                "headline": heads, "scores": tables.scores(rows, heads), "table": rows, "table_md": md,
                "failed": failed, "contamination": contaminated,
                "throughput": {m: {k: results[m][k] for k in ("backend", "items", "load_seconds", "eval_seconds",
-                                                             "items_per_second")} for m in results}}
+                                                             "items_per_second")} for m in results},
+               "fixed_cost": cost.metrics(work_s=cost.work_s())}
     return metrics, {"results": "results", "table": "table.csv", "table_md": "table.md"}
+
+
+def _write_outputs(ctx, order: list[str], results: dict, failed: dict, flags: dict) -> tuple[list, dict, str]:
+    """results/<model>/, table.csv and table.md; returns (score rows, headline metrics, the Markdown table)."""
+    from llmray.eval import tables
+
+    rows, heads = [], {}
+    for label in order:
+        if label in results:
+            _write_model(ctx.out_dir, label, results[label])
+            rows += tables.score_rows(label, results[label]["results"], flags)
+            heads.update(tables.headline(results[label]["results"]))
+    tables.write_csv(rows, ctx.out_dir / "table.csv")
+    md = tables.markdown(rows, heads, order, failed, flags)
+    (ctx.out_dir / "table.md").write_text(md, encoding="utf-8")
+    ctx.log.info("eval table:\n%s", md)
+    return rows, heads, md
 
 
 def capability_gate(config, rows: list[dict], heads: dict, order: list[str], failed: dict) -> dict:

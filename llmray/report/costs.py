@@ -1,10 +1,10 @@
 """The report's fixed-cost table: every stage's time outside its measured work, side by side.
 
 Data flow: each stage's manifest `metrics.fixed_cost` ({startup_s, data_s, eval_s, checkpoint_s, export_s,
-work_s, wall_s, other_s}; written by the training kinds through `llmray.train.loop.fit`, by ppo/grpo and by
-tokenize) --> one row per stage that has one, and a total row: fixed = wall - work, the figure issue 24
-tracks, so a regression in start-up, evaluation or export shows next to the stage that paid it. Nothing
-here reads files: the views carry the manifests.
+work_s, wall_s, other_s}; written by the training kinds through `llmray.train.loop.fit`, by ppo/grpo, and by
+every other kind through `llmray.stages.base.FixedCost` work spans) --> one row per stage that has one, and a
+total row: fixed = wall - work, the figure issue 24 tracks, so a regression in start-up, evaluation or export
+shows next to the stage that paid it. Nothing here reads files: the views carry the manifests.
 """
 
 from __future__ import annotations

@@ -6,7 +6,10 @@ Methods named `async_*` return ObjectRefs (one per actor) so the driver can over
 (score, reference log-probs and critic values run at the same time); `run` waits with a
 timeout and turns a timeout into an error naming the role and method. Fractional CPUs / GPUs
 in a role's resources let roles share a device (colocation); on a 2-CPU laptop every role
-reserves a fraction of a CPU because they mostly wait on each other.
+reserves a fraction of a CPU because they mostly wait on each other. `SharedRole` is a view of
+another group's actors under a role's name (colocation); `LocalActorGroup` is one role object in
+the driver's process behind the same interface (`resources.in_process`): its "refs" are futures,
+which is why results are read through the group (`get`, `resolve`), never `ray.get` directly.
 """
 
 from __future__ import annotations
@@ -125,9 +128,19 @@ class RayActorGroup:
         import ray
 
         try:
-            return ray.get(refs, timeout=timeout)
+            return self.resolve(refs, timeout)
         except ray.exceptions.GetTimeoutError:
             raise TimeoutError(f"{self.role}.{method} did not finish within {timeout:.0f}s") from None
+
+    def resolve(self, refs, timeout: float | None = None):
+        """The results behind what `async_run` returned (one or a list), as `ray.get` gives them."""
+        import ray
+
+        return ray.get(refs, timeout=timeout)
+
+    def as_object_ref(self, ref):
+        """What `async_run` returned, as a Ray ObjectRef another role's actors can take as an argument."""
+        return ref
 
     def wait_alive(self, i: int, timeout: float) -> None:
         """Block until actor i answers (a dead actor with restarts left is being restarted by Ray)."""
@@ -138,7 +151,7 @@ class RayActorGroup:
         deadline = time.time() + timeout
         while True:
             try:
-                ray.get(self.actors[i].ping.remote(), timeout=max(1.0, deadline - time.time()))
+                self.resolve(self.actors[i].ping.remote(), timeout=max(1.0, deadline - time.time()))
                 return
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
                 if time.time() >= deadline:
@@ -155,7 +168,7 @@ class RayActorGroup:
         ref = getattr(self.actors[i], method).remote(*args)
         for attempt in range(attempts):
             try:
-                result = ray.get(ref, timeout=timeout)
+                result = self.resolve(ref, timeout=timeout)
                 if accept is None or accept(result):
                     return result
                 reason = "it was restarted and lost its state"
@@ -191,9 +204,15 @@ class SharedRole(RayActorGroup):
     host's `ref_logprobs`). It owns nothing: shutting the owner down ends it."""
 
     def __init__(self, role: str, owner: RayActorGroup, methods: dict[str, str] | None = None):
-        self.role, self.ready_timeout_s = role, owner.ready_timeout_s
+        self.role, self.ready_timeout_s, self.owner = role, owner.ready_timeout_s, owner
         self.actors, self.names, self.pg = owner.actors, owner.names, None
         self.methods = methods or {}
+
+    def resolve(self, refs, timeout: float | None = None):
+        return self.owner.resolve(refs, timeout)
+
+    def as_object_ref(self, ref):
+        return self.owner.as_object_ref(ref)
 
     def async_run(self, method: str, *args, **kwargs) -> list:
         return super().async_run(self.methods.get(method, method), *args, **kwargs)
@@ -206,3 +225,66 @@ class SharedRole(RayActorGroup):
 
     def shutdown(self) -> None:
         return None
+
+
+class _LocalHandle:
+    """An object in this process behind an actor-handle face: `handle.method.remote(*args)` runs the
+    method at once, on the caller's thread, and returns a finished `concurrent.futures.Future` (its
+    exception, if it raised, comes out where the result is read, as with Ray)."""
+
+    def __init__(self, obj):
+        self._obj = obj
+
+    def __getattr__(self, method: str):
+        from concurrent.futures import Future
+
+        fn = getattr(self._obj, method)
+
+        class _Remote:
+            @staticmethod
+            def remote(*args, **kwargs):
+                fut = Future()
+                try:
+                    fut.set_result(fn(*args, **kwargs))
+                except Exception as e:  # noqa: BLE001 - handed to whoever reads the result
+                    fut.set_exception(e)
+                return fut
+
+        return _Remote
+
+
+class LocalActorGroup(RayActorGroup):
+    """One role object in the driver's process with a `RayActorGroup`'s interface (`resources.in_process`
+    of the RL kinds): no process to start, no torch to import, no object store between it and the
+    driver. Its methods run when called, on the driver's own thread, so they run one at a time in call
+    order as on an actor, and in-process roles never overlap each other: on a few cores their torch
+    ops would only contend for the cores and the GIL (bench/README.md "RL roles in the driver's
+    process"). Ray actors (a vLLM engine, reward-function workers) still overlap with them. No restarts: an exception in a method is the driver's."""
+
+    def __init__(self, role: str, cls, args=(), kwargs=None, *, ready_timeout_s: float = 300.0):
+        self.role, self.ready_timeout_s, self.pg = role, ready_timeout_s, None
+        self.names = [f"in-process-{role}"]
+        self.actors = [_LocalHandle(cls(*args, **(kwargs or {})))]
+
+    def resolve(self, refs, timeout: float | None = None):
+        import concurrent.futures
+
+        import ray
+
+        try:
+            if isinstance(refs, list):
+                return [f.result(timeout) for f in refs]
+            return refs.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise ray.exceptions.GetTimeoutError(f"{self.role} did not answer within {timeout}s") from None
+
+    def as_object_ref(self, ref):
+        import ray
+
+        return ray.put(self.resolve(ref))
+
+    def wait_alive(self, i: int, timeout: float) -> None:
+        return None  # it lives as long as the driver
+
+    def shutdown(self) -> None:
+        self.actors = []  # the object goes with its last reference

@@ -83,13 +83,24 @@ class RLResources(StrictModel):
                                   description="The policy trainer actor.")
     critic: ActorResources = Field(default_factory=ActorResources, description="The critic trainer actor "
                                                                                    "(ppo only).")
-    colocate: bool = Field(
-        False, json_schema_extra=EXECUTION_ONLY,
-        description="Run the reference and the rollout engine inside the policy actor: one process and one load "
-                    "of the starting model instead of three, no weight sync (the engine generates with the "
-                    "policy's own model). Needs rollout.engine: hf and one replica; the rollout and reference "
-                    "blocks are then unused, and a dead engine cannot be restarted alone. Same math; cuts the "
-                    "start-up of small runs on few cores.")
+    colocate: bool | Literal["auto"] = Field(
+        "auto", json_schema_extra=EXECUTION_ONLY,
+        description="Share processes between roles: the reference runs inside the policy's (a frozen copy of the "
+                    "starting weights: one load), and so does a transformers engine with one replica (it "
+                    "generates with the policy's own model: no weight sync); the critic runs inside its reward "
+                    "model's (critic.init: reward). A vLLM engine, or several hf replicas, keep their own actors. "
+                    "The unused blocks (reference, an hf rollout, a shared critic) are then ignored, and a dead "
+                    "engine cannot be restarted alone. Same math. auto: colocate on a one-node, GPU-less Ray "
+                    "this process started (`llmray run` on a laptop), else not; true: always; false: every "
+                    "role its own actor.")
+    in_process: bool | Literal["auto"] = Field(
+        "auto", json_schema_extra=EXECUTION_ONLY,
+        description="Run the colocated model roles (policy host, reward models, critic) in the driver's own "
+                    "process instead of Ray actors, as `resources.in_process` does for training: no process "
+                    "to start and import torch in (~5-7 s each on a laptop core), but no process isolation. "
+                    "A vLLM engine and reward-function workers stay Ray actors. auto: when colocated on a "
+                    "one-node, GPU-less Ray this process started and no role reserves GPUs or custom "
+                    "resources; true: the same, an error where that cannot hold; false: Ray actors.")
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK"] = Field(
         "PACK", json_schema_extra=EXECUTION_ONLY, description="Placement-group strategy for each role's actors.")
     ready_timeout_s: float = Field(300.0, json_schema_extra=EXECUTION_ONLY, gt=0, description="Longest to wait for the actors to be placed and "
@@ -302,9 +313,11 @@ class RLConfig(StageConfig):
         return self
 
     @model_validator(mode="after")
-    def _colocate(self):
-        if self.resources.colocate and (self.rollout.engine != "hf" or self.rollout.replicas != 1):
-            raise ValueError(f"resources.colocate generates with the policy's own model: it needs rollout.engine: hf "
-                             f"and rollout.replicas: 1 (got engine {self.rollout.engine}, replicas "
-                             f"{self.rollout.replicas})")
+    def _in_process(self):
+        res = self.resources
+        if res.in_process is True and (res.colocate is False or any(
+                r.num_gpus or r.custom for r in (res.policy, res.reward, res.critic))):
+            raise ValueError("resources.in_process: true runs the colocated roles in the driver's process, so it "
+                             "needs resources.colocate: auto or true and no num_gpus or custom resources on the "
+                             "policy, reward and critic roles (set in_process: auto or false)")
         return self

@@ -1,8 +1,9 @@
 """The RL loop (single controller on the driver) shared by the `ppo` and `grpo` kinds.
 
-Roles (Ray actor groups, `llmray.rlhf.actors`): rollout engines, one actor per reward-model stage
-and a pool of reward-function workers (`llmray.rlhf.scoring`, as `reward:` asks), reference model,
-policy trainer, and for PPO a critic trainer. The policy starts from the `init:` stage's model or
+Roles (`llmray.rlhf.roles`: Ray actor groups, colocated hosts, or on a laptop's local Ray the model
+roles in this process): rollout engines, one reward model per reward-model stage and a pool of
+reward-function workers (`llmray.rlhf.scoring`, as `reward:` asks), reference model, policy trainer,
+and for PPO a critic trainer. The policy starts from the `init:` stage's model or
 the `from:` folder. One iteration:
 
   generate  prompts --rollout engines--> responses (+ the engine's log-probs)
@@ -34,7 +35,6 @@ from pathlib import Path
 import numpy as np
 
 from llmray.chat import pad_token_id
-from llmray.rlhf.rollout import EngineOptions
 from llmray.stages.base import StageResult
 
 EXACT_MATCH = "llmray.rlhf.rewards:exact_match"  # the held-out rate of verifiable tasks
@@ -53,50 +53,28 @@ class State:
     reward_stats: dict = field(default_factory=dict)  # RewardScorer.state_dict(): function error counts
 
 
-@dataclass
-class Roles:
-    rollout: object  # RolloutGroup
-    groups: dict  # role name -> RayActorGroup
-
-    @property
-    def colocated(self) -> bool:
-        """The engine is the policy actor's own model (`resources.colocate`)."""
-        from llmray.rlhf.actors import SharedRole
-
-        return isinstance(self.groups.get("rollout"), SharedRole)
-
-    def __getattr__(self, name):
-        try:
-            return self.__dict__["groups"][name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def shutdown(self) -> None:
-        for g in self.groups.values():
-            g.shutdown()
-
-
 def run_rl(config, ctx, algo: str) -> StageResult:
     import ray
 
+    from llmray.rlhf.roles import Roles, start_roles, wait_roles
     from llmray.stages.base import FixedCost
 
     cost = FixedCost()
-    with cost.phase("startup"):
-        if not ray.is_initialized():
-            from llmray.rayutil import init_ray
-
-            init_ray(getattr(ctx.pipeline, "ray", None))
-        init_dir = start_dir(config, ctx)
-        rm_dirs = {o.name: o.path("model") for o in ctx.inputs.get("reward", [])}
-        groups = _start_roles(config, ctx, algo, init_dir, rm_dirs)
-    roles = Roles(None, groups)
+    roles = Roles(None, {})
     try:
+        with cost.phase("startup"):
+            if not ray.is_initialized():
+                from llmray.rayutil import init_ray
+
+                init_ray(getattr(ctx.pipeline, "ray", None))
+            init_dir = start_dir(config, ctx)
+            rm_dirs = {o.name: o.path("model") for o in ctx.inputs.get("reward", [])}
+            roles = start_roles(config, ctx, algo, init_dir, rm_dirs)
         # the actors import torch and load their models while the driver prepares the prompts
         with cost.phase("data"):
             tok, data, sampling = _prepare(config, ctx, algo, init_dir)
         with cost.phase("startup"):
-            roles = _wait_roles(config, ctx, groups)
+            roles = wait_roles(config, ctx, roles)
         scorer = _scorer(config, roles, tok, sampling["stop_ids"], ctx.log)
         loop = Loop(config, ctx, algo, roles, data, sampling, pad_token_id(tok), scorer, tok, cost)
         return loop.run(init_dir)
@@ -131,98 +109,17 @@ def start_dir(config, ctx) -> Path:
     return resolve_model_source(config.from_, model_cache(ctx.run_dir), f"stages.{ctx.name}.from")
 
 
-def _scorer(cfg, roles: Roles, tok, stop: list[int], log):
+def _scorer(cfg, roles, tok, stop: list[int], log):
     from llmray.rlhf.scoring import RewardScorer
 
     rms = {t.stage: roles.groups[f"reward-{t.stage}"] for t in cfg.reward_terms() if t.stage}
     return RewardScorer(cfg, tok, stop, rms, roles.groups.get("reward_fn"), log)
 
 
-def _start_roles(cfg, ctx, algo: str, init_dir: Path, rm_dirs: dict[str, Path]) -> dict:
-    """Start every role's actors at once (they load in parallel; `_wait_roles` waits for them).
-    One frozen reward-model actor per reward stage; a pool of function workers when `reward:`
-    names functions."""
-    from llmray.rlhf.actors import RayActorGroup, SharedRole
-    from llmray.rlhf.host import PolicyHost
-    from llmray.rlhf.scoring import RewardFnWorker, worker_env
-    from llmray.rlhf.trainer import ValueWorker
-
-    res = cfg.resources
-    common = {"strategy": res.strategy, "ready_timeout_s": res.ready_timeout_s, "name_prefix": f"llmray-{ctx.name}"}
-    engine_opts = EngineOptions.of(cfg.rollout, cfg.max_prompt_tokens + cfg.generation.max_new_tokens)
-    env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(cfg.rollout.kv_cache_gb)))}
-    policy_kw = {"role": _role(cfg, init_dir, res.policy, trainable=True), "temperature": cfg.generation.temperature,
-                 "algo": algo}
-    if res.colocate:
-        # one process, each model loaded once: the reference is a frozen copy of the policy's initial
-        # weights, the engine generates with the policy's own model (no weight sync)
-        policy = RayActorGroup("policy", PolicyHost, res.policy, kwargs={**policy_kw, "engine_opts": engine_opts},
-                               **common)
-        groups = {"policy": policy, "rollout": SharedRole("rollout", policy),
-                  "reference": SharedRole("reference", policy, {"logprobs": "ref_logprobs"})}
-    else:
-        groups = _separate_roles(cfg, ctx, algo, init_dir, policy_kw, engine_opts, env, common)
-    for stage, rm_dir in rm_dirs.items():
-        groups[f"reward-{stage}"] = RayActorGroup(
-            f"reward-{stage}", ValueWorker, res.reward, max_restarts=cfg.rollout.max_restarts,
-            kwargs={"role": _role(cfg, rm_dir, res.reward)}, **common)
-    fns = cfg.reward_functions()
-    if fns:
-        fn_res = type(res.reward)(num_cpus=cfg.reward_worker_cpus)
-        groups["reward_fn"] = RayActorGroup("reward_fn", RewardFnWorker, fn_res, cfg.reward_workers,
-                                            max_restarts=cfg.rollout.max_restarts, args=(fns,),
-                                            env=worker_env(fns), **common)
-    if algo == "ppo":
-        # the critic starts from the first reward model; with function rewards only, from the policy
-        critic_dir = next(iter(rm_dirs.values())) if cfg.critic.init == "reward" and rm_dirs else init_dir
-        groups["critic"] = RayActorGroup("critic", ValueWorker, res.critic,
-                                         kwargs={"role": _role(cfg, critic_dir, res.critic, trainable=True),
-                                                 "value_clip": cfg.critic.value_clip}, **common)
-    return groups
-
-
-def _role(cfg, model_dir: Path, resources, trainable: bool = False):
-    """The typed spec a model-holding actor is built from (`trainer.ModelRole`)."""
-    from llmray.rlhf.actors import threads_for
-    from llmray.rlhf.trainer import ModelRole
-
-    return ModelRole(model_dir=str(model_dir), trainable=trainable, optim=cfg.optim, steps=cfg.optimizer_steps(),
-                     threads=threads_for(resources), seed=cfg.seed)
-
-
-def _separate_roles(cfg, ctx, algo, init_dir, policy_kw, engine_opts, env, common) -> dict:
-    """Rollout engines, reference and policy, each role in its own actors (restartable engines)."""
-    from llmray.rlhf.actors import RayActorGroup, threads_for
-    from llmray.rlhf.rollout import RolloutWorker
-    from llmray.rlhf.trainer import PolicyWorker
-
-    res = cfg.resources
-    return {
-        "rollout": RayActorGroup(
-            "rollout", RolloutWorker, res.rollout, cfg.rollout.replicas, max_restarts=cfg.rollout.max_restarts,
-            kwargs={"model_dir": str(init_dir), "engine": cfg.rollout.engine, "opts": engine_opts, "seed": cfg.seed,
-                    "tmp_dir": str(ctx.work_dir / "rollout-tmp"), "threads": threads_for(res.rollout)},
-            env=env, **common),
-        "reference": RayActorGroup("reference", PolicyWorker, res.reference, max_restarts=cfg.rollout.max_restarts,
-                                   kwargs={**policy_kw, "role": _role(cfg, init_dir, res.reference)}, **common),
-        "policy": RayActorGroup("policy", PolicyWorker, res.policy, kwargs=policy_kw, **common),
-    }
-
-
-def _wait_roles(cfg, ctx, groups: dict) -> Roles:
-    from llmray.rlhf.rollout import RolloutGroup
-
-    t0 = time.time()
-    for g in groups.values():
-        g.wait_ready()
-    ctx.log.info("roles ready in %.1fs: %s", time.time() - t0, {k: len(g) for k, g in groups.items()})
-    return Roles(RolloutGroup(groups["rollout"], cfg.rollout, ctx.log), groups)
-
-
 class Loop:
     """One RL run: evaluation, iterations, checkpoints, the final model."""
 
-    def __init__(self, cfg, ctx, algo, roles: Roles, data, sampling: dict, pad_id: int, scorer, tok, cost=None):
+    def __init__(self, cfg, ctx, algo, roles, data, sampling: dict, pad_id: int, scorer, tok, cost=None):
         from llmray.rlhf.algos import KLController
         from llmray.stages.base import FixedCost
 
@@ -293,6 +190,7 @@ class Loop:
             "logprob_mismatch_mean": float(np.mean([r["logprob_mismatch"] for r in recs])),
             "rollout_tokens_per_s": float(np.mean([r["rollout_tokens_per_s"] for r in recs])),
             "rollout_restarts": self.roles.rollout.restarts, "resumed_from": state.resumed_from,
+            "roles": self.roles.placement.name if self.roles.placement else "separate",
             **total, "samples": samples, **self.scorer.metrics(), **rates,
             # seconds outside the iterations (this attempt's; resumed iterations are not re-run)
             "fixed_cost": self.cost.metrics(work_s=sum(r["time_iteration_s"] for r in recs[state.resumed_from or 0:])),
@@ -350,7 +248,8 @@ class Loop:
 
     def _sync(self, version: int) -> float:
         """The trained weights to the engines (colocated: the engine is the policy's model already)."""
-        blob = None if self.roles.colocated else self.roles.policy.async_run("export_weights")[0]
+        policy = self.roles.policy
+        blob = None if self.roles.colocated else policy.as_object_ref(policy.async_run("export_weights")[0])
         return self.roles.rollout.sync(blob, version=version)
 
     def _score(self, roll: dict, extra_functions=(), policy: bool = True) -> dict:
@@ -499,8 +398,7 @@ class Loop:
         for rec in state.records:
             self.metrics.write(rec)
         state.resumed_from = state.iteration
-        blob = self.roles.policy.async_run("export_weights")[0]
-        self.roles.rollout.sync(blob, version=state.iteration)
+        self._sync(state.iteration)
         self.ctx.log.info("resumed from the checkpoint at iteration %d", state.iteration)
         return state
 

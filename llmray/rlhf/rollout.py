@@ -193,7 +193,7 @@ class RolloutGroup:
         import ray
 
         try:
-            res = ray.get(ref, timeout=timeout)
+            res = self.group.resolve(ref, timeout)
             if method != "generate" or res["version"] == self.version:
                 return res
             self.log.warning("rollout actor %d served weights v%d, expected v%d", i, res["version"], self.version)

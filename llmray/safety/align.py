@@ -25,8 +25,10 @@ Parts: llmray.data (redteam, pairs), llmray.safety (guardrail, evaluate, answers
 
 from __future__ import annotations
 
+import time
+
 from llmray.models import model_cache, resolve_model_source
-from llmray.stages.base import StageResult
+from llmray.stages.base import FixedCost, StageResult
 
 
 def _model_folders(config, ctx) -> dict[str, str]:
@@ -136,6 +138,9 @@ def run_align(config, ctx) -> StageResult:
     from llmray.safety.evaluate import generate_in_ray
     from llmray.safety.tables import align_markdown
 
+    # Fixed cost: work = generation in the tasks, the guardrail's training and assessment, and scoring (spans,
+    # overlaps once); startup = what no work hid before the first model generates (suite, tasks, model load).
+    cost = FixedCost()
     suite, suite_info = _build_suite(config, ctx)
     folders = _model_folders(config, ctx)
     kinds = {out.name: out.kind for out in ctx.inputs.get("models", [])}
@@ -146,15 +151,23 @@ def run_align(config, ctx) -> StageResult:
             "answers": ([q["prompt"] for q in questions], config.answers.max_new_tokens)}
     # Generation runs in Ray tasks (one per model, both prompt sets) while the driver trains the guardrail.
     refs = generate_in_ray(folders, jobs, gen.batch_size, gen.cpus_per_model, gen.gpus_per_model)
+    t = time.time()
     guard, guard_info = _train_guardrail(config, ctx)
+    cost.work(t, time.time())
     results = {label: ray.get(ref) for label, ref in refs.items()}
+    for res in results.values():
+        cost.work(*res["generate_span"])
+    cost.add("startup", cost.uncovered(min((r["generate_span"][0] for r in results.values()), default=None)))
+    t = time.time()
     table, by_category, by_harm, sample_list, gate = _score_all(config, ctx, suite, guard, results, kinds)
     answers = _score_answers(config, ctx, questions, results) if questions else {}
+    cost.work(t, time.time())
     metrics = {"suite": suite_info, "guardrail": guard_info, "judge": config.judge, "table": table,
                "by_category": by_category, "by_harm": by_harm, "answers": answers, "samples": sample_list,
                "gate": gate, "gate_thresholds": config.gate.model_dump(),
                "blocked": sorted(k for k, v in gate.items() if v["status"] == "blocked")}
     metrics["table_md"] = align_markdown(metrics)
+    metrics["fixed_cost"] = cost.metrics(work_s=cost.work_s())
     outputs = {"guardrail": "guardrail", "responses": "responses", "suite": "suite.jsonl", "quarantine": "quarantine"}
     if answers:
         outputs["answers"] = "answers"

@@ -46,7 +46,7 @@ from llmray.data.formats import held_out, load_data, write_jsonl, write_quaranti
 from llmray.generate import pick_engine
 from llmray.models import model_cache, resolve_model_source
 from llmray.rlhf.rollout import EngineOptions, HFEngine, VLLMEngine
-from llmray.stages.base import StageResult
+from llmray.stages.base import FixedCost, StageResult
 
 # ---------------------------------------------------------------- in the Ray task
 
@@ -199,8 +199,9 @@ def feedback_task(policy_dir: str, feedback_dir: str, prompts: list[dict], confi
     sampling, feedback_sampling = config.generation.model_dump(), config.feedback_generation.model_dump()
     t0, opts, seed = time.time(), EngineOptions.of(config.engine, config.engine.max_model_len), config.seed
     policy = Chat(policy_dir, config.engine.engine, opts, seed, f"{tmp_dir}/policy", sampling["max_new_tokens"])
-    engine = policy.engine_name
+    engine, spans = policy.engine_name, [[time.time(), 0.0]]  # wall clock: the stage's work (FixedCost.work)
     answers = policy.generate([p["prompt"] for p in prompts], config.samples, sampling, seed)
+    spans[-1][1] = time.time()
     timings = {"answer_s": round(time.time() - t0, 2)}
     critic = policy if feedback_dir == policy_dir else None  # self-critique, as in the paper: one engine
     policy = None
@@ -211,7 +212,9 @@ def feedback_task(policy_dir: str, feedback_dir: str, prompts: list[dict], confi
             _release()
             critic = Chat(feedback_dir, config.engine.engine, opts, seed, f"{tmp_dir}/feedback",
                           feedback_sampling["max_new_tokens"])
+        spans.append([time.time(), 0.0])
         critiques, revisions = _critique_and_revise(critic, prompts, answers, principles, feedback_sampling, seed)
+        spans[-1][1] = time.time()
         timings["revise_s"] = round(time.time() - t1, 2)
     # The transformers engine already holds the feedback model as the judge needs it: no second load.
     model = critic.hf_model() if critic is not None else None
@@ -225,10 +228,12 @@ def feedback_task(policy_dir: str, feedback_dir: str, prompts: list[dict], confi
     compute = compute_init(in_ray_train=False)
     if model is None:
         model = AutoModelForCausalLM.from_pretrained(feedback_dir, dtype=torch.float32).to(compute.device).eval()
+    spans.append([time.time(), 0.0])
     judged = judge(model, tok, compute.device, items + calib, principles, config.judge_batch_size, config.judge)
+    spans[-1][1] = time.time()
     timings["judge_s"] = round(time.time() - t2, 2)
     return {"answers": answers, "critiques": critiques, "revisions": revisions, "pairs": judged[:len(items)],
-            "calibration": judged[len(items):], "timings": timings, "engine": engine}
+            "calibration": judged[len(items):], "timings": timings, "engine": engine, "work_spans": spans}
 
 
 # ---------------------------------------------------------------- on the driver
@@ -347,27 +352,35 @@ def run_constitution(config, ctx) -> StageResult:
     import ray
 
 
+    # Fixed cost: work = the task's generation (answers, critiques and revisions) and judging; startup = the
+    # start -> the first answer (prompts, the Ray task, its imports, the engine load); export = the records.
+    cost = FixedCost()
     policy_dir, feedback_dir = _model_dirs(config, ctx)
     prompts, quarantined = _prompts(config, ctx)
     task = ray.remote(feedback_task).options(**config.resources.ray_options(), max_retries=1)
     ctx.log.info("constitution: %d prompts x %d answers from %s; feedback model %s", len(prompts), config.samples,
                  policy_dir, feedback_dir)
     res = ray.get(task.remote(str(policy_dir), str(feedback_dir), prompts, config, str(ctx.work_dir / "engine-tmp")))
+    for span in res["work_spans"]:
+        cost.work(*span)
+    cost.add("startup", cost.uncovered())
     agreement = _calibration(res["calibration"])["agreement"]
     if config.min_calibration is not None and (agreement is None or agreement < config.min_calibration):
         raise ValueError(f"min_calibration: the feedback model {feedback_dir} agrees with {agreement} of "
                          f"{len(res['calibration'])} held-out calibration pairs, below {config.min_calibration}; "
                          "its preferences would be noise (use a stronger feedback model)")
-    prefs, sft, dropped = _records(config, prompts, res)
-    write_jsonl(ctx.out_dir / "data" / "prefs.jsonl", prefs)
-    write_jsonl(ctx.out_dir / "data" / "sft.jsonl", sft)
-    write_jsonl(ctx.out_dir / "trace.jsonl", [
-        {"id": p["id"], "prompt": p["prompt"], "answers": a, "critique": c, "revision": r}
-        for p, a, c, r in zip(prompts, res["answers"], res["critiques"], res["revisions"])])
-    write_jsonl(ctx.out_dir / "calibration.jsonl", res["calibration"])
+    with cost.phase("export"):
+        prefs, sft, dropped = _records(config, prompts, res)
+        write_jsonl(ctx.out_dir / "data" / "prefs.jsonl", prefs)
+        write_jsonl(ctx.out_dir / "data" / "sft.jsonl", sft)
+        write_jsonl(ctx.out_dir / "trace.jsonl", [
+            {"id": p["id"], "prompt": p["prompt"], "answers": a, "critique": c, "revision": r}
+            for p, a, c, r in zip(prompts, res["answers"], res["critiques"], res["revisions"])])
+        write_jsonl(ctx.out_dir / "calibration.jsonl", res["calibration"])
     metrics = {**_metrics(prompts, res, prefs, sft, dropped), "quarantined": quarantined,
                "calibration_agreement": agreement,  # top level too: the report's tile
-               "feedback_model": "policy" if feedback_dir == policy_dir else (config.feedback or "folder")}
+               "feedback_model": "policy" if feedback_dir == policy_dir else (config.feedback or "folder"),
+               "fixed_cost": cost.metrics(work_s=cost.work_s())}
     cal = metrics["calibration"]
     ctx.log.info("constitution: %d pairs kept of %d; calibration agreement %s (harmful %s, benign %s); "
                  "position consistency %s", len(prefs), len(res["pairs"]), cal["agreement"],

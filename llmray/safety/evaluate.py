@@ -82,6 +82,7 @@ def _generate_task(model_dir: str, jobs: dict[str, tuple[list[list[dict]], int]]
         seconds[name] = round(time.time() - t1, 2)
     return {"responses": responses, "seconds": seconds, "load_seconds": round(load_s, 2),
             "generate_seconds": round(time.time() - t0 - load_s, 2), "new_tokens": engine.new_tokens,
+            "generate_span": [t0 + load_s, time.time()],  # wall clock: the align stage's work (FixedCost.work)
             "chat_template": engine.template, "decoding": engine.decoding}
 
 

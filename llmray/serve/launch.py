@@ -35,11 +35,33 @@ from llmray.serve.spec import ServeError, resolve_spec
 # HAProxy is reconfigured by the controller, and 30 s made every shutdown and redeploy slow.
 HIGH_THROUGHPUT_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
                        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
-# Ray starts its worker processes at nice 15 (RAY_worker_niceness) so that batch work never starves its
-# own daemons. A server is the foreground job: at nice 15 every other busy process on the machine
-# preempts its replicas and their engine processes (`vllm serve` runs at nice 0). Applied only to a Ray
-# that `llmray serve` starts itself, and only when the variable is not set already.
-SERVE_RAY_ENV = {"RAY_worker_niceness": "0"}
+
+
+def serve_ray_env(cpus: int | None = None, environ=os.environ) -> dict[str, str]:
+    """Environment for a Ray that `llmray serve` starts itself (every Ray process inherits it: GCS, raylet,
+    the Serve controller, HAProxy, the replicas and their engine processes); a variable already set in
+    `environ` is left to its value. Never given to a cluster we join. Each entry changes speed only:
+    the same answers (tests/test_serve_*.py), measured in bench/README.md "Against `vllm serve`".
+
+    - RAY_worker_niceness=0: Ray starts its workers at nice 15 so that batch work never starves its own
+      daemons. A server is the foreground job: at nice 15 every other busy process on the machine
+      preempts its replicas and engine processes (`vllm serve` runs at nice 0).
+    - RAY_SERVE_HAPROXY_NBTHREAD: Serve's HAProxy runs 4 threads by default; on a small machine they
+      compete with the replica and the engine for the same cores. Sized to the node: min(4, CPUs).
+    The rest cut what Ray's own processes spend per second whatever the traffic (on 2 cores, ~0.13 of a
+    core idle: GCS, raylet, the Serve controller, the metrics agent), CPU the engine then has:
+    - RAY_SERVE_CONTROL_LOOP_INTERVAL_S=0.5: the controller reconciles every 0.1 s by default; a
+      deployment change or a failed replica is then noticed up to 0.5 s later.
+    - RAY_enable_metrics_collection=0: no Prometheus metrics export from Ray and Serve (this Ray has no
+      dashboard to show them); the metrics agent stops sampling every process.
+    - RAY_task_events_report_interval_ms=0: no task events to the GCS (`ray list tasks`, `ray timeline`
+      stay empty for this Ray); the controller's health checks and polls are actor tasks too.
+    """
+    cpus = max(1, int(cpus or os.cpu_count() or 1))
+    env = {"RAY_worker_niceness": "0", "RAY_SERVE_HAPROXY_NBTHREAD": str(min(4, cpus)),
+           "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_enable_metrics_collection": "0",
+           "RAY_task_events_report_interval_ms": "0"}
+    return {k: v for k, v in env.items() if k not in environ}
 
 
 def app_name(pipe) -> str:
@@ -126,10 +148,11 @@ def _wait_running(name: str, timeout: float, echo) -> None:
 
 
 def _init_ray_for_serving(ray_cfg) -> None:
-    """init_ray, with SERVE_RAY_ENV in the environment while a local Ray may be started (then restored)."""
+    """init_ray, with `serve_ray_env` in the environment while a local Ray may be started (then restored;
+    a cluster we join never sees it: init_ray passes it only WORKER_ENV)."""
     from llmray.rayutil import init_ray
 
-    added = {k: v for k, v in SERVE_RAY_ENV.items() if k not in os.environ}
+    added = serve_ray_env(getattr(ray_cfg, "num_cpus", None))
     os.environ.update(added)
     try:
         init_ray(ray_cfg)

@@ -103,12 +103,17 @@ class FixedCost:
         cost = FixedCost()              # the clock starts: wall = now - this
         with cost.phase("startup"): ...
         metrics["fixed_cost"] = cost.metrics(work_s=seconds of the measured steps)
+
+    Work that runs beside other work (one Ray task per model, a guardrail trained on the driver
+    meanwhile) is given as wall-clock spans instead, `cost.work(start, end)` with `time.time()` values
+    from any process of the node; `metrics()` then counts the time at least one span covers, once.
     """
 
     def __init__(self):
         import time
 
-        self.t0, self.parts = time.perf_counter(), {}
+        self.t0, self.parts, self.spans = time.perf_counter(), {}, []
+        self.t0_wall = time.time()  # the same instant on the wall clock, for `work` spans
 
     def add(self, name: str, seconds: float) -> None:
         self.parts[name] = self.parts.get(name, 0.0) + seconds
@@ -128,10 +133,34 @@ class FixedCost:
 
         return timed()
 
+    def work(self, start: float, end: float) -> None:
+        """A span of measured work, in wall-clock seconds (`time.time()`), possibly overlapping others."""
+        if end > start:
+            self.spans.append((float(start), float(end)))
+
+    def work_s(self, until: float | None = None) -> float:
+        """Seconds covered by at least one `work` span (overlaps once) from the start (to `until`, wall clock)."""
+        total, reach = 0.0, self.t0_wall
+        for start, end in sorted(self.spans):
+            start, end = max(start, reach), end if until is None else min(end, until)
+            if end > start:
+                total, reach = total + end - start, end
+        return total
+
+    def uncovered(self, until: float | None = None) -> float:
+        """Seconds from the start to `until` (wall clock; default: the first `work` span) that no span covers:
+        e.g. waiting for models to load, less what other work (a guardrail trained meanwhile) hid of it."""
+        if until is None:  # spans that ended before this stage started (a reused result) are not its work
+            until = min((max(s, self.t0_wall) for s, e in self.spans if e > self.t0_wall), default=self.t0_wall)
+        return max(0.0, until - self.t0_wall - self.work_s(until))
+
     def metrics(self, work_s: float | None = None) -> dict:
-        """{`<phase>_s`, `wall_s`, and with `work_s` also `work_s` and `other_s` = wall - work - phases}."""
+        """{`<phase>_s`, `wall_s`, and with `work_s` (or `work` spans) also `work_s` and `other_s` = wall -
+        work - phases}."""
         import time
 
+        if work_s is None and self.spans:
+            work_s = self.work_s()
         wall = time.perf_counter() - self.t0
         out = {f"{k}_s": round(v, 3) for k, v in self.parts.items()}
         out["wall_s"] = round(wall, 3)

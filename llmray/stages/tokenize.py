@@ -54,12 +54,12 @@ def run(config: Config, ctx):
     import time
     from pathlib import Path
 
-    from llmray.stages.base import StageResult
+    from llmray.stages.base import FixedCost, StageResult
     from llmray.tokenization.shards import tokenize_corpus
 
     out = Path(ctx.out_dir)
     tok_dir = ctx.input("tokenizer").path("tokenizer")
-    t0 = time.time()
+    cost, t0 = FixedCost(), time.time()
     res = tokenize_corpus(ctx.input("data").path("data"), tok_dir, out, seq_len=config.seq_len,
                           val_fraction=config.val_fraction, seed=config.split_seed,
                           batch_size=config.batch_size, actors=config.actors,
@@ -67,8 +67,15 @@ def run(config: Config, ctx):
                           # with a placement the work must run on the labelled nodes: the pool
                           in_process_max_mb=0.0 if config.placement.labels else config.in_process_max_mb)
     elapsed = time.time() - t0
-    shutil.copytree(tok_dir, out / "tokenizer")
+    # Fixed cost: startup = the stage's start -> the first tokenizer call (transformers' import, the tokenizer
+    # load, the pool or threads); work = first call -> last call; export = the tokenizer's copy; other = the
+    # last shards written and checked.
+    cost.work(*res["window"])
+    cost.add("startup", cost.uncovered())
+    with cost.phase("export"):
+        shutil.copytree(tok_dir, out / "tokenizer")
     metrics = _metrics(res, config.seq_len, elapsed)
+    metrics["fixed_cost"] = cost.metrics(work_s=cost.work_s())
     _check_rows_exist(metrics, config.seq_len, config.val_fraction)
     ctx.log.info("tokenize: %s", metrics)
     return StageResult(metrics=metrics, outputs={"train": "train", "val": "val", "tokenizer": "tokenizer"})
@@ -90,9 +97,6 @@ def _metrics(res: dict, seq_len: int, elapsed: float) -> dict:
     m["corpus_tokens"] = m["tokens"] + m["dropped_tail_tokens"]
     m["docs"] = m["train_docs"] + m["val_docs"]
     m["elapsed_s"] = round(elapsed, 2)
-    # fixed cost: start-up to the first tokenizer call (pool or threads), and what follows the last one
-    m["fixed_cost"] = {"startup_s": res["startup_s"], "work_s": res["actor_window_s"], "wall_s": round(elapsed, 3),
-                       "other_s": round(elapsed - res["startup_s"] - res["actor_window_s"], 3)}
     m["tokens_per_s"] = round(m["corpus_tokens"] / max(elapsed, 1e-9), 1)
     # Throughput without Ray Data's start-up: per busy actor-second, and per core over the span
     # in which the actors ran.

@@ -69,14 +69,18 @@ class Config(StageConfig):
 def run(config: Config, ctx):
     from pathlib import Path
 
-    from llmray.stages.base import StageResult
+    from llmray.stages.base import FixedCost, StageResult
     from llmray.tokenization.train import copy_tokenizer, train_tokenizer
 
+    cost = FixedCost()
     out = Path(ctx.out_dir) / "tokenizer"
     data_dir = ctx.input("data").path("data") if ctx.has_input("data") else None
     if config.from_ is not None:
-        metrics = copy_tokenizer(Path(config.from_), out, data_dir, config, ctx.log)
-    else:
-        metrics = train_tokenizer(config, data_dir, out, ctx.log)
+        with cost.phase("export"):  # a copy: no work to measure, all of it fixed cost
+            metrics = copy_tokenizer(Path(config.from_), out, data_dir, config, ctx.log)
+        metrics["fixed_cost"] = cost.metrics(work_s=0.0)
+    else:  # work: BPE training; data: reading the sample; eval: the held-out report; export: the save
+        metrics = train_tokenizer(config, data_dir, out, ctx.log, cost=cost)
+        metrics["fixed_cost"] = cost.metrics(work_s=metrics["train_seconds"])
     ctx.log.info("tokenizer: %s", metrics)
     return StageResult(metrics=metrics, outputs={"tokenizer": "tokenizer"})

@@ -169,9 +169,9 @@ def tokenize_corpus(data_dir: Path, tokenizer_dir: Path, out_dir: Path, *, seq_l
     first = min((s for s, _ in calls), default=t_start)
     # startup_s: from the call to the first batch in an actor (Ray Data planning, actor processes,
     # the first read) -- a fixed cost per run, whatever the corpus size.
-    timing = {"actor_busy_s": round(sum(e - s for s, e in calls), 3),
-              "actor_window_s": round(max(e for _, e in calls) - first, 3) if calls else 0.0,
-              "startup_s": round(first - t_start, 3)}
+    last = max((e for _, e in calls), default=first)
+    timing = {"actor_busy_s": round(sum(e - s for s, e in calls), 3), "actor_window_s": round(last - first, 3),
+              "startup_s": round(first - t_start, 3), "window": (first, last)}  # wall clock: the stage's work span
     return {"vocab_size": vocab_size, "dtype": dtype.name, "actors": n_actors, "batch_size": batch_size,
             "in_process": in_process,
             "splits": counts, **timing}

@@ -91,14 +91,19 @@ def stream_sample(data_dir: Path, *, sample_bytes: int, sample_docs: int | None,
     return train, held, figures
 
 
-def train_tokenizer(cfg, data_dir: Path, out_dir: Path, log) -> dict:
-    """Train on the sample, save to `out_dir`, return the metrics (report on held-out docs)."""
+def train_tokenizer(cfg, data_dir: Path, out_dir: Path, log, cost=None) -> dict:
+    """Train on the sample, save to `out_dir`, return the metrics (report on held-out docs). `cost` (a
+    `llmray.stages.base.FixedCost`) gets data (the sample read), eval (the report), export (the save);
+    the work is `train_seconds`."""
+    from llmray.stages.base import FixedCost
     from llmray.tok import save_tokenizer, train_bpe
     from llmray.tokenization.quality import compression_report
 
-    texts, held, figures = stream_sample(
-        data_dir, sample_bytes=cfg.sample_bytes, sample_docs=cfg.sample_docs,
-        heldout_fraction=cfg.heldout_fraction, eval_docs=cfg.eval_docs, seed=cfg.split_seed)
+    cost = cost or FixedCost()
+    with cost.phase("data"):
+        texts, held, figures = stream_sample(
+            data_dir, sample_bytes=cfg.sample_bytes, sample_docs=cfg.sample_docs,
+            heldout_fraction=cfg.heldout_fraction, eval_docs=cfg.eval_docs, seed=cfg.split_seed)
     if not texts:
         raise ValueError("the training sample is empty: every document is held out or empty; "
                          "lower heldout_fraction")
@@ -107,11 +112,13 @@ def train_tokenizer(cfg, data_dir: Path, out_dir: Path, log) -> dict:
     t0 = time.time()
     hf = train_bpe(texts, vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency)
     train_seconds = time.time() - t0
-    save_tokenizer(hf, out_dir)
+    with cost.phase("export"):
+        save_tokenizer(hf, out_dir)
     if len(hf) < cfg.vocab_size:
         log.warning("the sample only supports %d tokens (< vocab_size %d): add data or lower min_frequency",
                     len(hf), cfg.vocab_size)
-    report = compression_report(hf.backend_tokenizer, held)
+    with cost.phase("eval"):
+        report = compression_report(hf.backend_tokenizer, held)
     return {"vocab_size": len(hf), "train_seconds": round(train_seconds, 3), **figures, **report}
 
 
