@@ -22,6 +22,15 @@ from pydantic import Field, model_validator
 from llmray.config import EXECUTION_ONLY, StrictModel
 from llmray.rayutil import started_here
 
+# An `auto | true | false` switch of where something runs (in the driver's process, sharing a process):
+# auto decides from the Ray this process is on; never in a fingerprint (the math is the same).
+AutoSwitch = bool | Literal["auto"]
+
+
+def auto_switch(description: str):
+    """The pydantic field of an `AutoSwitch`, default auto."""
+    return Field("auto", json_schema_extra=EXECUTION_ONLY, description=description)
+
 
 class Resources(StrictModel):
     """Where and how wide a training stage runs."""
@@ -35,8 +44,7 @@ class Resources(StrictModel):
     )
     strategy: Literal["ddp", "fsdp2"] = Field("ddp", description="Data parallel strategy.")
     max_failures: int = Field(2, json_schema_extra=EXECUTION_ONLY, ge=0, description="Ray Train restarts from the latest checkpoint before giving up.")
-    in_process: bool | Literal["auto"] = Field(
-        "auto", json_schema_extra=EXECUTION_ONLY,
+    in_process: AutoSwitch = auto_switch(
         description="Train in the driver's own process (Ray Train's local mode) instead of a Ray Train worker "
                     "group: no controller or worker process to start (~15-30 s a stage on a small machine), but no "
                     "process isolation, and restarts (max_failures) only after a Python exception, not a killed "

@@ -17,7 +17,7 @@ from pydantic import ConfigDict, Discriminator, Field, Tag, field_validator, mod
 from llmray.config import EXECUTION_ONLY, EXTERNAL_INPUT, StageConfig, StrictModel, with_defaults
 from llmray.data.formats import check_fields, check_spec
 from llmray.models import ModelSource, check_start
-from llmray.resources import ActorResources
+from llmray.resources import ActorResources, AutoSwitch, auto_switch
 from llmray.rlhf.rewards import is_function_ref, resolve_callable
 
 
@@ -83,8 +83,7 @@ class RLResources(StrictModel):
                                   description="The policy trainer actor.")
     critic: ActorResources = Field(default_factory=ActorResources, description="The critic trainer actor "
                                                                                    "(ppo only).")
-    colocate: bool | Literal["auto"] = Field(
-        "auto", json_schema_extra=EXECUTION_ONLY,
+    colocate: AutoSwitch = auto_switch(
         description="Share processes between roles: the reference runs inside the policy's (a frozen copy of the "
                     "starting weights: one load), and so does a transformers engine with one replica (it "
                     "generates with the policy's own model: no weight sync); the critic runs inside its reward "
@@ -93,8 +92,7 @@ class RLResources(StrictModel):
                     "engine cannot be restarted alone. Same math. auto: colocate on a one-node, GPU-less Ray "
                     "this process started (`llmray run` on a laptop), else not; true: always; false: every "
                     "role its own actor.")
-    in_process: bool | Literal["auto"] = Field(
-        "auto", json_schema_extra=EXECUTION_ONLY,
+    in_process: AutoSwitch = auto_switch(
         description="Run the colocated model roles (policy host, reward models, critic) in the driver's own "
                     "process instead of Ray actors, as `resources.in_process` does for training: no process "
                     "to start and import torch in (~5-7 s each on a laptop core), but no process isolation. "
