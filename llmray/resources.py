@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from llmray.config import EXECUTION_ONLY, StrictModel
-from llmray.rayutil import started_here
+from llmray.rayutil import local_cpu_ray
 
 # An `auto | true | false` switch of where something runs (in the driver's process, sharing a process):
 # auto decides from the Ray this process is on; never in a fingerprint (the math is the same).
@@ -104,13 +104,18 @@ def in_process(res: Resources) -> bool:
     error. A GPU machine keeps the worker group: there Ray Train picks each worker's device."""
     if res.in_process is False:
         return False
-    import ray
+    return local_ray_for(res.in_process) and res.num_workers == 1 and not res.use_gpu and not res.custom
 
-    local = started_here() and not ray.cluster_resources().get("GPU")
-    if res.in_process is True and not local:
+
+def local_ray_for(switch: AutoSwitch) -> bool:
+    """Whether work may run in the driver's process: a one-node, GPU-less Ray this process started
+    (`rayutil.local_cpu_ray`). An `in_process: true` switch where that Ray is not there is an error naming
+    the field (training and RL kinds alike)."""
+    local = local_cpu_ray()
+    if switch is True and not local:
         raise ValueError("resources.in_process: true needs a one-node, GPU-less Ray started by this process "
                          "(`llmray run` without a cluster address); set in_process: auto or false")
-    return local and res.num_workers == 1 and not res.use_gpu and not res.custom
+    return local
 
 
 def scaling_config(res: Resources):

@@ -17,6 +17,7 @@ import test_ppo
 from pydantic import ValidationError
 from test_ppo import config, make_ctx
 
+from llmray import resources
 from llmray.rlhf import roles
 
 prompts_file = test_ppo.prompts_file  # the module fixture, shared
@@ -34,7 +35,7 @@ def _cfg(kind="ppo", **resources):
 
 
 def test_placement_on_a_ray_this_process_did_not_start(monkeypatch):
-    monkeypatch.setattr(roles, "local_cpu_ray", lambda: False)  # e.g. a cluster `llmray run` joined
+    monkeypatch.setattr(resources, "local_cpu_ray", lambda: False)  # e.g. a cluster `llmray run` joined
     assert roles.placement(_cfg(), "ppo", ["rm"]).name == "separate"
     both = roles.placement(_cfg(colocate=True), "ppo", ["rm"])
     assert (both.name, both.engine_in_policy, both.critic_with) == ("colocated", True, "rm")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmray.generate import pick_engine
-from llmray.rayutil import local_cpu_ray
+from llmray.resources import local_ray_for
 from llmray.rlhf.actors import LocalActorGroup, RayActorGroup, SharedRole, threads_for
 from llmray.rlhf.rollout import EngineOptions, RolloutGroup, RolloutWorker
 
@@ -47,10 +47,7 @@ def placement(cfg, algo: str, rm_stages: list[str]) -> Placement:
     """Where the roles run (module docstring). `in_process: true` where it cannot hold is an error naming
     the field (the config validator refuses it with `colocate: false`, GPUs or custom resources)."""
     res = cfg.resources
-    local = local_cpu_ray() if (res.colocate == "auto" or res.in_process is not False) else False
-    if res.in_process is True and not local:
-        raise ValueError("resources.in_process: true needs a one-node, GPU-less Ray started by this process "
-                         "(`llmray run` without a cluster address); set in_process: auto or false")
+    local = local_ray_for(res.in_process) if (res.colocate == "auto" or res.in_process is not False) else False
     colocate = res.colocate is True or (res.colocate == "auto" and local)
     plain = not any(r.num_gpus or r.custom for r in (res.policy, res.reward, res.critic))
     in_process = colocate and res.in_process is not False and local and plain
