@@ -14,8 +14,10 @@
    start-up and writing the output. On a shared machine wall time also counts other jobs, so the
    bench reports CPU time too: the CPU seconds of this process and every process it started (Ray's
    raylet, GCS, workers...) during each run, per process kind, and records per CPU-second vs the
-   loop's (the per-core ratio when each used core were the stage's alone). Loop and stage runs
-   alternate for `--repeat` rounds; the median ratio is the figure to quote.
+   loop's (the per-core ratio when each used core were the stage's alone), and CPU-microseconds per
+   record of the Ray workers and of all processes beside the loop's (`worker_cpu_vs_loop`: the
+   load-independent view of the gap). Loop and stage runs alternate for `--repeat` rounds; the
+   median ratio is the figure to quote.
 """
 
 from __future__ import annotations
@@ -123,10 +125,14 @@ def bench_stage(workdir: Path, folder: Path, workers: int, tag: str) -> dict:
     wall = time.perf_counter() - t
     cpu = {k: round(v - cpu0.get(k, 0.0), 2) for k, v in _tree_cpu().items()}
     m = json.loads((workdir / tag / "pages" / "manifest.json").read_text())["metrics"]
-    return {"workers": workers, "records": m["docs_in"], "kept": m["docs_out"], "seconds": round(wall, 2),
-            "records_per_s": round(m["docs_in"] / wall, 1),
-            "records_per_s_per_core": round(m["docs_in"] / wall / workers, 1),
-            "cpu_s": cpu, "records_per_cpu_s": round(m["docs_in"] / sum(cpu.values()), 1)}
+    n = m["docs_in"]
+    return {"workers": workers, "records": n, "kept": m["docs_out"], "seconds": round(wall, 2),
+            "records_per_s": round(n / wall, 1), "records_per_s_per_core": round(n / wall / workers, 1),
+            "cpu_s": cpu, "records_per_cpu_s": round(n / sum(cpu.values()), 1),
+            # CPU per record of the Ray workers (the read tasks with their extraction, the summary and
+            # write tasks, the progress actor) and of every process: load-independent, unlike wall time
+            "worker_cpu_us_per_record": round(1e6 * cpu.get("ray worker", 0.0) / n, 1),
+            "all_cpu_us_per_record": round(1e6 * sum(cpu.values()) / n, 1)}
 
 
 def warm_up(workdir: Path) -> float:
@@ -159,19 +165,24 @@ def bench_warc(tmp: Path, mb: int, repeat: int) -> dict:
         loop_cpu = time.process_time() - cpu
         assert loop_n == n
         loop_rate, loop_cpu_rate = loop_n / loop_s, loop_n / loop_cpu
-        print(f"[{r + 1}] plain loop (1 process): {loop_rate:8.1f} records/s, {loop_cpu_rate:8.1f} records/CPU-s")
+        loop_us = 1e6 * loop_cpu / loop_n
+        print(f"[{r + 1}] plain loop (1 process): {loop_rate:8.1f} records/s, {loop_cpu_rate:8.1f} records/CPU-s, "
+              f"{loop_us:.1f} CPU-us/record")
         stages = [bench_stage(tmp / "runs", folder, w, f"w{w}-{r}") for w in (1, 2)]
         for s in stages:
             s["ratio_vs_loop_per_core"] = round(s["records_per_s_per_core"] / loop_rate, 3)
             s["ratio_vs_loop_per_cpu_s"] = round(s["records_per_cpu_s"] / loop_cpu_rate, 3)
+            s["worker_cpu_vs_loop"] = round(s["worker_cpu_us_per_record"] / loop_us, 3)
             print(f"[{r + 1}] stage workers={s['workers']}: {s['records_per_s']:8.1f} records/s, "
                   f"{s['records_per_s_per_core']:8.1f} per core, {s['ratio_vs_loop_per_core']:.3f} of the loop "
                   f"per core ({s['seconds']} s); {s['records_per_cpu_s']:8.1f} records/CPU-s, "
-                  f"{s['ratio_vs_loop_per_cpu_s']:.3f} of the loop's; CPU s {s['cpu_s']}")
+                  f"{s['ratio_vs_loop_per_cpu_s']:.3f} of the loop's; CPU-us/record: Ray workers "
+                  f"{s['worker_cpu_us_per_record']} ({s['worker_cpu_vs_loop']:.3f}x the loop's), all processes "
+                  f"{s['all_cpu_us_per_record']}; CPU s {s['cpu_s']}")
         rounds.append({"loop_records_per_s": round(loop_rate, 1), "loop_records_per_cpu_s": round(loop_cpu_rate, 1),
-                       "stage": stages})
+                       "loop_cpu_us_per_record": round(loop_us, 1), "stage": stages})
     median = {f"workers={w}": {k: statistics.median(rd["stage"][i][k] for rd in rounds)
-                               for k in ("ratio_vs_loop_per_core", "ratio_vs_loop_per_cpu_s")}
+                               for k in ("ratio_vs_loop_per_core", "ratio_vs_loop_per_cpu_s", "worker_cpu_vs_loop")}
               for i, w in enumerate((1, 2))}
     print(f"median of {repeat} rounds: {median}")
     return {"records": n, "html_mb": mb, "gzip_mb": round(gz_mb, 1), "rounds": rounds, "median": median}

@@ -309,3 +309,32 @@ class HFGenerator:
         if unexpected or [k for k in missing if k != "lm_head.weight"]:
             raise RuntimeError(f"weights do not fit the engine's model: missing {missing[:5]}, "
                                f"unexpected {unexpected[:5]}")
+
+
+def register_in_process(model_dir: str) -> list[str]:
+    """Register the folder's vLLM model class as a class, so vLLM inspects it in this process.
+
+    vLLM registers its built-in architectures lazily (module name + class name) and inspects such an
+    entry (`_ModelInfo`: text generation? pipeline parallel? ...) in a subprocess, a fresh Python
+    importing torch and vLLM, so that importing the model module never initialises CUDA in a parent
+    that later forks workers. On a 2-core laptop that was ~10 s of an engine's ~20 s start (the rollout
+    actor's, a served vLLM model's; bench/README.md "The vLLM engine's start"), paid on every start
+    (the answer is cached under VLLM_CACHE_ROOT, a temporary folder here). On CPU there is no CUDA to
+    protect, so the class is imported here and handed to `ModelRegistry.register_model`, vLLM's
+    documented way to register a model class, which vLLM then inspects in-process. Same class, same
+    engine, same samples. Returns the architectures registered: none on a CUDA machine (there the
+    subprocess guards the parent's CUDA), nor when the registry does not list the folder's (vLLM then
+    resolves it as before)."""
+    import torch
+    from transformers import AutoConfig
+    from vllm import ModelRegistry
+
+    if torch.cuda.is_available():
+        return []
+    done = []
+    for arch in AutoConfig.from_pretrained(model_dir).architectures or []:
+        entry = ModelRegistry.models.get(arch)
+        if entry is not None:
+            ModelRegistry.register_model(arch, entry.load_model_cls())
+            done.append(arch)
+    return done

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from llmray.testing import free_port
+
 # Shared test helpers (tests/support/): `from cli import llmray`, the runner tests' `probe_stage` kind,
 # the tiny pipeline file. On sys.path so test modules and the stage registry import them by name.
 sys.path.insert(0, str(Path(__file__).parent / "support"))
@@ -24,6 +26,13 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 for _k, _v in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
                ("AWS_EC2_METADATA_DISABLED", "true")):
     os.environ.setdefault(_k, _v)
+# Under pytest-xdist (`make test WORKERS=2`) every worker's session starts a local Ray and Serve
+# of its own. Serve's HAProxy binds the same two ports (stats 8404, metrics 9101) in every Serve
+# instance, so a second instance on the machine dies at start ("Address already in use"): each worker
+# hands its Ray, whose processes inherit this environment, ports of its own.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+        os.environ.setdefault(_k, str(free_port("0.0.0.0")))
 
 
 @pytest.fixture(scope="session")
@@ -50,8 +59,6 @@ def serve_port(ray_local):
     (controller, proxy), later modules deploy their applications on the same instance and delete only
     their own at teardown (`stop_serving`), which saves a Serve start and shutdown (~10 s) per module."""
     from ray import serve
-
-    from llmray.testing import free_port
 
     yield free_port()
     serve.shutdown()  # stops the proxy's HAProxy process too, which killing the actors would leave behind
@@ -102,8 +109,6 @@ def s3_endpoint():
     from moto.server import ThreadedMotoServer
     from pyarrow.fs import S3FileSystem
 
-    from llmray.testing import free_port
-
     port = free_port()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -118,7 +123,20 @@ def s3_endpoint():
 # by `pytestmark = pytest.mark.integration` in files that start Ray another way. `make test-fast` runs
 # `-m "not slow and not integration"` with RAY_ADDRESS set to an invalid address, so a test that starts
 # Ray without saying so fails there at once instead of silently making the fast tier slow.
+#
+# Parallel runs (`make test WORKERS=2`: `pytest -n 2 --dist loadgroup`, pytest-xdist): each worker is
+# its own session, with its own local Ray, Serve and session fixtures. Tests are handed out a file at a
+# time (each file's module fixtures are built once, on one worker), except that every test on the
+# session's Ray Serve (`serve_port`) or on a vLLM engine runs on one worker, in the "serve" group: Serve
+# then starts once in the whole run, and two vLLM engines never start at once (each wants ~2 GB and
+# both cores for ~20 s). Without --dist loadgroup no group is set.
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the xdist_group marks into work units
 def pytest_collection_modifyitems(config, items):
+    grouped = getattr(config.option, "dist", None) == "loadgroup"  # set only with pytest-xdist's --dist
     for item in items:
-        if "ray_local" in getattr(item, "fixturenames", ()):
+        names = getattr(item, "fixturenames", ())
+        if "ray_local" in names:
             item.add_marker(pytest.mark.integration)
+        if grouped and item.get_closest_marker("xdist_group") is None:
+            serve = "serve_port" in names or item.get_closest_marker("vllm") is not None
+            item.add_marker(pytest.mark.xdist_group("serve" if serve else item.path.name))

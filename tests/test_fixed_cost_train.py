@@ -144,8 +144,7 @@ def test_one_worker_reads_the_same_batches_without_a_split(ray_local, tmp_path):
     import pyarrow.parquet as pq
     from ray.train import DataConfig
 
-    from llmray.train.data import read_rows
-    from llmray.train.loop import _data_config
+    from llmray.train.data import data_config, read_rows
 
     for j in range(3):
         pq.write_table(pa.table({"input_ids": [[j * 100 + i] * 4 for i in range(37)]}), tmp_path / f"part-{j}.parquet",
@@ -165,5 +164,5 @@ def test_one_worker_reads_the_same_batches_without_a_split(ray_local, tmp_path):
     whole = batches(whole_ds.iterator())
     assert len(whole) == 222 // 8  # 3 files x 37 rows, listed twice (min_rows), full batches only
     assert whole == split
-    assert _data_config(["train", "val"], 1)._datasets_to_split == []
-    assert _data_config(["train", "val"], 2)._datasets_to_split == ["train"]
+    assert data_config(["train", "val"], 1)._datasets_to_split == []
+    assert data_config(["train", "val"], 2)._datasets_to_split == ["train"]

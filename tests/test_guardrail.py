@@ -98,10 +98,14 @@ def test_screen_is_fast(guard, pairs):
     p50_us = float(np.percentile(times, 50) * 1e6)
     print(f"guardrail screen p50 {p50_us:.0f} us, p99 {np.percentile(times, 99) * 1e6:.0f} us (short texts)")
     assert p50_us < 1000
-    # Long inputs are cut to the head/tail the features read, so cost stays bounded.
-    t0 = time.perf_counter()
-    guard.screen("please " * 5000, "word " * 5000)
-    assert time.perf_counter() - t0 < 0.01
+    # Long inputs are cut to the head/tail the features read, so cost stays bounded. The best of three:
+    # one call can lose its core for a scheduler slice while `make test` runs two test processes.
+    long_times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        guard.screen("please " * 5000, "word " * 5000)
+        long_times.append(time.perf_counter() - t0)
+    assert min(long_times) < 0.01, long_times
 
 
 def test_everyday_questions_pass_and_held_out_harm_is_caught(guard):

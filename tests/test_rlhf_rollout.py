@@ -105,3 +105,23 @@ def test_hf_engine_weight_sync(ray_local, tiny_causal_dir, model_b, tmp_path):
 def test_vllm_engine_weight_sync_matches_trainer(ray_local, tiny_causal_dir, model_b, tmp_path):
     import vllm  # noqa: F401 - installed by `make setup`; fail loudly if not
     _sync_check("vllm", ray_local, tiny_causal_dir, model_b, tmp_path)
+
+
+@pytest.mark.vllm
+def test_vllm_model_class_is_registered_in_process(tiny_causal_dir, monkeypatch):
+    """On CPU the rollout engine registers the folder's model class itself, so vLLM inspects it in this
+    process instead of in a fresh Python importing torch and vLLM (~10 s of the engine's start)."""
+    import subprocess
+
+    from vllm import ModelRegistry
+
+    from llmray.generate import register_in_process
+
+    assert register_in_process(str(tiny_causal_dir)) == ["LlamaForCausalLM"]
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError(f"vLLM started a subprocess: {args}")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    info = ModelRegistry.models["LlamaForCausalLM"].inspect_model_cls()
+    assert info.is_text_generation_model and not info.is_pooling_model

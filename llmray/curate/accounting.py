@@ -3,9 +3,11 @@
 Every input record is one row whose `_drop` says where it went ("" kept, an operator's name, or
 "quarantine"), so the numbers are exact by construction and cross-checkable:
   docs_in = docs_out + sum(removed[op]) + quarantined.
-Data flow: final rows --one summary per batch (counts, rule names, edits, score histograms, the
+Data flow: final rows --one summary per block (counts, rule names, edits, score histograms, the
 k rejected rows with the smallest id hash per operator)--> merged on the driver --> metrics;
-kept rows --expand `_repeat`, drop bookkeeping columns--> `data/*.parquet` (Ray write_parquet);
+kept rows --expand `_repeat`, drop bookkeeping columns--> `data/*.parquet` (Ray write_parquet).
+Each pass reads the blocks as Arrow tables and works with pyarrow.compute: only rejected, edited or
+quarantined rows become Python objects, never the kept text (bench/README.md, WARC);
 quarantine rows --streamed--> `quarantine/<source>.jsonl` (all of them);
 samples --> `rejected/<op>.jsonl`; decontamination hits --> `decontamination.json`.
 """
@@ -18,6 +20,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 
 from llmray.curate.config import OPERATORS, op_active
 from llmray.curate.hashing import unit_interval
@@ -30,42 +33,56 @@ def enabled_ops(cfg) -> list[str]:
     return [op for op in OPERATORS if op_active(cfg, op)]
 
 
-def _block_summary(batch: dict, k: int) -> dict:
-    drop, why, src = batch["_drop"], batch["_why"], batch["source"]
-    kept = drop == ""
-    s: dict = {"rows": len(drop), "by_drop": dict(Counter(drop.tolist())),
+def _counts(arr) -> dict:
+    """{value: count} of an Arrow string column (pyarrow.compute.value_counts)."""
+    return {v["values"]: v["counts"] for v in pc.value_counts(arr).to_pylist()}
+
+
+def _pair_counts(t, a: str, b: str) -> list[tuple[str, str, int]]:
+    """(a, b, rows) for each distinct pair of the two columns (an Arrow group-by)."""
+    g = t.select([a, b]).group_by([a, b]).aggregate([([], "count_all")])
+    return list(zip(g[a].to_pylist(), g[b].to_pylist(), g["count_all"].to_pylist()))
+
+
+def _block_summary(t, k: int) -> dict:
+    """One block's counts, edits, histograms and k rejected samples per operator, from its Arrow
+    columns: vectorised (pyarrow.compute), so only edited and rejected rows become Python objects."""
+    drop = t["_drop"]
+    kept = pc.equal(drop, "")
+    s: dict = {"rows": t.num_rows, "by_drop": _counts(drop),
                "reasons": defaultdict(Counter), "edits": Counter(), "sources": defaultdict(Counter),
-               "chars_out": int(sum(len(t) for t in batch["text"][kept])),
-               "rows_out": int(batch["_repeat"][kept].sum()) if "_repeat" in batch else int(kept.sum()),
+               "chars_out": pc.sum(pc.utf8_length(pc.filter(t["text"], kept))).as_py() or 0,
                "hist": {}, "samples": defaultdict(list), "decontam": []}
-    for e in batch["_edits"]:
-        if e:
-            s["edits"].update(parse_edits(e))
-    for d, w, so in zip(drop, why, src):
-        s["sources"][so]["in"] += 1
-        if d == "":
-            s["sources"][so]["out"] += 1
-        elif d == "quarantine":
-            s["sources"][so]["quarantined"] += 1
-            s["reasons"][d][w.split(":", 1)[0]] += 1
-        else:
-            s["reasons"][d][w.split(":", 1)[0]] += 1
+    s["rows_out"] = (pc.sum(pc.filter(t["_repeat"], kept)).as_py() or 0) if "_repeat" in t.column_names \
+        else s["by_drop"].get("", 0)
+    for e in pc.filter(t["_edits"], pc.not_equal(t["_edits"], "")).to_pylist():
+        s["edits"].update(parse_edits(e))
+    for so, d, n in _pair_counts(t, "source", "_drop"):
+        c = s["sources"][so]
+        c["in"] += n
+        if d in ("", "quarantine"):
+            c["out" if d == "" else "quarantined"] += n
+    out = t.filter(pc.invert(kept))  # removed or quarantined rows: the reason is the `_why` up to ":"
+    if out.num_rows:
+        reason = pc.list_element(pc.split_pattern(out["_why"], ":", max_splits=1), 0)
+        for d, r, n in _pair_counts(out.select(["_drop"]).append_column("reason", reason), "_drop", "reason"):
+            s["reasons"][d][r] += n
     for col in ("quality", "toxicity"):
-        if col in batch:
-            vals = batch[col][kept]
+        if col in t.column_names:
+            vals = pc.filter(t[col], kept).to_numpy()
             vals = vals[~np.isnan(vals)]
             s["hist"][col] = np.histogram(vals, bins=BINS, range=(0.0, 1.0))[0].tolist()
-    for i in np.flatnonzero((drop != "") & (drop != "quarantine")):
-        row = {"key": unit_interval(str(batch["id"][i]), "sample"), "id": str(batch["id"][i]),
-               "source": str(src[i]), "file": str(batch["_file"][i]), "line": int(batch["_line"][i]),
-               "reason": str(why[i]), "text": str(batch["text"][i])}
-        lst = s["samples"][drop[i]]
+    removed = out.filter(pc.not_equal(out["_drop"], "quarantine"))
+    for r in removed.select(["id", "source", "_file", "_line", "_drop", "_why", "text"]).to_pylist():
+        row = {"key": unit_interval(str(r["id"]), "sample"), "id": str(r["id"]), "source": r["source"],
+               "file": r["_file"], "line": int(r["_line"]), "reason": r["_why"], "text": r["text"]}
+        lst = s["samples"][r["_drop"]]
         lst.append(row)
         if len(lst) > 2 * k:
             lst.sort(key=lambda r: r["key"])
             del lst[k:]
-        if drop[i] == "decontaminate":
-            s["decontam"].append({"id": row["id"], **json.loads(why[i].split(": ", 1)[1])})
+        if r["_drop"] == "decontaminate":
+            s["decontam"].append({"id": row["id"], **json.loads(r["_why"].split(": ", 1)[1])})
     for lst in s["samples"].values():
         lst.sort(key=lambda r: r["key"])
         del lst[k:]
@@ -73,15 +90,17 @@ def _block_summary(batch: dict, k: int) -> dict:
 
 
 def summarize(final, k: int) -> dict:
-    """Merge per-batch summaries into one (the driver only sees counts and k samples per op)."""
+    """Merge per-block summaries into one (the driver only sees counts and k samples per op). The
+    blocks are read as Arrow tables, whole: no conversion of the text to Python or numpy."""
+    import pyarrow as pa
 
-    def fn(batch):
-        return {"payload": np.array([json.dumps(_block_summary(batch, k))], dtype=object)}
+    def fn(block):
+        return pa.table({"payload": [json.dumps(_block_summary(block, k))]})
 
     total: dict = {"rows": 0, "by_drop": Counter(), "reasons": defaultdict(Counter), "edits": Counter(),
                    "sources": defaultdict(Counter), "chars_out": 0, "rows_out": 0, "hist": {},
                    "samples": defaultdict(list), "decontam": []}
-    for row in final.map_batches(fn, batch_format="numpy", batch_size=4096).iter_rows():
+    for row in final.map_batches(fn, batch_format="pyarrow", batch_size=None, zero_copy_batch=True).iter_rows():
         s = json.loads(row["payload"])
         for key in ("rows", "chars_out", "rows_out"):
             total[key] += s[key]
@@ -116,15 +135,16 @@ def funnel(cfg, by_drop: Counter, docs_in: int) -> tuple[list[dict], dict]:
 
 
 def _survivor_ids(final, ords: set[int]) -> dict[int, str]:
+    import pyarrow as pa
+
     if not ords:
         return {}
-    wanted = np.asarray(sorted(ords), dtype=np.int64)
+    wanted = pa.array(sorted(ords), type=pa.int64())
 
-    def pick(batch):
-        m = np.isin(batch["_ord"], wanted)
-        return {"_ord": batch["_ord"][m], "id": batch["id"][m]}
+    def pick(block):
+        return block.select(["_ord", "id"]).filter(pc.is_in(block["_ord"], value_set=wanted))
 
-    rows = final.map_batches(pick, batch_format="numpy").take_all()
+    rows = final.map_batches(pick, batch_format="pyarrow", batch_size=None, zero_copy_batch=True).take_all()
     return {int(r["_ord"]): str(r["id"]) for r in rows}
 
 
@@ -153,13 +173,13 @@ def write_quarantine(out: Path, final, expected: int) -> int:
     if expected == 0:
         return 0  # skip a pass over the data
 
-    def pick(batch):
-        m = batch["_drop"] == "quarantine"
-        return {k: batch[k][m] for k in ("source", "_file", "_line", "_why", "text")}
+    def pick(block):  # Arrow in and out: only the quarantined rows become Python objects
+        return block.select(["source", "_file", "_line", "_why", "text"]).filter(pc.equal(block["_drop"], "quarantine"))
 
     files, n = {}, 0
     try:
-        for b in final.map_batches(pick, batch_format="numpy").iter_batches(batch_format="numpy"):
+        quarantined = final.map_batches(pick, batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
+        for b in quarantined.iter_batches(batch_format="numpy"):
             for so, fi, li, why, raw in zip(b["source"], b["_file"], b["_line"], b["_why"], b["text"]):
                 if so not in files:
                     files[so] = (d / f"{so}.jsonl").open("w", encoding="utf-8")
@@ -183,30 +203,36 @@ def _kept_columns(cfg) -> list[str]:
     return cols
 
 
+_OUT_TYPES = {"quality": "float64", "toxicity": "float64", "language_score": "float64"}
+
+
 def write_data(out: Path, final, cfg, docs_out: int) -> None:
+    """Kept rows to data/*.parquet: each block filtered and selected as an Arrow table (no conversion
+    of the text), cast to the output schema, written by Ray's parquet sink."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     cols = _kept_columns(cfg)
+    schema = pa.schema([(c, _OUT_TYPES.get(c, "string")) for c in cols])
     d = out / "data"
     if docs_out == 0:  # Ray writes no file for an empty dataset; readers still expect a table
         d.mkdir(parents=True, exist_ok=True)
-        types = {"quality": pa.float64(), "toxicity": pa.float64(), "language_score": pa.float64()}
-        schema = pa.schema([(c, types.get(c, pa.string())) for c in cols])
         pq.write_table(schema.empty_table(), d / "part-00000.parquet")
         return
 
-    def kept(batch):
-        m = batch["_drop"] == ""
-        rep = batch["_repeat"][m] if "_repeat" in batch else np.ones(int(m.sum()), dtype=np.int64)
-        idx = np.repeat(np.flatnonzero(m), rep)
-        res = {c: batch[c][idx] for c in cols}
-        if (rep > 1).any():  # repeated documents (source weight > 1) get distinct ids: id#1, id#2, ...
-            copy_no = np.concatenate([np.arange(r) for r in rep])
-            res["id"] = np.array([i if c == 0 else f"{i}#{c}" for i, c in zip(res["id"], copy_no)], dtype=object)
-        return res
+    def kept(block):
+        m = pc.equal(block["_drop"], "")
+        if "_repeat" not in block.column_names or not pc.any(pc.greater(block["_repeat"], 1)).as_py():
+            return block.select(cols).filter(m).cast(schema)
+        # repeated documents (source weight > 1): each kept row `_repeat` times, with distinct ids id#1, id#2, ...
+        mask = m.to_numpy()
+        rep = block["_repeat"].to_numpy()[mask]
+        res = block.select(cols).take(np.repeat(np.flatnonzero(mask), rep))
+        copy_no = np.concatenate([np.arange(r) for r in rep])
+        ids = [i if c == 0 else f"{i}#{c}" for i, c in zip(res["id"].to_pylist(), copy_no)]
+        return res.set_column(res.column_names.index("id"), "id", pa.array(ids, pa.string())).cast(schema)
 
-    final.map_batches(kept, batch_format="numpy").write_parquet(
+    final.map_batches(kept, batch_format="pyarrow", batch_size=None, zero_copy_batch=True).write_parquet(
         str(d), min_rows_per_file=cfg.output.rows_per_file)
 
 

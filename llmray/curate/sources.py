@@ -258,6 +258,8 @@ class _Rows:
         self.n = 0  # records emitted (the record index in _ord)
         self.cols: dict[str, list] = {c: [] for c in self.COLS}
         self.bytes = 0
+        # _ord of record 0; a record's _ord is this plus its index (make_ord, checked once per batch in take)
+        self.ord0 = make_ord(task["source_idx"], task["task_idx"], 0)
 
     @property
     def full(self) -> bool:
@@ -281,7 +283,7 @@ class _Rows:
         c["meta"].append(sanitize(meta_json)[0] if meta_json else "")
         c["_file"].append(file)
         c["_line"].append(line)
-        c["_ord"].append(make_ord(self.task["source_idx"], self.task["task_idx"], self.n))
+        c["_ord"].append(self.ord0 + self.n)
         c["_drop"].append(drop)
         c["_why"].append(why)
         c["_edits"].append(edits)
@@ -294,5 +296,6 @@ class _Rows:
                  drop="quarantine", why=f"{reason}: {detail}")
 
     def take(self) -> dict:
+        make_ord(self.task["source_idx"], self.task["task_idx"], self.n - 1)  # raises past the record bits
         out, self.cols, self.bytes = self.cols, {c: [] for c in self.COLS}, 0
         return out

@@ -23,8 +23,9 @@ from llmray.rayutil import WORKER_ENV, inherited_env
 # in one process), CPU KV cache size, quiet tokenizers, offline hub.
 BASE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
 # BASE_ENV's switches are read when used (vLLM's `envs` on access, tokenizers on its first parallel
-# batch), never at import, so the actor may set them in its own process when its constructor starts.
-LATE_ENV = frozenset(BASE_ENV)
+# batch), never at import, so the actor may set them in its own process when its constructor starts;
+# so is the CPU KV cache size (vLLM's `envs`, read when the engine sizes its cache).
+LATE_ENV = frozenset(BASE_ENV) | {"VLLM_CPU_KVCACHE_SPACE"}
 
 
 def actor_env(extra: dict | None = None) -> dict:

@@ -5,8 +5,9 @@ that shards prompts over them and keeps their weights in step with the trainer.
         {"ids": response token ids (stop token kept), "logprobs": engine log-probs, "finish"}
   engine.load_weights(safetensors bytes, version)
 
-VLLMEngine: vLLM `LLM` in the actor's process (VLLM_ENABLE_V1_MULTIPROCESSING=0). Log-probs
-are "processed" (after temperature), the distribution sampled, which the trainer reproduces
+VLLMEngine: vLLM `LLM` in the actor's process (VLLM_ENABLE_V1_MULTIPROCESSING=0; on CPU the model
+class is registered in-process first, llmray.generate.register_in_process, sparing vLLM's inspection
+subprocess). Log-probs are "processed" (after temperature), the distribution sampled, which the trainer reproduces
 with logits / temperature. Weight sync uses the worker's public `reload_weights` through
 `LLM.collective_rpc` (in-place reload, vLLM's layerwise loader) from a folder the actor writes
 the received bytes to, then `reset_prefix_cache()` so no KV computed by old weights is
@@ -27,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmray.generate import HFGenerator, pick_engine
+from llmray.generate import HFGenerator, pick_engine, register_in_process
 
 
 def _has_cuda() -> bool:
@@ -60,7 +61,7 @@ class EngineOptions:
 
 
 class VLLMEngine:
-    """vLLM `LLM` in this process."""
+    """vLLM `LLM` in this process (on CPU, its model class registered in-process: `register_in_process`)."""
 
     def __init__(self, model_dir: str, opts: EngineOptions, seed: int, tmp_dir: str):
         self.tmp = Path(tmp_dir)
@@ -72,6 +73,7 @@ class VLLMEngine:
         from vllm import LLM
 
         cuda = _has_cuda()
+        register_in_process(model_dir)  # on CPU only (llmray.generate)
         dtype = opts.dtype if opts.dtype != "auto" else ("bfloat16" if cuda else "float32")
         kwargs = {"model": model_dir, "dtype": dtype, "enforce_eager": opts.enforce_eager, "seed": seed,
                   "logprobs_mode": "processed_logprobs", "max_model_len": opts.max_model_len}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 
-from llmray.generate import Delta, EngineRequest
+from llmray.generate import Delta, EngineRequest, register_in_process
 
 
 class VLLMEngine:
@@ -36,6 +36,7 @@ class VLLMEngine:
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        register_in_process(self.model_dir)  # on CPU vLLM inspects the model class here, not in a fresh Python
         args = AsyncEngineArgs(model=self.model_dir, max_model_len=self.context, enforce_eager=self.enforce_eager,
                                gpu_memory_utilization=self.gpu_memory_utilization, dtype=self.dtype,
                                disable_log_stats=True, trust_remote_code=False)

@@ -25,7 +25,7 @@ from llmray.models import ModelConfig, ModelSource, check_start, model_cache, re
 from llmray.resources import Resources
 from llmray.train.config import TrainConfig
 
-VERSION = "1"
+VERSION = "2"  # 2: with several workers each step holds distinct rows (llmray.train.data.rank_shards)
 
 
 class Replay(StrictModel):

@@ -17,7 +17,8 @@ from llmray.posttrain import PrefConfig
 from llmray.train.config import TrainConfig
 from llmray.train.reward import train_reward
 
-VERSION = f"1+data{DATA_VERSION}"  # built-in data sets are part of the output
+# built-in data sets are part of the output; 2: several workers deal rows (llmray.train.data.rank_shards)
+VERSION = f"2+data{DATA_VERSION}"
 
 
 RewardTrain = with_defaults(TrainConfig, "RewardTrain", __name__, lr=5e-5)

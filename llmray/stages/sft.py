@@ -17,7 +17,8 @@ from llmray.posttrain import PostTrainConfig
 from llmray.train.config import TrainConfig
 from llmray.train.sft import train_sft
 
-VERSION = f"1+data{DATA_VERSION}"  # built-in data sets are part of the output
+# built-in data sets are part of the output; 2: several workers deal rows (llmray.train.data.rank_shards)
+VERSION = f"2+data{DATA_VERSION}"
 
 
 SftTrain = with_defaults(TrainConfig, "SftTrain", __name__, lr=1e-4)

@@ -1,10 +1,16 @@
 """Token shards in, micro-batches out: Ray Data on the driver, resumable streams on the workers.
 
 Driver: `read_rows(path)` opens a folder of parquet shards (the tokenize stage's `train/`,
-`val/`; rows of fixed-length `input_ids`) as a lazy Ray Dataset. `fit` hands the datasets to
-TorchTrainer: "train" datasets are split across workers (streaming_split with preserve_order,
-so the rows each worker sees, and their order, are the same on every run); "val*" datasets are
-not split and are read once per worker (a small cached prefix, see `take_batches`).
+`val/`; rows of fixed-length `input_ids`) as a lazy Ray Dataset: the file list, repeated to
+`min_rows`, is one stream of rows, and every row carries its position in it (`ROW`). `fit` hands the
+datasets to TorchTrainer with `data_config` (below), which asks `rank_shards` for one dataset
+per worker: row g of the stream goes to rank g % world (torch's DistributedSampler order, without
+shuffling), so in every step the workers together hold one contiguous window of the stream: distinct
+rows whenever the set holds a step's worth, every row of a data epoch on exactly one worker, the same
+global batch for any worker count (2 workers x 16 rows = 1 worker x grad_accum 2 x 16), and the same
+rows to the same rank in the same order on every run. Each rank reads the shards itself (a fused read
+and select; each rank decodes every shard and keeps 1/world of it) and the `ROW` column is dropped
+there. "val*" datasets go whole to every worker (a small cached prefix, see `take_batches`).
 
 Worker: `BatchStream` cycles one shard epoch after epoch and counts micro-batches; its
 `state_dict()` (epoch, index) goes into every checkpoint and `load_state_dict` skips the
@@ -19,13 +25,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+ROW = "_row"  # a row's position in the repeated file list (read_rows); rank_shards selects on it and drops it
+_STREAM = "llmray.rows"  # the DataContext entry read_rows leaves on its dataset: {"rows": stream length, "num_cpus"}
+
 
 def read_rows(path: Path | str, columns: list[str] | None = None, num_cpus: float = 0.0, min_rows: int = 0):
-    """A folder of parquet shards -> a lazy Ray Dataset, one block per file, in file-name order.
+    """A folder of parquet shards -> a lazy Ray Dataset, one block per file, in file-name order, each row
+    with its stream position in column `ROW` (drop it with `rank_shards(ds, 1)`; `fit` does).
 
     `min_rows`: repeat the file list until the dataset holds at least this many rows, so a run of
-    several epochs is ONE pass for Ray Data: each new pass of a split dataset waits for every
-    worker and restarts execution (about a second), which on small data was ~9% of the run.
+    several epochs is ONE pass for Ray Data: each new pass waits for every worker and restarts
+    execution (about a second), which on small data was ~9% of the run.
     Built as from_items(paths) -> map_batches(read): unlike `ray.data.read_parquet`, every task
     of this plan honours `num_cpus`, so with 0 the reads run beside Train workers that hold all
     CPUs (read_parquet's file-listing task always asks for a whole CPU and waits forever)."""
@@ -37,14 +47,87 @@ def read_rows(path: Path | str, columns: list[str] | None = None, num_cpus: floa
     files = sorted(str(p) for p in Path(path).glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"no parquet shards in {path}")
-    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)  # footers only
-    repeat = max(1, math.ceil(min_rows / rows)) if rows else 1
-    items = [{"path": f} for _ in range(repeat) for f in files]
+    counts = [pq.ParquetFile(f).metadata.num_rows for f in files]  # footers only
+    repeat = max(1, math.ceil(min_rows / sum(counts))) if sum(counts) else 1
+    items, offset = [], 0
+    for _ in range(repeat):
+        for f, n in zip(files, counts):
+            items.append({"path": f, "offset": offset})
+            offset += n
     paths = ray.data.from_items(items, override_num_blocks=len(items))
     ds = paths.map_batches(_read_parquet_files, fn_kwargs={"columns": columns}, batch_size=1,
                            batch_format="pyarrow", num_cpus=num_cpus)
     ds.context.enable_progress_bars = False  # one bar per worker per epoch would flood the stage log
+    ds.context.set_config(_STREAM, {"rows": offset, "num_cpus": num_cpus})
     return ds
+
+
+def rank_shards(ds, world: int) -> list | None:
+    """A `read_rows` dataset -> `world` datasets, rank r's holding the stream's rows g with g % world == r,
+    among the first floor(rows / world) * world (every rank the same count, so the ranks' passes end on
+    the same step), in stream order, without the `ROW` column. world=1: the whole stream, unchanged.
+    None for a dataset `read_rows` did not make (it has no stream positions to split on).
+
+    Row-interleaved, as torch's DistributedSampler deals indices (`indices[rank::world]`): a step's
+    micro-batches over all ranks are the stream's next step-sized window, the same rows a single worker
+    accumulating world x grad_accum micro-batches takes. Splitting whole blocks instead (Ray Data's
+    streaming_split) gave two workers identical copies of a one-file set in lockstep: each step held
+    every row twice. The select runs in the read's task (same `num_cpus`: Ray Data fuses the two)."""
+    stream = ds.context.get_config(_STREAM)
+    if stream is None:
+        return None
+    usable = stream["rows"] // world * world
+    return [ds.map_batches(_keep_rank, fn_kwargs={"rank": r, "world": world, "usable": usable}, batch_size=None,
+                           batch_format="pyarrow", num_cpus=stream["num_cpus"]) for r in range(world)]
+
+
+def _keep_rank(table, rank: int, world: int, usable: int):
+    import numpy as np
+
+    pos = table.column(ROW).to_numpy()
+    table = table.drop_columns([ROW])
+    if world == 1:  # usable = every row
+        return table
+    return table.take(np.flatnonzero((pos % world == rank) & (pos < usable)))
+
+
+def data_config(dataset_names, num_workers: int):
+    """Ray Train's DataConfig with llmray's split. A set `read_rows` made is dealt row by row when it is a
+    "train*" set and there are several workers (`llmray.train.data.rank_shards`: rank r gets stream rows
+    r, r + world, ...; each worker runs its own read, so no SplitCoordinator actor starts), and goes whole
+    to every worker otherwise (rank_shards(ds, 1): all rows in order, without the `ROW` column), so one
+    worker, in a group or in-process (llmray.train.loop's in-process fit configures through this too), reads the same
+    batches. A dataset read_rows did not make keeps Ray's own handling (streaming_split for "train*").
+    The class is made here because the package imports no Ray at module level; cloudpickle ships it by
+    value to the Train controller."""
+    import copy
+
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True  # the same rows reach the same worker in the same order every run
+    split = [n for n in dataset_names if n.startswith("train")] if num_workers > 1 else []
+
+    class RowSplitConfig(DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            out, rest = [{} for _ in range(world_size)], {}
+            for name, ds in datasets.items():
+                shards = rank_shards(ds, world_size if name in split else 1)
+                if shards is None:
+                    rest[name] = ds
+                    continue
+                for rank in range(world_size):
+                    part = shards[rank % len(shards)]
+                    part.set_name(name)
+                    part.context.execution_options = copy.deepcopy(options)
+                    out[rank][name] = part.iterator()
+            if rest:
+                for mine, theirs in zip(out, super().configure(rest, world_size, worker_handles, worker_node_ids,
+                                                               **kwargs)):
+                    mine.update(theirs)
+            return out
+
+    return RowSplitConfig(datasets_to_split=split, execution_options=options)
 
 
 def rows_needed(train_cfg, num_workers: int) -> int:
@@ -57,7 +140,11 @@ def _read_parquet_files(batch, columns: list[str] | None):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pa.concat_tables([pq.read_table(p, columns=columns) for p in batch.column("path").to_pylist()])
+    tables = []
+    for path, offset in zip(batch.column("path").to_pylist(), batch.column("offset").to_pylist()):
+        t = pq.read_table(path, columns=columns)
+        tables.append(t.append_column(ROW, pa.array(range(offset, offset + t.num_rows), pa.int64())))
+    return pa.concat_tables(tables)
 
 
 def token_collate(batch: dict) -> dict:

@@ -46,7 +46,7 @@ from pathlib import Path
 from llmray.resources import in_process, scaling_config
 from llmray.stages.base import FixedCost
 from llmray.train import checkpoint as ckpt
-from llmray.train.data import shard_epochs, take_batches
+from llmray.train.data import data_config, shard_epochs, take_batches
 from llmray.train.flops import flops_per_token, mfu, peak_flops
 from llmray.train.optim import build_optimizer, build_scheduler
 from llmray.train.step import train_step
@@ -85,18 +85,6 @@ def _metrics_actor(path: Path):
     here = ray.get_runtime_context().get_node_id()
     return ray.remote(num_cpus=0)(MetricsFile).options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(str(path))
-
-
-def _data_config(dataset_names, num_workers: int):
-    """Train sets split across workers, in a fixed order. With one worker there is nothing to split: the
-    worker reads the whole set itself (the same rows in the same order) and Ray Data starts no
-    SplitCoordinator actor (a process start, and a share of a core while training, on a small machine)."""
-    from ray.train import DataConfig
-
-    options = DataConfig.default_ingest_options()
-    options.preserve_order = True  # the same rows reach the same worker in the same order every run
-    split = [n for n in dataset_names if n.startswith("train")] if num_workers > 1 else []
-    return DataConfig(datasets_to_split=split, execution_options=options)
 
 
 @contextlib.contextmanager
@@ -167,7 +155,7 @@ def _fit_worker_group(config, datasets, resources, train_cfg, name, storage, met
         train_loop_config={**config, "sink": sink},
         scaling_config=scaling_config(resources),
         datasets=datasets,
-        dataset_config=_data_config(datasets, resources.num_workers),
+        dataset_config=data_config(datasets, resources.num_workers),
         run_config=RunConfig(name=name, storage_path=storage[0], storage_filesystem=storage[1],
                              failure_config=FailureConfig(max_failures=resources.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=train_cfg.keep_checkpoints)),
@@ -187,7 +175,7 @@ def _fit_in_process(config, datasets, resources, train_cfg, name, storage, metri
     from ray.train.torch import TorchTrainer
 
     # The same iterators (same rows, same order) a one-worker group's worker gets from Ray Train.
-    shards = _data_config(datasets, 1).configure(datasets, world_size=1, worker_handles=None,
+    shards = data_config(datasets, 1).configure(datasets, world_size=1, worker_handles=None,
                                                  worker_node_ids=None)[0]
     store = ckpt.CheckpointStore(f"{storage[0]}/{name}", storage[1], keep=train_cfg.keep_checkpoints)
     sink = MetricsFile(str(metrics_path))
