@@ -96,8 +96,9 @@ def data_config(dataset_names, num_workers: int):
     "train*" set and there are several workers (`llmray.train.data.rank_shards`: rank r gets stream rows
     r, r + world, ...; each worker runs its own read, so no SplitCoordinator actor starts), and goes whole
     to every worker otherwise (rank_shards(ds, 1): all rows in order, without the `ROW` column), so one
-    worker, in a group or in-process (llmray.train.loop's in-process fit configures through this too), reads the same
-    batches. A dataset read_rows did not make keeps Ray's own handling (streaming_split for "train*").
+    worker reads the same batches in a group or in-process (llmray.train.loop's in-process fit configures
+    through this too). A dataset read_rows did not make keeps Ray's own handling (streaming_split for
+    "train*").
     The class is made here because the package imports no Ray at module level; cloudpickle ships it by
     value to the Train controller."""
     import copy
