@@ -17,8 +17,11 @@ load drifts over minutes, which the one-after-the-other runs take in full), and 
 reports the CPU-seconds per request of each server's whole process tree, per process kind (llmray: GCS,
 raylet, Serve controller, HAProxy, the replica, its vLLM engine-core and worker processes; vllm serve: its
 API process and engine processes), from /proc before and after the phase: on a CPU-bound machine
-req/s ~ cores / CPU-s per request, and this figure moves far less with other jobs' load than req/s. With --handle, llmray is also measured with the model in its own deployment (a served name: the
-graph used for several models), i.e. with the ingress -> model actor hop.
+req/s ~ cores / CPU-s per request. Caveat (py-spy, session 13): ~90 % of the vLLM engine core's CPU and
+~20 % of the worker's is vLLM's spin-wait on its shared-memory queue (sched_yield for 1 s after each
+read), which soaks up any idle core: on a saturated box the per-request totals then track 1 / req/s
+rather than the work done. With --handle, llmray is also measured with the model in its own deployment
+(a served name: the graph used for several models), i.e. with the ingress -> model actor hop.
 
 --promote: latency while `llmray promote` swaps the version behind a served name under a closed
 loop of clients (before / during / after; canary 0 = in-place weight reload, and a 0.25 canary).

@@ -2,7 +2,11 @@
 
 - a PPO run whose rollout actor is killed mid-run completes (Ray restarts it, the driver
   re-syncs it) and writes a loadable model, per-iteration metrics and the final figures
-  (transformers engine by default; the vLLM engine under -m slow);
+  (transformers engine by default; the vLLM engine under -m slow); with the transformers engine
+  the recovered separate-actor run is then compared with the default run (every model role in the
+  driver's process: `resources.in_process` auto, tests/test_rlhf_colocate_auto.py): the same
+  per-iteration and held-out figures (same seeds) with less start-up, so a restart changes no
+  results and the cheap default computes what separate actors compute, on one separate run;
 - (slow) a rerun after an interrupted run resumes from the checkpoint under work_dir;
 - (slow) GRPO on the vLLM engine.
 """
@@ -31,6 +35,11 @@ TINY = {"iterations": 3, "batch_size": 4, "num_eval": 4, "checkpoint_every": 1,
         "optim": {"lr": 1e-4, "minibatch_size": 4, "micro_batch_size": 4, "epochs": 1},
         "rollout": {"engine": "hf", "restart_timeout_s": 120},
         "resources": {"ready_timeout_s": 120, "colocate": False}}  # separate actors: the rollout one is killed
+
+# Figures that depend only on weights, seeds and batches (not on where the roles run or on timing).
+PER_ITERATION = ("reward_mean", "kl", "entropy", "response_length", "policy_loss", "value_loss", "grad_norm",
+                 "logprob_mismatch")
+FINAL = ("eval_reward_init", "eval_reward_final", "eval_kl_final", "kl_mean", "reward_mean_last")
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +124,30 @@ def test_ppo_survives_a_killed_rollout_actor(engine, ray_local, tiny_causal_dir,
     assert m["samples"] and {"prompt", "response", "before"} <= set(m["samples"][0])
     model = AutoModelForCausalLM.from_pretrained(str(ctx.out_dir / result.outputs["model"]))
     assert model.config.architectures == ["LlamaForCausalLM"]
+    if engine == "hf":
+        _same_figures_with_the_roles_in_the_driver(m, records, tmp_path, tiny_causal_dir, tiny_reward_dir,
+                                                   prompts_file)
+
+
+def _same_figures_with_the_roles_in_the_driver(sep_m, sep_recs, tmp_path, tiny_causal_dir, tiny_reward_dir,
+                                               prompts_file):
+    """The default placement on this process's local Ray (roles in the driver: policy host with the hf engine
+    and the reference, the critic sharing its reward model's host) against the separate-actor run above,
+    whose rollout actor was killed and restarted: the same figures, less start-up."""
+    from llmray.rlhf import roles
+    from llmray.stages import ppo
+
+    default = config("ppo", prompts_file, resources={"colocate": "auto", "in_process": "auto"})
+    assert roles.placement(default, "ppo", ["rm"]).name == "in_process"
+    ctx = make_ctx(tmp_path / "local", "ppo_local", "ppo", tiny_causal_dir, tiny_reward_dir)
+    loc_m = ppo.run(default, ctx).metrics
+    loc_recs = [json.loads(line) for line in (ctx.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert (sep_m["roles"], loc_m["roles"]) == ("separate", "in_process")
+    assert len(loc_recs) == len(sep_recs) == 3
+    for a, b in zip(loc_recs, sep_recs):
+        assert {k: a[k] for k in PER_ITERATION} == pytest.approx({k: b[k] for k in PER_ITERATION}, rel=1e-4, abs=1e-5)
+    assert {k: loc_m[k] for k in FINAL} == pytest.approx({k: sep_m[k] for k in FINAL}, rel=1e-4, abs=1e-5)
+    assert loc_m["fixed_cost"]["startup_s"] < sep_m["fixed_cost"]["startup_s"]
 
 
 @pytest.mark.slow  # ~45 s; the killed-rollout-actor test covers RL recovery in CI

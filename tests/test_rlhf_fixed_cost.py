@@ -3,7 +3,7 @@
 A tiny GRPO run (hf engine, one PPO epoch, one optimizer step per iteration: the old log-prob pass
 is skipped because the policy is on-policy and its ratio is exactly 1) with the policy, reference
 and engine in separate actors, and the same run colocated (`resources.colocate`: reference and
-generation inside the policy actor; in_process false, tests/test_rlhf_colocate_auto.py runs the roles
+generation inside the policy actor; in_process false, tests/test_ppo.py runs the PPO roles
 in the driver), give the same per-iteration and held-out metrics (same seeds). The manifest metrics carry the
 stage's fixed cost. Without Ray: the on-policy update equals the one against a separate pass.
 """

@@ -43,3 +43,46 @@ def test_the_env_is_set_while_ray_starts_then_restored(monkeypatch):
     launch._init_ray_for_serving(types.SimpleNamespace(num_cpus=2, address=None))
     assert seen["RAY_SERVE_HAPROXY_NBTHREAD"] == "2" and seen["RAY_worker_niceness"] == "7"
     assert "RAY_SERVE_HAPROXY_NBTHREAD" not in os.environ and os.environ["RAY_worker_niceness"] == "7"
+
+
+# ------------------------------------------------- Ray's processes off the vLLM model worker's cores
+
+RAY_TREE = [(10, "raylet", {0, 1, 2, 3}), (11, "gcs_server", {0, 1, 2, 3}), (12, "ray::IDLE", {0, 1, 2, 3}),
+            (13, "ray::ServeReplica:app:openai-ingress", {0, 1, 2, 3}), (14, "VLLM::EngineCore", {0, 1, 2, 3}),
+            (15, "haproxy", {0, 1, 2, 3})]
+
+
+def test_ray_processes_move_off_the_cores_vllm_bound_its_model_to():
+    spare, pids = launch.model_core_plan(RAY_TREE + [(16, "VLLM::Worker", {0, 1, 2})], {0, 1, 2, 3})
+    assert spare == {3}  # the core vLLM reserved "for the rest"
+    # The raylet (it forks new workers: a restarted replica's vLLM must see the whole machine), idle workers
+    # (reused for new actors) and the model worker itself keep their CPUs.
+    assert sorted(pids) == [11, 13, 14, 15]
+
+
+def test_two_model_workers_leave_what_neither_uses():
+    spare, pids = launch.model_core_plan(RAY_TREE + [(16, "VLLM::Worker", {0}), (17, "VLLM::Worker_TP1", {1})],
+                                         {0, 1, 2, 3})
+    assert spare == {2, 3} and 16 not in pids and 17 not in pids
+
+
+@pytest.mark.parametrize("workers", [
+    [],  # the transformers engine: no bound worker
+    [(16, "VLLM::Worker", {0, 1, 2, 3})],  # vLLM on GPU (no CPU binding): the worker may run anywhere
+    [(16, "VLLM::Worker", {0}), (17, "VLLM::Worker", {1, 2, 3})],  # no core left over
+])
+def test_nothing_moves_without_a_bound_worker_and_a_core_to_spare(workers):
+    assert launch.model_core_plan(RAY_TREE + workers, {0, 1, 2, 3}) == (set(), [])
+
+
+def test_the_process_tree_is_read_from_proc():
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        tree = dict(launch._proc_tree(os.getpid()))
+        assert tree[child.pid].startswith("python")  # the base name of the process title
+    finally:
+        child.kill()
+        child.wait()

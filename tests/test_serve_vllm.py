@@ -7,6 +7,7 @@ test doing several checks. Random tiny weights: structure, not content.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import types
 
@@ -58,5 +59,33 @@ def test_vllm_engine_serves_chat_stream_and_completions(serve_port, tmp_path, ti
         with pytest.raises(openai.BadRequestError):
             c.chat.completions.create(model="vl/chat", messages=[{"role": "user", "content": "x " * 2000}],
                                       max_tokens=2)
+        moved = _check_off_the_model_cores()
     finally:
         stop_serving(pipe)
+    # The session's Ray outlives the application: what was moved has this process's CPUs back.
+    for pid in moved:
+        if os.path.exists(f"/proc/{pid}"):
+            assert os.sched_getaffinity(pid) == os.sched_getaffinity(0), pid
+
+
+def _check_off_the_model_cores() -> list[int]:
+    """vLLM on CPU binds its model worker to all cores but one; with a Ray of our own, start_serving moved the
+    replica and its engine-core process (every thread) off those cores (launch.keep_off_model_cores). Returns
+    the Ray processes that were moved (GCS among them)."""
+    from llmray.rayutil import started_here
+    from llmray.serve.launch import _proc_tree
+
+    if not hasattr(os, "sched_getaffinity") or not started_here():
+        return []
+    tree = _proc_tree(os.getpid())
+    model = set().union(*(os.sched_getaffinity(p) for p, n in tree if n.startswith("VLLM::Worker")))
+    if not model or model >= os.sched_getaffinity(0):
+        return []  # nothing bound (one CPU, or no binding): nothing to move
+    moved = [p for p, n in tree if n.startswith(("ray::ServeReplica", "VLLM::EngineCore"))]
+    assert moved
+    for pid in moved:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            assert not os.sched_getaffinity(int(task)) & model, (pid, task)
+    gcs = [p for p, n in tree if n.startswith("gcs_server")]
+    assert gcs and not os.sched_getaffinity(gcs[0]) & model
+    return moved + gcs

@@ -3,7 +3,8 @@
 serve:   pipeline --resolve_spec (completed stages and external `from:` models, align gate, API-key
          hash)--> init_ray
          --resource check--> serve.start(host, port) --> run the application (app.build_application)
-         --> wait until Serve says RUNNING and GET /health answers --> print http://host:port/v1
+         --> wait until Serve says RUNNING and GET /health answers --> (a local Ray of our own, vLLM on
+         CPU) move Ray's processes off the model worker's cores --> print http://host:port/v1
          then block until Ctrl-C / SIGTERM (default), or return at once (--detach).
 --detach: with a Ray cluster to join (`ray.address` or $RAY_ADDRESS) the application is
          deployed there and stays after this command exits; without one, a background
@@ -62,6 +63,78 @@ def serve_ray_env(cpus: int | None = None, environ=os.environ) -> dict[str, str]
            "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_enable_metrics_collection": "0",
            "RAY_task_events_report_interval_ms": "0"}
     return {k: v for k, v in env.items() if k not in environ}
+
+
+def _proc_tree(root: int) -> list[tuple[int, str]]:
+    """(pid, name) of every descendant of `root`, from /proc (name: the base name of the process title's first
+    word, which Ray and vLLM set: `raylet`, `ray::IDLE`, `ray::ServeReplica:...`, `VLLM::Worker`, ...)."""
+    children: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        names[int(d.name)] = os.path.basename(cmd.split(" ")[0]) or stat[stat.index("(") + 1:stat.rindex(")")]
+        children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(d.name))
+    out, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        out.append((pid, names.get(pid, "")))
+        todo += children.get(pid, [])
+    return out
+
+
+def model_core_plan(procs: list[tuple[int, str, set[int]]], allowed: set[int]) -> tuple[set[int], list[int]]:
+    """Which CPUs Ray's processes should keep to, and which processes to move there, given (pid, name,
+    CPU affinity) of the processes under this one. vLLM on CPU binds its model worker's threads to some
+    cores (`VLLM_CPU_OMP_THREADS_BIND=auto`: all but the last core of the node, reserved "for the rest")
+    and leaves every other process free to run there too. Nothing to do (empty plan) without a bound
+    worker (GPU, or another engine) or without a core left over. The raylet (it forks new workers, which
+    must see the whole machine so that a restarted replica's vLLM binds as before) and idle workers (Ray
+    reuses them for new actors) keep their CPUs."""
+    model: set[int] = set()
+    for _, name, cpus in procs:
+        if name.startswith("VLLM::Worker"):
+            model |= cpus
+    spare = allowed - model
+    if not model or not spare or model >= allowed:
+        return set(), []
+    keep = ("VLLM::Worker", "raylet", "ray::IDLE")
+    return spare, [pid for pid, name, _ in procs if not name.startswith(keep)]
+
+
+_MOVED: list[int] = []  # processes keep_off_model_cores moved, given the whole machine back by stop_serving
+
+
+def _set_affinity(pids: list[int], cpus: set[int]) -> None:
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                os.sched_setaffinity(int(task.name), cpus)
+            except (OSError, ValueError):
+                pass  # a thread or process that ended meanwhile
+
+
+def keep_off_model_cores() -> set[int]:
+    """Move the processes of the local Ray this process started (GCS, Ray's agents, the Serve controller,
+    proxy and HAProxy, the replicas and their vLLM engine-core processes) off the cores vLLM bound its
+    model worker to, every thread of each, so that the model's forward passes are not preempted by them
+    (bench/README.md "Against `vllm serve`", session 13). Returns the CPUs they now keep to (empty: nothing
+    moved). A replica started later (after a failure, by autoscaling) runs where the raylet lets it."""
+    procs = []
+    for pid, name in _proc_tree(os.getpid()):
+        try:
+            procs.append((pid, name, os.sched_getaffinity(pid)))
+        except OSError:
+            pass
+    spare, pids = model_core_plan(procs, os.sched_getaffinity(0))
+    _set_affinity(pids, spare)
+    _MOVED.extend(pids)
+    return spare
 
 
 def app_name(pipe) -> str:
@@ -165,6 +238,7 @@ def start_serving(pipe, allow_blocked: bool = False, engine: str | None = None, 
     """Deploy the pipeline's models on Ray Serve; returns {"url", "app", "default", "models"} once healthy."""
     from ray import serve
 
+    from llmray.rayutil import started_here
     from llmray.serve.app import build_application
 
     spec = resolve_spec(pipe, allow_blocked, engine)
@@ -195,6 +269,10 @@ def start_serving(pipe, allow_blocked: bool = False, engine: str | None = None, 
             raise ServeError(f"Serve says {name} is running but {url.removesuffix('/v1')}/health does not answer; "
                              "is another Serve instance on this Ray cluster bound to a different port?")
         time.sleep(0.5)
+    if hasattr(os, "sched_setaffinity") and started_here():  # Linux, and a Ray of our own: its processes are ours
+        spare = keep_off_model_cores()
+        if spare:
+            echo(f"[llmray] serve: Ray's processes keep to CPUs {sorted(spare)}, the vLLM model's cores left to it")
     return {"url": url, "app": name, "default": spec["default"], "models": [m["id"] for m in spec["models"]]}
 
 
@@ -202,6 +280,11 @@ def stop_serving(pipe) -> None:
     from ray import serve
 
     serve.delete(app_name(pipe))
+    # Ray's processes outlive the application (a notebook or test session trains on after serving): they get
+    # this process's CPUs back, as before serving.
+    if _MOVED:
+        _set_affinity(_MOVED, os.sched_getaffinity(0))
+        _MOVED.clear()
 
 
 # ---------------------------------------------------------------- the commands

@@ -41,6 +41,11 @@ class VLLMEngine:
                                gpu_memory_utilization=self.gpu_memory_utilization, dtype=self.dtype,
                                disable_log_stats=True, trust_remote_code=False)
         self.llm = AsyncLLM.from_engine_args(args)
+        # As `vllm serve` does once its server is up: the start-up heap (Ray, Serve, torch, vLLM) moves to
+        # a permanent generation that the garbage collector's full passes no longer walk.
+        from vllm.utils.gc_utils import freeze_gc_heap
+
+        freeze_gc_heap()
 
     async def reload(self, model_dir: str) -> None:
         """New weights (same architecture) into the running engine: requests keep flowing meanwhile.
