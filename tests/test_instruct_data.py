@@ -17,6 +17,8 @@ def test_split_by_module_is_disjoint_and_deterministic():
     assert len(test) >= 150 and len(train) >= 5 * len(test) // 2
     assert not _modules(train) & _modules(test)
     assert I.instruction_pairs("test") == test  # deterministic
+    # ... across processes too: no default printed by its memory address ("<object object at 0x7f...>")
+    assert not any(" at 0x" in m["content"] for r in train + test for m in r["messages"])
     assert {I.split_of(m) for m in _modules(test)} == {"test"}
 
 

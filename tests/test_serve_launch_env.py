@@ -75,7 +75,7 @@ def test_nothing_moves_without_a_bound_worker_and_a_core_to_spare(workers):
     assert launch.model_core_plan(RAY_TREE + workers, {0, 1, 2, 3}) == (set(), [])
 
 
-def test_the_process_tree_is_read_from_proc():
+def test_the_process_tree_lists_descendants_by_their_title():
     import subprocess
     import sys
 

@@ -43,7 +43,8 @@ from llmray.data.harm import REFUSALS, is_refusal  # noqa: F401  (callers import
 
 # Bump when any built-in set changes: the sft/reward/dpo kinds fold it into their VERSION, so
 # cached stages trained on the old data rerun.
-DATA_VERSION = "5"  # 4: the harm taxonomy (llmray.data.harm) in every set; builtin:qa; 5: contrastive pairs
+DATA_VERSION = "6"  # 4: the harm taxonomy (llmray.data.harm) in every set; builtin:qa; 5: contrastive pairs;
+# 6: no memory addresses in signatures (the stdlib records differed between processes)
 TEST_PERCENT = 20  # share of module buckets held out; ~15% of records land in test
 MAX_SUMMARY_CHARS = 320
 MAX_SIGNATURE_CHARS = 60
@@ -68,6 +69,7 @@ def split_of(module: str) -> str:
     return "test" if _h(f"module-split:{module}") % 100 < TEST_PERCENT else "train"
 
 
+_ADDRESS_RE = re.compile(r" at 0x[0-9a-fA-F]+>")
 _SIG_RE = re.compile(r"^[\w.]+\(.*\)( -> .*)?$|.* -> ")
 
 
@@ -124,7 +126,9 @@ def entries() -> tuple[dict, ...]:
         summary = _summary(rec["doc"])
         if summary is None:
             continue
-        sig = rec["signature"] if len(rec["signature"]) <= MAX_SIGNATURE_CHARS else "(...)"
+        # Defaults printed by address ("<object object at 0x7f...>") differ in every process: drop the address.
+        sig = _ADDRESS_RE.sub(">", rec["signature"])
+        sig = sig if len(sig) <= MAX_SIGNATURE_CHARS else "(...)"
         raw.append({"module": rec["module"], "name": f"{rec['module']}.{rec['qualname']}",
                     "kind": rec["kind"], "signature": sig, "summary": summary})
     counts: dict[str, int] = {}

@@ -26,6 +26,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
+
 from llmray.serve.replica import single_deployment
 from llmray.serve.spec import ServeError, resolve_spec
 
@@ -66,25 +68,17 @@ def serve_ray_env(cpus: int | None = None, environ=os.environ) -> dict[str, str]
 
 
 def _proc_tree(root: int) -> list[tuple[int, str]]:
-    """(pid, name) of every descendant of `root`, from /proc (name: the base name of the process title's first
-    word, which Ray and vLLM set: `raylet`, `ray::IDLE`, `ray::ServeReplica:...`, `VLLM::Worker`, ...)."""
-    children: dict[int, list[int]] = {}
-    names: dict[int, str] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
+    """(pid, name) of every descendant of `root` (name: the base name of the process title's first word,
+    which Ray and vLLM set: `raylet`, `ray::IDLE`, `ray::ServeReplica:...`, `VLLM::Worker`, ...; psutil's
+    own `name()` is the kernel's 15-character `comm`, which cuts these titles short)."""
+    out = []
+    for proc in psutil.Process(root).children(recursive=True):
         try:
-            stat = (d / "stat").read_text()
-            cmd = (d / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-        except OSError:
+            cmd = proc.cmdline()
+            name = os.path.basename(cmd[0].split(" ")[0]) if cmd and cmd[0] else proc.name()
+        except psutil.Error:  # it exited (or is a zombie) since the listing
             continue
-        names[int(d.name)] = os.path.basename(cmd.split(" ")[0]) or stat[stat.index("(") + 1:stat.rindex(")")]
-        children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(d.name))
-    out, todo = [], list(children.get(root, []))
-    while todo:
-        pid = todo.pop()
-        out.append((pid, names.get(pid, "")))
-        todo += children.get(pid, [])
+        out.append((proc.pid, name))
     return out
 
 
@@ -112,11 +106,15 @@ _MOVED: list[int] = []  # processes keep_off_model_cores moved, given the whole 
 
 def _set_affinity(pids: list[int], cpus: set[int]) -> None:
     for pid in pids:
-        for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            tids = [t.id for t in psutil.Process(pid).threads()]
+        except psutil.Error:
+            continue  # a process that ended meanwhile
+        for tid in tids:
             try:
-                os.sched_setaffinity(int(task.name), cpus)
+                os.sched_setaffinity(tid, cpus)
             except (OSError, ValueError):
-                pass  # a thread or process that ended meanwhile
+                pass  # a thread that ended meanwhile
 
 
 def keep_off_model_cores() -> set[int]:
@@ -397,10 +395,10 @@ def _spawn_detached(pipe, args) -> int:
 
 def _our_process(pid: int) -> bool:
     try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+        cmd = psutil.Process(pid).cmdline()
+    except psutil.Error:
         return False
-    return b"llmray.cli" in cmd and b"serve" in cmd
+    return "llmray.cli" in cmd and "serve" in cmd
 
 
 def _stop(pipe) -> int:
