@@ -78,6 +78,8 @@ def main(argv=None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from llmray.losses import masked_ce
+
     torch.set_num_threads(1)
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(args.model)
@@ -98,15 +100,13 @@ def main(argv=None) -> int:
         batch = [train[((step - 1) * args.batch + j) % len(train)] for j in range(args.batch)]
         width = max(len(ids) for ids, _, _ in batch)
         ids = torch.tensor([r[0] + [0] * (width - len(r[0])) for r in batch])
-        target = torch.zeros_like(ids, dtype=torch.float32)  # which next-token predictions count
+        target = torch.zeros_like(ids, dtype=torch.float32)  # the loss mask: which tokens are predicted
         for i, (_, mask, _) in enumerate(batch):
             if args.objective == "first":
                 target[i, mask.index(1)] = 1.0
             else:
                 target[i, :len(mask)] = torch.tensor(mask, dtype=torch.float32)
-        logps = torch.log_softmax(model(ids).logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
-        weight = target[:, 1:]
-        loss = -(logps * weight).sum() / weight.sum()
+        loss, _ = masked_ce(model(ids).logits, ids, target)  # the sft stage's loss, over `target`'s tokens
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
