@@ -27,7 +27,10 @@ def shards(tmp_path_factory, tiny_tokenizer_dir):
     # 2,600 documents: ~3,800 training sequences, more than the 100 steps x 2 workers x 16 read, so the run
     # stays in one epoch. With 1,500 (68 steps an epoch) the second epoch's start of the Ray Data streams
     # cost ~20 s of the test's ~130 s; epochs are not what this test checks.
-    return stdlib_shards(tmp_path_factory, tiny_tokenizer_dir, 2600, SEQ)
+    # 1,000 rows a file (4 train files, not 19): every rank reads every file in a task of its own, and on a
+    # cold worker pool a task can cost a fresh Ray worker process (38 reads started ~19 processes during the
+    # first steps: steps 1-5 took 31 s, not ~4 s). The row stream, hence every batch and loss, is the same.
+    return stdlib_shards(tmp_path_factory, tiny_tokenizer_dir, 2600, SEQ, rows_per_shard=1000)
 
 
 def _ctx(root: Path) -> StageContext:

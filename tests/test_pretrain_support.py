@@ -68,10 +68,11 @@ class Config(StageConfig):
     modules: list[str] | None = Field(None, description="Only these stdlib modules.")
 
 
-def stdlib_shards(tmp_path_factory, tokenizer_dir: Path, docs: int, seq_len: int) -> Path:
-    """A folder of token shards of the first `docs` stdlib documents (a module-scoped fixture's body)."""
+def stdlib_shards(tmp_path_factory, tokenizer_dir: Path, docs: int, seq_len: int, rows_per_shard: int = 200) -> Path:
+    """A folder of token shards of the first `docs` stdlib documents (a module-scoped fixture's body).
+    `rows_per_shard` sets the file count only: the stream of rows (file-name order) is the same for any value."""
     d = tmp_path_factory.mktemp("shards")
-    write_token_shards(stdlib_corpus(docs), tokenizer_dir, d, seq_len=seq_len)
+    write_token_shards(stdlib_corpus(docs), tokenizer_dir, d, seq_len=seq_len, rows_per_shard=rows_per_shard)
     return d
 
 

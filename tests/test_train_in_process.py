@@ -24,7 +24,9 @@ SEQ = 32
 def shards(tmp_path_factory, tiny_tokenizer_dir):
     from test_pretrain_support import stdlib_shards
 
-    return stdlib_shards(tmp_path_factory, tiny_tokenizer_dir, 300, SEQ)
+    # One file of each split (~700 train rows): a read task per file, and each can cost a fresh Ray worker
+    # process; a run reads only the first ~200 rows anyway.
+    return stdlib_shards(tmp_path_factory, tiny_tokenizer_dir, 300, SEQ, rows_per_shard=1000)
 
 
 _CALLS: list = []  # training loss calls, across the copies of a task each in-process attempt trains

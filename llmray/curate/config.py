@@ -345,7 +345,6 @@ class QualityConfig(StrictModel):
     enabled: bool = Field(True, description="Score documents and remove those below the threshold.")
     threshold: float = Field(0.5, ge=0, le=1, description="Keep documents whose quality score is at least this.")
     model: ClassifierConfig = Field(default_factory=ClassifierConfig, description="The classifier and its training data.")
-    actors: int | None = Field(None, ge=1, description="Scoring actors (default: the stage's workers).")
 
 
 class ToxicityConfig(StrictModel):

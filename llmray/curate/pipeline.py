@@ -4,16 +4,15 @@ Data flow:
   a Ray Data datasource, one read task per file / module chunk / repository --> rows (`sources.py`,
   `readers.py`; `warc.py` applies the URL lists, `extract.py` HTML -> text per batch, `repos.py` the
   licence and file rules while reading) -> clean -> language -> [boilerplate: line keys to shard actors | materialize | strip frequent lines]
-  -> gopher_quality -> gopher_repetition -> c4 -> fineweb -> toxicity (actors) -> quality (actors)
+  -> gopher_quality -> gopher_repetition -> c4 -> fineweb -> toxicity -> quality (scorers as task maps: ops.op_score)
   -> decontaminate -> pii
   -> [exact_dedup: hashes to shard actors | materialize | mark losers]
   -> [near_dedup: MinHash band keys to LSH shard actors | materialize | verify, cluster, mark losers]
   -> mix -> materialize -> outputs (`accounting.py`).
 Between barriers everything streams; a barrier materializes the rows (rejected rows keep only a text
 sample) because a global decision needs all keys first. Ray Data's CPU use is capped at `workers`
-(the executor's resource limit and each operator's task pool size); the scorer actor pools and the
-shard actors reserve no CPU (see `_actor_map`), so the stage shares a small machine with whatever
-else runs.
+(the executor's resource limit and each operator's task pool size); the shard actors reserve no CPU
+(`dedup.make_actors`), so the stage shares a small machine with whatever else runs.
 """
 
 from __future__ import annotations
@@ -95,15 +94,11 @@ class Curator:
         return ds.map_batches(fn, batch_format=fmt, batch_size=size, zero_copy_batch=arrow_blocks,
                               num_cpus=1, compute=ray.data.TaskPoolStrategy(size=self.cfg.workers), fn_kwargs=kwargs)
 
-    def _actor_map(self, ds, cls, size: int, **ctor):
+    def _score(self, ds, scorer):
+        """A stateful scorer as a task map (ops.op_score): shipped once through the object store."""
         import ray
 
-        # The scorers reserve no CPU: Ray Data counts actor reservations against the `workers` cap,
-        # and on a small machine reserved-but-idle actors left no room for the task operators
-        # (the pipeline deadlocked). They do little work per document next to the filters.
-        return ds.map_batches(cls, batch_format="numpy", batch_size=self.cfg.batch_size, zero_copy_batch=False,
-                              num_cpus=0, compute=ray.data.ActorPoolStrategy(size=size),
-                              fn_constructor_kwargs=ctor)
+        return self._map(ds, ops.op_score, scorer_ref=ray.put(scorer))
 
     def _barrier(self, ds, what: str):
         t = time.time()
@@ -145,8 +140,7 @@ class Curator:
         if cfg.toxicity.enabled:
             ds = self._toxicity(ds)
         if cfg.quality.enabled:
-            ds = self._actor_map(ds, ops.QualityUDF, cfg.quality.actors or cfg.workers, model=self.quality_model,
-                                 threshold=cfg.quality.threshold, sample_chars=self.sample_chars)
+            ds = self._score(ds, ops.QualityUDF(self.quality_model, cfg.quality.threshold, self.sample_chars))
         if cfg.decontaminate.enabled:
             ds = self._decontaminate(ds)
         if cfg.pii.enabled:
@@ -199,8 +193,7 @@ class Curator:
 
     def _toxicity(self, ds):
         c = self.cfg
-        return self._actor_map(ds, ops.ToxicityUDF, c.workers, entries=self.tox_entries, cfg=c.toxicity,
-                               model=self.tox_model, sample_chars=self.sample_chars)
+        return self._score(ds, ops.ToxicityUDF(self.tox_entries, c.toxicity, self.tox_model, self.sample_chars))
 
     def _decontaminate(self, ds):
         import ray

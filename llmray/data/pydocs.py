@@ -9,8 +9,11 @@ built-in SFT/preference/RL/red-team data sets are all derived from `iter_docs`.
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
 import inspect
+import linecache
 import sys
 import warnings
 from collections.abc import Iterator
@@ -51,6 +54,41 @@ def _signature(obj) -> str:
         return "(...)"
 
 
+@functools.lru_cache(maxsize=4)
+def _class_starts(path: str) -> dict[str, int]:
+    """Qualname -> 0-based first line (its first decorator's, if any) of every class in one source file.
+
+    `inspect.getsource(cls)` parses the whole module for each class it is asked for (its `_ClassFinder`):
+    ~80% of the `include_source` corpus's read time. One parse per file here, walked as `_ClassFinder`
+    walks it (functions add `<name>.<locals>`, the first match wins), gives the same lines."""
+    starts: dict[str, int] = {}
+
+    def walk(node: ast.AST, stack: list[str]) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                walk(child, [*stack, child.name, "<locals>"])
+            elif isinstance(child, ast.ClassDef):
+                first = child.decorator_list[0].lineno if child.decorator_list else child.lineno
+                starts.setdefault(".".join([*stack, child.name]), first - 1)
+                walk(child, [*stack, child.name])
+            else:
+                walk(child, stack)
+
+    walk(ast.parse("".join(linecache.getlines(path))), [])
+    return starts
+
+
+def _source(obj, kind: str) -> str:
+    """inspect.getsource(obj), with a class's start found from one parse of its file (`_class_starts`)."""
+    if kind == "class":
+        obj = inspect.unwrap(obj)  # as getsourcelines does (a classmethod subclass unwraps to a descriptor)
+        path = inspect.getsourcefile(obj)
+        lnum = _class_starts(path).get(obj.__qualname__) if path else None
+        if lnum is not None:
+            return "".join(inspect.getblock(linecache.getlines(path)[lnum:]))
+    return inspect.getsource(obj)
+
+
 def iter_docs(modules: list[str] | None = None, include_source: bool = False,
               min_chars: int = 40) -> Iterator[dict]:
     """One record per documented public function/class/method (and one per module docstring)."""
@@ -73,7 +111,7 @@ def iter_docs(modules: list[str] | None = None, include_source: bool = False,
             text = doc
             if include_source:
                 try:
-                    text = f"{doc}\n\n{inspect.getsource(obj)}"
+                    text = f"{doc}\n\n{_source(obj, kind)}"
                 except (OSError, TypeError):
                     pass
             yield {"id": f"python-docs:{modname}.{qualname}", "module": modname, "qualname": qualname,
