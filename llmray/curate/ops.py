@@ -7,9 +7,9 @@ accounts for every record exactly (docs_in = kept + each operator's removals + q
 the funnel is a group-by on `_drop`, and rejected samples are a selection of rows.
 `_edits` collects "name=count" pairs for in-place changes (repaired UTF-8, boilerplate lines, PII).
 
-Stateful operators (quality, toxicity) are callable classes run in Ray actor pools; the others are
-plain functions run as Ray tasks. Operators that feed a global decision (boilerplate counts,
-dedup keys) send keys to shard actors and return the batch unchanged.
+Every operator runs as a Ray task. Stateful ones (quality, toxicity) are callable classes built once in
+the driver and fetched once per worker process (`op_score`). Operators that feed a global decision
+(boilerplate counts, dedup keys) send keys to shard actors and return the batch unchanged.
 """
 
 from __future__ import annotations
