@@ -20,7 +20,9 @@ API process and engine processes), from /proc before and after the phase: on a C
 req/s ~ cores / CPU-s per request. Caveat (py-spy, session 13): ~90 % of the vLLM engine core's CPU and
 ~20 % of the worker's is vLLM's spin-wait on its shared-memory queue (sched_yield for 1 s after each
 read), which soaks up any idle core: on a saturated box the per-request totals then track 1 / req/s
-rather than the work done. With --handle, llmray is also measured with the model in its own deployment
+rather than the work done (llmray's own vLLM engine on CPU runs the model inside the engine core, without
+that queue: llmray/serve/vllm_engine.py; --vllm-serve-env VLLM_ENABLE_V1_MULTIPROCESSING=0 gives `vllm serve`
+the same executor). With --handle, llmray is also measured with the model in its own deployment
 (a served name: the graph used for several models), i.e. with the ingress -> model actor hop.
 
 --promote: latency while `llmray promote` swaps the version behind a served name under a closed
@@ -289,8 +291,9 @@ def llmray_roots(vllm_proc=None) -> list:
     return [c for c in me.children() if c.pid not in skip]
 
 
-def _start_vllm_serve(model_dir: str):
-    """vLLM's own OpenAI server on the folder, with llmray's engine settings; returns (process, port)."""
+def _start_vllm_serve(model_dir: str, env: list[str] | None = None):
+    """vLLM's own OpenAI server on the folder, with llmray's engine settings and `env` (KEY=VALUE strings)
+    added to its environment; returns (process, port)."""
     import subprocess
 
     from transformers import AutoConfig
@@ -303,7 +306,8 @@ def _start_vllm_serve(model_dir: str):
            "--served-model-name", "bench/bench", "--host", "127.0.0.1", "--port", str(port),
            "--max-model-len", str(context), "--enforce-eager", "--disable-log-stats"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1",
+                                 **dict(e.split("=", 1) for e in env or [])})
     try:
         wait_healthy(port, proc)
     except BaseException:
@@ -331,7 +335,7 @@ def bench_interleaved(model_dir: str, runs_dir: Path, args) -> int:
     start_serving(pipe, echo=lambda m: None)
     import psutil
 
-    proc, vport = _start_vllm_serve(model_dir)
+    proc, vport = _start_vllm_serve(model_dir, args.vllm_serve_env)
     ports = {"llmray": port, "vllm serve": vport}
     roots = {"llmray": llmray_roots(proc), "vllm serve": [psutil.Process(proc.pid)]}
     rounds: dict[str, list[dict]] = {k: [] for k in ports}
@@ -408,7 +412,7 @@ def bench_vs_vllm_serve(model_dir: str, runs_dir: Path, args) -> int:
     sides = {"llmray": _llmray_side(runs_dir, args, {})}
     if args.handle:
         sides["llmray 2 hops"] = _llmray_side(runs_dir, args, {"assistant": "bench"})
-    proc, port = _start_vllm_serve(model_dir)
+    proc, port = _start_vllm_serve(model_dir, args.vllm_serve_env)
     try:
         theirs = side_by_side(port, args)
     finally:
@@ -445,6 +449,9 @@ def main() -> int:
     ap.add_argument("--promote", action="store_true", help="measure latency during promotions instead")
     ap.add_argument("--vs-vllm-serve", action="store_true",
                     help="compare llmray serve (vLLM engine) with vLLM's own OpenAI server instead")
+    ap.add_argument("--vllm-serve-env", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra environment for `vllm serve` (e.g. VLLM_ENABLE_V1_MULTIPROCESSING=0, llmray's CPU "
+                         "executor setting)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="llmray-bench-serve-"))

@@ -26,7 +26,7 @@ def test_vllm_engine_serves_chat_stream_and_completions(serve_port, tmp_path, ti
     import openai
     import vllm  # noqa: F401 - installed by `make setup`; fail loudly if not
 
-    from llmray.serve.launch import start_serving, stop_serving
+    from llmray.serve.launch import _proc_tree, start_serving, stop_serving
 
     stage = tmp_path / "vl" / "chat"
     shutil.copytree(tiny_causal_dir, stage / "model")
@@ -42,6 +42,9 @@ def test_vllm_engine_serves_chat_stream_and_completions(serve_port, tmp_path, ti
         assert [m.id for m in c.models.list()] == ["vl/chat"]
         infos = httpx.get(info["url"].removesuffix("/v1") + "/health").json()["models"]
         assert infos[0]["engine"] == "vllm"  # not silently the transformers engine
+        # On CPU the model runs in vLLM's engine-core process (uni executor), not a worker process beside it.
+        titles = [name for _, name in _proc_tree(os.getpid())]
+        assert "VLLM::EngineCore" in titles and not any(t.startswith("VLLM::Worker") for t in titles), titles
 
         kw = {"model": "vl/chat", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 10,
               "temperature": 0}
