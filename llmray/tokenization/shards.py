@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmray.rayutil import read_parquet
 from llmray.tokenization.packing import RowPacker, ShardWriter, count_rows, join_with_eos, token_dtype
 from llmray.tokenization.split import val_mask
 
@@ -232,7 +233,7 @@ def _tokenize_pool(data_dir, worker: dict, n_docs: int, actors: int | None, batc
     batch_size = batch_plan(n_docs, n_actors, batch_size)
     # No more actors than batches (a tiny corpus would start actors that never get work).
     n_actors = max(1, min(n_actors, -(-n_docs // batch_size)))
-    ds = ray.data.read_parquet(str(data_dir), num_cpus=0).select_columns(["id", "text"])
+    ds = read_parquet(data_dir, num_cpus=0).select_columns(["id", "text"])
     # Blocks of batch_size documents: a Ray Data task takes whole blocks, so one big block would
     # keep a single actor busy while the others idle.
     ds = ds.repartition(target_num_rows_per_block=batch_size).map_batches(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmray.rayutil import read_parquet
 from llmray.tokenization.split import SAMPLE_SALT, buckets, val_mask
 
 
@@ -61,8 +62,6 @@ def ordered(ds):
 def stream_sample(data_dir: Path, *, sample_bytes: int, sample_docs: int | None, heldout_fraction: float,
                   eval_docs: int, seed: int) -> tuple[list[str], list[str], dict]:
     """(training texts, held-out texts, sampling figures) streamed from the curated parquet."""
-    import ray.data
-
     n_docs, n_bytes = corpus_size(data_dir)
     if n_docs == 0:
         raise ValueError(f"no documents in {data_dir}: the curate stage produced an empty corpus")
@@ -70,7 +69,7 @@ def stream_sample(data_dir: Path, *, sample_bytes: int, sample_docs: int | None,
     rate = min(1.0, 1.2 * sample_bytes / max(n_bytes, 1))
     if sample_docs is not None:
         rate = min(rate, 1.2 * sample_docs / n_docs)
-    ds = ray.data.read_parquet(str(data_dir)).select_columns(["id", "text"])
+    ds = read_parquet(data_dir).select_columns(["id", "text"])
     ds = ds.map_batches(_select, fn_kwargs={"sample_rate": rate, "heldout_fraction": heldout_fraction,
                                             "seed": seed}, batch_format="pyarrow", batch_size=1024)
     train: list[str] = []
