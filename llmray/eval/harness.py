@@ -204,12 +204,23 @@ def evaluate_model(folder: str, plan: TaskPlan, opts: dict) -> dict:
     start = time.perf_counter()
     lm = build_lm(folder, opts["backend"], opts["batch_size"], opts.get("max_length"), opts.get("dtype", "auto"))
     loaded, loaded_at = time.perf_counter(), time.time()
-    out = simple_evaluate(lm, tasks=list(plan.names), task_manager=task_manager(plan),
-                          num_fewshot=opts.get("num_fewshot"), limit=opts.get("limit"),
-                          log_samples=bool(opts.get("log_samples")), bootstrap_iters=opts.get("bootstrap_iters", 1000),
-                          apply_chat_template=bool(opts.get("chat_template")), random_seed=opts.get("seed", 0),
-                          numpy_random_seed=opts.get("seed", 0), torch_random_seed=opts.get("seed", 0),
-                          fewshot_random_seed=opts.get("seed", 0))
+    try:
+        out = simple_evaluate(lm, tasks=list(plan.names), task_manager=task_manager(plan),
+                              num_fewshot=opts.get("num_fewshot"), limit=opts.get("limit"),
+                              log_samples=bool(opts.get("log_samples")),
+                              bootstrap_iters=opts.get("bootstrap_iters", 1000),
+                              apply_chat_template=bool(opts.get("chat_template")), random_seed=opts.get("seed", 0),
+                              numpy_random_seed=opts.get("seed", 0), torch_random_seed=opts.get("seed", 0),
+                              fewshot_random_seed=opts.get("seed", 0))
+    finally:
+        if opts["backend"] == "vllm":
+            # vLLM in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) set up torch.distributed's default
+            # process group; leave the process as found, so a later init_process_group here (FSDP, another
+            # engine) does not fail with "initialize the default process group twice". Engine first.
+            del lm
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+            cleanup_dist_env_and_memory()
     done = time.perf_counter()
     samples = out.pop("samples", None)
     items = sum(v.get("effective", v.get("original", 0)) for v in out.get("n-samples", {}).values())
