@@ -1,4 +1,5 @@
-"""Connecting to Ray: join a cluster when one is named, else start a local Ray on loopback.
+"""Connecting to Ray: join a cluster when one is named, else start a local Ray on loopback. Also
+`read_parquet`, Ray Data's Parquet read without Ray 2.60's per-read footer-actor start-up.
 
 A local Ray's raylet is a child of this process, so its worker processes inherit this process's
 environment as it was at `ray.init`: the switches workers need (offline hub, quiet tokenizers) reach
