@@ -1,7 +1,8 @@
 """Where stages run, one family of blocks: a training stage's `resources:` (`Resources` -> Ray Train's
 ScalingConfig), what one Ray actor or task reserves (`ActorResources` -> `.options(...)`: RL roles,
-eval and feedback tasks; `ReplicaResources`: each serving replica, flat in the `serve:` section), and a data stage's `placement:` (-> the node labels every Ray Data task and
-actor of the stage requires).
+eval tasks; `TaskResources`: a task that may run in the driver's process instead, the constitution's
+feedback pass; `ReplicaResources`: each serving replica, flat in the `serve:` section), and a data
+stage's `placement:` (-> the node labels every Ray Data task and actor of the stage requires).
 
 Nothing else in the code base builds a ScalingConfig or sets a Ray Data label selector: a pipeline
 moves from a laptop to a GPU cluster by changing these blocks only. On a cluster whose nodes carry
@@ -80,6 +81,37 @@ class ActorResources(StrictModel):
     def torch_threads(self) -> int:
         """torch threads inside: `threads`, else the reserved CPUs rounded (at least 1)."""
         return self.threads or max(1, round(self.num_cpus))
+
+
+class TaskResources(ActorResources):
+    """What one Ray task reserves that may instead run in the driver's process (the constitution's
+    feedback pass): `ActorResources` plus the `in_process` switch of the training and RL kinds."""
+
+    in_process: AutoSwitch = auto_switch(
+        description="Run the task in the driver's own process instead of a Ray task: no worker process to start "
+                    "and import torch and transformers in (5-10 s a stage on a laptop), but no process "
+                    "isolation. auto: in-process on a one-node, GPU-less Ray this process started (`llmray run` "
+                    "on a laptop) when the task reserves no GPUs or custom resources and generates with "
+                    "transformers (a vLLM engine keeps its Ray task); false: always a Ray task; true: "
+                    "in-process, an error where that cannot hold.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.in_process is True and (self.num_gpus or self.custom):
+            raise ValueError("in_process: true runs the task in the driver's process, so it needs num_gpus: 0 and "
+                             "no custom resources (set in_process: auto or false)")
+        return self
+
+
+def task_in_process(res: TaskResources, engine: str) -> bool:
+    """Whether a `TaskResources` task runs in the driver's process (`TaskResources.in_process`) with the
+    resolved generation `engine` ("hf" | "vllm"). `true` where that cannot hold is an error naming the field."""
+    if res.in_process is False:
+        return False
+    if res.in_process is True and engine != "hf":
+        raise ValueError("resources.in_process: true needs the transformers engine (engine.engine: hf); a vLLM "
+                         "engine runs in its own Ray task (set in_process: auto or false)")
+    return local_ray_for(res.in_process) and engine == "hf" and not res.num_gpus and not res.custom
 
 
 class ReplicaResources(ActorResources):

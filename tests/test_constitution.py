@@ -1,8 +1,9 @@
 """Constitutional AI (`constitution` kind): the AI judge's arithmetic against an independent forward
 pass, position bias cancelled by asking both orders, the built-in feedback and calibration sets held
-apart, config rules, and the records handed to sft/reward/dpo (`ai_feedback:`). No Ray here; the
-stage runs end to end in tests/test_e2e.py (tiny pipeline) and, with a trained feedback model, in
-the slow test at the bottom."""
+apart, config rules, and the records handed to sft/reward/dpo (`ai_feedback:`), and the feedback pass in a
+Ray task and in the driver giving the same records (the one test here on Ray). The stage runs end to
+end in tests/test_e2e.py (tiny pipeline, in the driver) and, with a trained feedback model, in the
+slow test at the bottom."""
 
 from __future__ import annotations
 
@@ -214,3 +215,41 @@ def test_the_docs_example_is_a_valid_pipeline_fragment(tiny_causal_dir):
     pipe = parse_pipeline(raw)
     assert pipe.stages["cai"].feedback_from and pipe.stages["cai"].min_calibration == 0.8
     assert pipe.stages["dpo"].ai_feedback == ["cai"]
+
+
+def test_in_process_true_is_refused_where_it_cannot_hold():
+    from llmray.resources import task_in_process
+
+    with pytest.raises(ValidationError, match="in_process: true .* num_gpus: 0"):
+        Config(init="chat", resources={"in_process": True, "num_gpus": 1})
+    with pytest.raises(ValueError, match=r"resources\.in_process: true needs the transformers engine"):
+        task_in_process(Config(init="chat", resources={"in_process": True}).resources, "vllm")
+    assert task_in_process(Config(init="chat", resources={"in_process": False}).resources, "hf") is False
+
+
+def test_the_feedback_pass_gives_the_same_records_in_a_ray_task_and_in_the_driver(ray_local, tmp_path,
+                                                                                  tiny_causal_dir):
+    """`resources.in_process`: false runs the pass as a Ray task (a cluster's case), auto in this process
+    (a local CPU Ray this process started, the transformers engine); same seeds and threads, same records."""
+    import logging
+
+    from llmray.stages.base import StageContext
+
+    out = {}
+    for switch in (False, "auto"):
+        root = tmp_path / str(switch)
+        (root / "out").mkdir(parents=True)
+        ctx = StageContext(name="cai", kind="constitution", fingerprint="test", run_dir=root, out_dir=root / "out",
+                           work_dir=root / "work", inputs={}, pipeline=None, log=logging.getLogger("test"))
+        config = Config.model_validate({
+            "from": str(tiny_causal_dir), "judge": "pointwise", "max_prompts": 4, "calibration_pairs": 4,
+            "generation": {"max_new_tokens": 6}, "feedback_generation": {"max_new_tokens": 6},
+            "engine": {"engine": "hf"}, "resources": {"in_process": switch}})
+        threads = torch.get_num_threads()
+        res = cai.run_constitution(config, ctx)
+        assert torch.get_num_threads() == threads  # the driver's thread count is its own again
+        assert res.metrics["in_process"] is (switch == "auto")
+        out[switch] = {name: (root / "out" / rel).read_text() for name, rel in res.outputs.items()}
+        assert res.metrics["prompts"] == 4 and res.metrics["pairs"] == 8
+    assert out[False] == out["auto"]
+

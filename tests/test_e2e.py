@@ -38,6 +38,7 @@ def test_tiny_pipeline_end_to_end(tmp_path, capsys):
     cai = json.loads((run / "cai" / "manifest.json").read_text())["metrics"]
     assert cai["prompts"] == 8 and cai["pairs"] == 16 and cai["revisions"] == cai["sft_records"] == 8
     assert cai["pairs_kept"] + cai["pairs_dropped"] == 16 and cai["calibration"]["pairs"] == 8
+    assert cai["in_process"] is True  # a local CPU Ray llmray started, hf engine: the pass ran in the driver
     prefs = [json.loads(line) for line in (run / "cai" / "data" / "prefs.jsonl").read_text().splitlines()]
     assert len(prefs) == cai["pairs_kept"] and all(r["p_chosen"] >= 0.5 for r in prefs)
     dpo = json.loads((run / "dpo" / "manifest.json").read_text())

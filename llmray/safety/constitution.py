@@ -15,7 +15,8 @@ model folders, the prompts (quarantine written), the Ray task below, then the co
 train/test split by a hash of the prompt id, the records and the figures (calibration, on-policy
 agreement, refusal rates) -> data/prefs.jsonl, data/sft.jsonl, trace.jsonl, calibration.jsonl.
 
-Data flow (`feedback_task`, one Ray task on the stage's CPU/GPU, given the stage's typed Config):
+Data flow (`feedback_task`, one Ray task on the stage's CPU/GPU, given the stage's typed Config; on a
+laptop's local Ray with the transformers engine it runs in the driver instead, `resources.in_process`):
   prompts --policy engine (vLLM or transformers; llmray.rlhf.rollout), `samples` each--> answers
   answers --feedback engine: critique, then revision, under a principle drawn per prompt--> revisions
   pairs + the calibration set --feedback model forward (transformers), `judge` mode--> p(first better)
@@ -45,6 +46,7 @@ from llmray.data.feedback import (  # noqa: F401  (PRINCIPLES, principle_for: th
 from llmray.data.formats import held_out, load_data, write_jsonl, write_quarantine
 from llmray.generate import pick_engine
 from llmray.models import model_cache, resolve_model_source
+from llmray.resources import task_in_process
 from llmray.rlhf.rollout import EngineOptions, HFEngine, VLLMEngine
 from llmray.stages.base import FixedCost, StageResult
 
@@ -342,25 +344,42 @@ def _metrics(prompts, res: dict, prefs: list[dict], sft: list[dict], dropped: in
         "revision_preferred": _rate(p["p_first"] >= 0.5 for p in res["pairs"] if p["source"] == "revision"),
         "on_policy": _on_policy(prompts, prefs),
         "calibration": _calibration(res["calibration"]),
-        "engine": res["engine"], "timings": res["timings"],
+        "engine": res["engine"], "timings": res["timings"], "in_process": res["in_process"],
     }
+
+
+def _in_driver(fn, *args):
+    """`fn(*args)` in this process, as the Ray task would run it; the task sets torch's thread count,
+    which is the driver's again afterwards (the stages after this one keep theirs)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_constitution(config, ctx) -> StageResult:
     """The `constitution` stage (`config`: llmray.stages.constitution.Config): prompts, the feedback
-    Ray task, confidence rules, records and figures."""
+    pass (a Ray task, or this process: `resources.in_process`), confidence rules, records and figures."""
     import ray
-
 
     # Fixed cost: work = the task's generation (answers, critiques and revisions) and judging; startup = the
     # start -> the first answer (prompts, the Ray task, its imports, the engine load); export = the records.
     cost = FixedCost()
     policy_dir, feedback_dir = _model_dirs(config, ctx)
     prompts, quarantined = _prompts(config, ctx)
-    task = ray.remote(feedback_task).options(**config.resources.ray_options(), max_retries=1)
-    ctx.log.info("constitution: %d prompts x %d answers from %s; feedback model %s", len(prompts), config.samples,
-                 policy_dir, feedback_dir)
-    res = ray.get(task.remote(str(policy_dir), str(feedback_dir), prompts, config, str(ctx.work_dir / "engine-tmp")))
+    local = task_in_process(config.resources, pick_engine(config.engine.engine, "engine.engine"))
+    ctx.log.info("constitution: %d prompts x %d answers from %s; feedback model %s (%s)", len(prompts),
+                 config.samples, policy_dir, feedback_dir, "in-process" if local else "Ray task")
+    args = (str(policy_dir), str(feedback_dir), prompts, config, str(ctx.work_dir / "engine-tmp"))
+    if local:
+        res = _in_driver(feedback_task, *args)
+    else:
+        task = ray.remote(feedback_task).options(**config.resources.ray_options(), max_retries=1)
+        res = ray.get(task.remote(*args))
+    res["in_process"] = local
     for span in res["work_spans"]:
         cost.work(*span)
     cost.add("startup", cost.uncovered())

@@ -18,7 +18,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from llmray.config import EXTERNAL_INPUT, StageConfig, StrictModel, with_defaults
 from llmray.data.formats import check_fields, check_spec
 from llmray.models import ModelSource, check_start
-from llmray.resources import ActorResources
+from llmray.resources import TaskResources
 from llmray.safety.constitution import PRINCIPLES, run_constitution
 
 VERSION = "1"
@@ -45,7 +45,7 @@ class Sampling(StrictModel):
 
 # Critiques and revisions are longer than answers, and a cooler temperature keeps them on task.
 FeedbackSampling = with_defaults(Sampling, "FeedbackSampling", __name__, max_new_tokens=64, temperature=0.7)
-FeedbackResources = with_defaults(ActorResources, "FeedbackResources", __name__, num_cpus=1)
+FeedbackResources = with_defaults(TaskResources, "FeedbackResources", __name__, num_cpus=1)
 
 
 class Engine(StrictModel):
