@@ -34,6 +34,16 @@ PROSE = ("The function returns the number of items that have been stored in the 
 # ---------------------------------------------------------------- MinHash
 
 
+@pytest.mark.parametrize("num_perm,seed", [(64, 7), (256, 1), (128, 0)])
+def test_permutations_are_datasketch_s(num_perm, seed):
+    from datasketch import MinHash
+
+    a, b = MH.permutations(num_perm, seed)
+    ref = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+    assert a.dtype == b.dtype == np.uint32
+    assert np.array_equal(a, ref[0]) and np.array_equal(b, ref[1]) and (a % 2 == 1).all()
+
+
 def test_signatures_bit_identical_to_datasketch():
     from datasketch import MinHash
 

@@ -31,11 +31,15 @@ _CHUNK_ROWS = 8192  # shingle rows per matrix chunk: 8192 x 256 x 4 B = 8 MiB
 
 @functools.lru_cache(maxsize=8)
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """datasketch's affine32 permutation parameters (a odd, b), each uint32[num_perm]."""
-    from datasketch import MinHash
-
-    a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
-    return a.astype(_U32), b.astype(_U32)
+    """datasketch's affine32 permutation parameters (a odd, b), each uint32[num_perm]: its own two draws
+    (`MinHash._init_permutations`, datasketch 2.x). Drawn here rather than read off a `datasketch.MinHash`
+    because importing datasketch imports scipy.integrate (for its LSH parameter search): 42-46% of a
+    near-dedup task's time on the tiny corpus, in every worker. tests/test_curate_units.py checks the
+    arrays and the signatures against datasketch itself."""
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=_U32) * _U32(2) + _U32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=_U32)
+    return a, b
 
 
 def fmix32(h: np.ndarray) -> np.ndarray:
