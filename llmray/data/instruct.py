@@ -69,7 +69,6 @@ def split_of(module: str) -> str:
     return "test" if _h(f"module-split:{module}") % 100 < TEST_PERCENT else "train"
 
 
-_ADDRESS_RE = re.compile(r" at 0x[0-9a-fA-F]+>")
 _SIG_RE = re.compile(r"^[\w.]+\(.*\)( -> .*)?$|.* -> ")
 
 
@@ -126,8 +125,7 @@ def entries() -> tuple[dict, ...]:
         summary = _summary(rec["doc"])
         if summary is None:
             continue
-        # Defaults printed by address ("<object object at 0x7f...>") differ in every process: drop the address.
-        sig = _ADDRESS_RE.sub(">", rec["signature"])
+        sig = rec["signature"]  # without memory addresses (llmray.data.pydocs._signature)
         sig = sig if len(sig) <= MAX_SIGNATURE_CHARS else "(...)"
         raw.append({"module": rec["module"], "name": f"{rec['module']}.{rec['qualname']}",
                     "kind": rec["kind"], "signature": sig, "summary": summary})

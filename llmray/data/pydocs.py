@@ -14,6 +14,7 @@ import functools
 import importlib
 import inspect
 import linecache
+import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -47,9 +48,14 @@ def _members(mod) -> Iterator[tuple[str, str, object]]:
             yield name, "function", obj
 
 
+# A default printed by its address ("<function copy2 at 0x7f...>") differs in every process: records keep
+# "<function copy2>", so the corpus and every data set made from it are the same in every run.
+_ADDRESS_RE = re.compile(r" at 0x[0-9a-fA-F]+>")
+
+
 def _signature(obj) -> str:
     try:
-        return str(inspect.signature(obj))
+        return _ADDRESS_RE.sub(">", str(inspect.signature(obj)))
     except (TypeError, ValueError):
         return "(...)"
 

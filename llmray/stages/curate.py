@@ -42,7 +42,7 @@ from llmray.curate.config import (
 )
 from llmray.resources import DataPlacement
 
-VERSION = "1"
+VERSION = "2"  # 2: the python-docs source's signatures (meta) without memory addresses
 
 
 class Config(StageConfig):
