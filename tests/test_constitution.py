@@ -252,4 +252,3 @@ def test_the_feedback_pass_gives_the_same_records_in_a_ray_task_and_in_the_drive
         out[switch] = {name: (root / "out" / rel).read_text() for name, rel in res.outputs.items()}
         assert res.metrics["prompts"] == 4 and res.metrics["pairs"] == 8
     assert out[False] == out["auto"]
-

@@ -40,4 +40,3 @@ def test_signatures_carry_no_memory_address():
     recs = {r["qualname"]: r for r in iter_docs(["shutil", "functools"]) if r["kind"] != "module"}
     assert "copy_function=<function copy2>" in recs["copytree"]["signature"]
     assert not [r["id"] for r in recs.values() if " at 0x" in r["signature"]]
-
