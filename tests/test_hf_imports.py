@@ -1,0 +1,50 @@
+"""`llmray.hf_imports`: a process that imports llmray loads transformers' model classes and generates
+without importing scikit-learn, while scikit-learn stays importable for everything else (lm-eval's
+metrics). Fresh interpreters (the switch acts at import time); no Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+PROBE = """
+import inspect, json, sys
+import llmray
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+import transformers.generation.candidate_generator as cg
+import transformers.utils as tu
+loaded = "sklearn" in sys.modules
+torch.manual_seed(0)
+model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=2))
+out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False, pad_token_id=0)
+from sklearn.metrics import f1_score
+print(json.dumps({"sklearn_loaded": loaded, "module_sees": cg.is_sklearn_available(),
+                  "transformers_sees": tu.is_sklearn_available(), "new_tokens": out.shape[1] - 3,
+                  "f1": float(f1_score([1, 0, 1], [1, 0, 0])), "source": "roc_curve" in inspect.getsource(cg)}))
+"""
+
+
+def _probe(code: str, **env) -> dict:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_model_classes_load_and_generate_without_scikit_learn_which_stays_usable():
+    got = _probe(PROBE, LLMRAY_TRANSFORMERS_SKLEARN="0")
+    assert got["sklearn_loaded"] is False
+    assert got["module_sees"] is False and got["transformers_sees"] is True  # only that one module is told
+    assert got["new_tokens"] == 4
+    assert abs(got["f1"] - 2 / 3) < 1e-9  # lm-eval's metrics import scikit-learn as before
+    assert got["source"] is True  # the module's source is still readable (tracebacks, inspect)
+
+
+def test_the_switch_off_restores_transformers_own_import():
+    code = ("import json, sys, llmray, transformers.generation.candidate_generator as cg\n"
+            "print(json.dumps({'sklearn_loaded': 'sklearn' in sys.modules, 'module_sees': cg.is_sklearn_available()}))")
+    assert _probe(code, LLMRAY_TRANSFORMERS_SKLEARN="1") == {"sklearn_loaded": True, "module_sees": True}
