@@ -39,6 +39,8 @@ class _Loader(importlib.abc.Loader):
         return self.loader.create_module(spec)
 
     def exec_module(self, module) -> None:
+        # The swap lasts only while this module's top level runs (under its import lock); the module keeps
+        # the stand-in it bound by `from ..utils import is_sklearn_available`, so its later checks agree.
         utils = sys.modules.get("transformers.utils")
         real = getattr(utils, "is_sklearn_available", None)
         if real is None:
