@@ -38,7 +38,10 @@ def main() -> None:
     args = ap.parse_args()
     on, off = [], []
     for r in range(args.rounds):
-        a, b = (one(False), one(True)) if r % 2 == 0 else (one(True), one(False))[::-1]
+        if r % 2 == 0:  # alternate which side starts first
+            a, b = one(False), one(True)
+        else:
+            b, a = one(True), one(False)
         on.append(a["s"])
         off.append(b["s"])
         print(f"round {r + 1}: on {a['s']:.2f} s (sklearn {a['sklearn']}, pandas {a['pandas']}), "
