@@ -22,7 +22,8 @@ INSTALL = $(if $(UV),$(UV) pip install --quiet --compile-bytecode --python $(BIN
 UNINSTALL = $(if $(UV),$(UV) pip uninstall --quiet --python $(BIN)/python,$(BIN)/pip uninstall -y -q)
 # `make test WORKERS=2`: the suite in two test processes (pytest-xdist; docs/developing.md "Parallel runs").
 WORKERS ?=
-XDIST = $(if $(WORKERS),-n $(WORKERS) --dist loadgroup)
+xdist = $(if $(1),-n $(1) --dist loadgroup)
+XDIST = $(call xdist,$(WORKERS))
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export VLLM_CPU_KVCACHE_SPACE ?= 1
@@ -68,8 +69,7 @@ test: $(STAMP) browser
 # a test that starts Ray without the `integration` marker fails at once.
 FAST_WORKERS ?= auto
 test-fast: $(STAMP)
-	RAY_ADDRESS=the-fast-tier-starts-no-ray $(BIN)/pytest -m "not slow and not integration" -q \
-	  $(if $(FAST_WORKERS),-n $(FAST_WORKERS) --dist loadgroup)
+	RAY_ADDRESS=the-fast-tier-starts-no-ray $(BIN)/pytest -m "not slow and not integration" -q $(call xdist,$(FAST_WORKERS))
 
 test-all: $(STAMP) browser
 	$(BIN)/pytest -q
