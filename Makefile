@@ -64,7 +64,8 @@ docs: $(STAMP)
 # Test runs write bytecode caches (__pycache__/, git-ignored) even where PYTHONDONTWRITEBYTECODE is set, as on
 # this project's machines: without them every test process rewrote and compiled the ~80 test modules at
 # collection (28 s -> 20 s to collect the fast tier), and every Ray worker and CLI subprocess compiled
-# llmray's modules again. Only the project's own files are concerned: the venv was compiled at install.
+# llmray's modules again. It speeds reruns (CI's fresh clone starts without caches: no measurable change).
+# Only the project's own files are concerned: the venv was compiled at install.
 TEST_ENV = PYTHONDONTWRITEBYTECODE=
 test: $(STAMP) browser
 	$(TEST_ENV) $(BIN)/pytest -m "not slow" -q $(XDIST)
