@@ -61,11 +61,8 @@ docs: $(STAMP)
 # The tests CI runs (unit + integration tests, the end-to-end tiny pipeline); `make test-all` adds the slow
 # ones. The strict docs build is one of them (tests/test_docs.py::test_docs_build_strict runs what `make docs`
 # runs, into a temporary folder), so it is not built a second time here.
-# Test runs write bytecode caches (__pycache__/, git-ignored) even where PYTHONDONTWRITEBYTECODE is set, as on
-# this project's machines: without them every test process rewrote and compiled the ~80 test modules at
-# collection (28 s -> 20 s to collect the fast tier), and every Ray worker and CLI subprocess compiled
-# llmray's modules again. It speeds reruns (CI's fresh clone starts without caches: no measurable change).
-# Only the project's own files are concerned: the venv was compiled at install.
+# Test runs write the project's bytecode caches (__pycache__/, git-ignored) even where PYTHONDONTWRITEBYTECODE
+# is set: reruns skip recompiling the test and llmray modules (docs/developing.md "Bytecode caches").
 TEST_ENV = PYTHONDONTWRITEBYTECODE=
 test: $(STAMP) browser
 	$(TEST_ENV) $(BIN)/pytest -m "not slow" -q $(XDIST)
