@@ -61,6 +61,8 @@ NOT_RUN = {
     "wandb sync": "uploads to the W&B server; tests/test_tracking.py checks the offline files",
     "lm_eval --model local-completions": "needs a running server (tests/test_eval_served.py runs the same "
                                          "evaluation against one it starts)",
+    "LLMRAY_CPU_PROFILE=": "is this test suite, profiled (tests/test_cpu_profile.py checks the hook and report)",
+    ".venv/bin/python tests/support/cpu_profile.py": "reads a whole suite's profile (tests/test_cpu_profile.py)",
     "python -m llmray.testing": "builds an example's stand-in inputs (a model folder, data); tests/test_byo_example.py "
                                 "runs the same builder",
 }
