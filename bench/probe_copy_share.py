@@ -8,8 +8,10 @@ task. This probe asks whether a share of copy rows inside the quickstart's own p
 
 It trains `base` as the quickstart does (tiny preset, `--steps` steps of 2 micro-batches of 16 rows of
 the run's `tokens` shards, AdamW lr 3e-3, 20 warm-up steps, cosine; `llmray.train.step.train_step`, no
-Ray), with a `--share` of the rows replaced by copy rows: random token spans of 8-24, each followed by
-its repeat, loss on the repeats only. Every `--every` steps it prints one JSON line:
+Ray; the rows in one seeded random order, or with `--order corpus` in the shards' order as `pretrain`
+reads them, which reproduces the quickstart's `base` exactly), with a `--share` of the rows replaced by
+copy rows: random token spans of 8-24, each followed by its repeat, loss on the repeats only. Every
+`--every` steps it prints one JSON line:
 
 - `val_loss`: next-token loss on the first 64 rows of the run's `tokens/val` (what the copy rows cost);
 - `copy_loss`: loss on the repeats of 16 held-out copy rows (ln(vocab) = no copying; ~0 = copying);
@@ -22,7 +24,8 @@ its repeat, loss on the repeats only. Every `--every` steps it prints one JSON l
         --init runs/quickstart/base/model      # a pure copy phase of short rows after `base`
 
 Two torch threads (the quickstart's in-process training); ~1.5 s a step of 256-token rows on 2 cores.
-Results: bench/README.md, "A copy-task share inside the quickstart's budget does not teach copying".
+Results: bench/README.md, "A copy-task share inside the quickstart's budget does not teach copying" and
+"Pretraining reads its rows in corpus order".
 """
 
 from __future__ import annotations
@@ -94,6 +97,9 @@ def main(argv=None) -> int:
     ap.add_argument("--length", type=int, default=256,
                     help="tokens per copy row; other than the shards' 256 only with --share 1 (a pure copy task)")
     ap.add_argument("--micro-batch", type=int, default=16, help="rows per micro-batch (2 a step), as the quickstart")
+    ap.add_argument("--order", choices=("shuffled", "corpus"), default="shuffled",
+                    help="the train rows in one seeded random order (repeated each epoch), or in the shards' "
+                         "order, as the pretrain stage reads them")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init", help="start from this HF model folder instead of a fresh tiny model "
                                    "(with --steps 0: probe it only)")
@@ -132,9 +138,10 @@ def main(argv=None) -> int:
              else LlamaForCausalLM(llama_config(ModelConfig(preset="tiny"), tok))).train()
     optimizer, compute = build_optimizer(model, cfg), compute_init(in_ray_train=False)
     scheduler = build_scheduler(optimizer, cfg)
-    order, pos, t0 = rng.permutation(len(rows)), 0, time.time()
+    order = rng.permutation(len(rows)) if args.order == "shuffled" else np.arange(len(rows))
+    pos, t0 = 0, time.time()
 
-    def copy_loss(model, batch):
+    def labelled_loss(model, batch):
         return model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False).loss, {}
 
     print(json.dumps({"step": 0, "share": args.share, "train_rows": len(rows), **probe(model, val, held, names)}))
@@ -151,7 +158,7 @@ def main(argv=None) -> int:
                 ids.append(a)
                 labels.append(b)
             micro.append({"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)})
-        train_step(model, micro, optimizer, scheduler, copy_loss, compute, cfg.grad_clip)
+        train_step(model, micro, optimizer, scheduler, labelled_loss, compute, cfg.grad_clip)
         if step % args.every == 0 or step == args.steps:
             print(json.dumps({"step": step, "s": round(time.time() - t0), **probe(model, val, held, names)}),
                   flush=True)
