@@ -26,14 +26,14 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 for _k, _v in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
                ("AWS_EC2_METADATA_DISABLED", "true")):
     os.environ.setdefault(_k, _v)
-# Under pytest-xdist (`make test WORKERS=2`) every worker's session starts a local Ray and Serve
-# of its own. Serve's HAProxy binds the same two ports (stats 8404, metrics 9101) in every Serve
-# instance, so a second instance on the machine dies at start ("Address already in use"): each worker
-# hands its Ray, whose processes inherit this environment, ports of its own.
 # `LLMRAY_CPU_PROFILE=<file> make test`: each test's wall time and the machine's CPU time meanwhile,
 # one JSON line per test (tests/support/cpu_profile.py, which also prints the report).
 if os.environ.get("LLMRAY_CPU_PROFILE"):
     from cpu_profile import pytest_runtest_protocol  # noqa: F401 - a hook: pytest finds it here
+# Under pytest-xdist (`make test WORKERS=2`) every worker's session starts a local Ray and Serve
+# of its own. Serve's HAProxy binds the same two ports (stats 8404, metrics 9101) in every Serve
+# instance, so a second instance on the machine dies at start ("Address already in use"): each worker
+# hands its Ray, whose processes inherit this environment, ports of its own.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for _k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
         os.environ.setdefault(_k, str(free_port("0.0.0.0")))
