@@ -54,6 +54,19 @@ def copy_row(rng, vocab: int, length: int, low: int = 3) -> tuple[list[int], lis
     return ids[:length], labels[:length]
 
 
+def training_rows(rows, order, share: float, rng, vocab: int, length: int):
+    """Endless (ids, labels): the run's rows in `order`, repeated epoch after epoch, each replaced by a
+    copy row with probability `share` (labels = ids for a corpus row: next-token loss on every token)."""
+    pos = 0
+    while True:
+        if rng.random() < share:
+            yield copy_row(rng, vocab, length)
+        else:
+            row = rows[order[pos % len(rows)]].tolist()
+            pos += 1
+            yield row, row
+
+
 def name_rows(tokenizer) -> list[tuple[list[int], int]]:
     """(ids, where the repeated name starts) per held-out API name of the align stage's answer set."""
     from llmray.safety.answers import question_set
@@ -139,7 +152,7 @@ def main(argv=None) -> int:
     optimizer, compute = build_optimizer(model, cfg), compute_init(in_ray_train=False)
     scheduler = build_scheduler(optimizer, cfg)
     order = rng.permutation(len(rows)) if args.order == "shuffled" else np.arange(len(rows))
-    pos, t0 = 0, time.time()
+    stream, t0 = training_rows(rows, order, args.share, rng, vocab, length), time.time()
 
     def labelled_loss(model, batch):
         return model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False).loss, {}
@@ -148,15 +161,7 @@ def main(argv=None) -> int:
     for step in range(1, args.steps + 1):
         micro = []
         for _ in range(2):
-            ids, labels = [], []
-            for _ in range(rows_per_mb):
-                if rng.random() < args.share:
-                    a, b = copy_row(rng, vocab, length)
-                else:
-                    a = rows[order[pos % len(rows)]].tolist()
-                    b, pos = a, pos + 1
-                ids.append(a)
-                labels.append(b)
+            ids, labels = zip(*(next(stream) for _ in range(rows_per_mb)))
             micro.append({"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)})
         train_step(model, micro, optimizer, scheduler, labelled_loss, compute, cfg.grad_clip)
         if step % args.every == 0 or step == args.steps:

@@ -8,9 +8,9 @@ serially:
     LLMRAY_CPU_PROFILE=/tmp/cpu.jsonl make test        # tests/conftest.py installs the hook
     .venv/bin/python tests/support/cpu_profile.py /tmp/cpu.jsonl
 
-One JSON line per test {"id", "wall", "busy_cpu_s", "cores"}; the report sums them per file and shows
-the tests with the most CPU and those with the most idle core-seconds (wall x cores - busy: waiting,
-or one busy core of two). Linux only (/proc/stat).
+One JSON line per test {"id", "wall", "busy_cpu_s", "cores"}; the report gives the totals and the floor
+packed on N cores, the files with the most CPU, and the tests with the most idle core-seconds (wall x
+cores - busy: waiting, or one busy core of two). Linux only (/proc/stat).
 """
 
 from __future__ import annotations
