@@ -25,7 +25,9 @@ from llmray.models import ModelConfig, ModelSource, check_start, model_cache, re
 from llmray.resources import Resources
 from llmray.train.config import TrainConfig
 
-VERSION = "2"  # 2: with several workers each step holds distinct rows (llmray.train.data.rank_shards)
+# 2: with several workers each step holds distinct rows (llmray.train.data.rank_shards)
+# 3: `shuffle` (default on): the train rows in a new seeded order every epoch
+VERSION = "3"
 
 
 class Replay(StrictModel):
@@ -58,6 +60,10 @@ class Config(StageConfig):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation, logging, checkpoints.")
     resources: Resources = Field(default_factory=Resources, description="Ray Train workers, GPUs, strategy.")
     replay: Replay | None = Field(None, description="General data replayed during domain fine-tuning.")
+    shuffle: bool = Field(True, description="Read the train rows (and the replayed rows) in a new order every "
+                                            "data epoch, seeded by train.seed: the shard files in a random "
+                                            "order, each file's rows permuted. False: the shards' order, which "
+                                            "for tokenized text is the corpus's document order.")
 
     def input_refs(self) -> dict[str, list[str]]:
         refs = super().input_refs()
@@ -93,7 +99,8 @@ def run(config: Config, ctx):
         replay_train_dir=replay.path("train") if replay else None,
         replay_val_dir=replay.path("val") if replay else None,
         replay_fraction=config.replay.fraction if config.replay else 0.0, data_cpus=config.train.data_cpus,
-        min_rows=rows_needed(config.train, config.resources.num_workers))
+        min_rows=rows_needed(config.train, config.resources.num_workers),
+        shuffle_seed=config.train.seed if config.shuffle else None)
     with cost.phase("data"):
         baseline = unigram_entropy(data.path("train"))
     ctx.log.info("unigram entropy of the train tokens: %.4f nats", baseline["unigram_entropy"])

@@ -32,14 +32,16 @@ class CausalLMTask(BaseTask):
     replay_fraction: float = 0.0
     data_cpus: float = 0.0
     min_rows: int = 0  # rows the run consumes (llmray.train.data.rows_needed): several epochs, one pass
+    shuffle_seed: int | None = None  # train rows in a new seeded order every epoch (None: the shards' order)
 
     def datasets(self) -> dict:
-        ds = {"train": read_rows(self.train_dir, ["input_ids"], self.data_cpus, self.min_rows)}
+        ds = {"train": read_rows(self.train_dir, ["input_ids"], self.data_cpus, self.min_rows, self.shuffle_seed)}
         if self.val_dir is not None and any(Path(self.val_dir).glob("*.parquet")):
             ds["val"] = read_rows(self.val_dir, ["input_ids"], self.data_cpus)
         if self.replay_train_dir is not None and self.replay_fraction > 0:
             # Over-provisioning costs nothing: a pass is read lazily, only as far as it is consumed.
-            ds["train_replay"] = read_rows(self.replay_train_dir, ["input_ids"], self.data_cpus, self.min_rows)
+            ds["train_replay"] = read_rows(self.replay_train_dir, ["input_ids"], self.data_cpus, self.min_rows,
+                                           self.shuffle_seed)
         if self.replay_val_dir is not None and any(Path(self.replay_val_dir).glob("*.parquet")):
             ds["val_general"] = read_rows(self.replay_val_dir, ["input_ids"], self.data_cpus)
         return ds
