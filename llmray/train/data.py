@@ -42,7 +42,7 @@ def read_rows(path: Path | str, columns: list[str] | None = None, num_cpus: floa
     the rows of each file permuted as it is read (`epoch_order`), positions numbered after that, so
     ranks, resume and reruns see the same rows. Tokenized shards hold the corpus in document order
     (for the built-in corpus: module after module); read that way a model learns one topic at a
-    time and forgets the last (the quickstart's base: val loss 5.157 read so, 4.717 shuffled, bench/README.md).
+    time and forgets the last (the quickstart's base: val loss 5.157 read so, 4.656 shuffled, bench/README.md).
     A file's rows are a contiguous stretch of the corpus, so with many files a window of steps
     draws from one file; the permutation within the file is uniform.
     Built as from_items(paths) -> map_batches(read): unlike `ray.data.read_parquet`, every task
