@@ -68,8 +68,8 @@ test: $(STAMP) browser
 	$(TEST_ENV) $(BIN)/pytest -m "not slow" -q $(XDIST)
 
 # Unit tests only (no Ray, no servers, no CLI runs), one test process per core (nothing else runs beside
-# them): 582 tests in ~110 s on 2 cores, ~3 min in one process. RAY_ADDRESS is set to an invalid address so
-# a test that starts Ray without the `integration` marker fails at once.
+# them): 578 tests in ~72 s on 2 cores (docs/developing.md "Test tiers"). RAY_ADDRESS is set to an
+# invalid address so a test that starts Ray without the `integration` marker fails at once.
 FAST_WORKERS ?= auto
 test-fast: $(STAMP)
 	$(TEST_ENV) RAY_ADDRESS=the-fast-tier-starts-no-ray $(BIN)/pytest -m "not slow and not integration" -q $(call xdist,$(FAST_WORKERS))

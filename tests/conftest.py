@@ -122,9 +122,11 @@ def s3_endpoint():
     server.stop()
 
 
-# Test tiers. `integration`: the test starts (or joins) Ray, a server, or a CLI run that does. Set
-# automatically for every test using the `ray_local` fixture (directly or through another fixture), and
-# by `pytestmark = pytest.mark.integration` in files that start Ray another way. `make test-fast` runs
+# Test tiers. `integration`: the test starts (or joins) Ray, a server, a browser, or a CLI run that does,
+# or it works for seconds (trains a tiny model, spawns Python processes: marked one by one, with the
+# reason), so that the fast tier stays under a minute. Set automatically for every test using the
+# `ray_local` fixture (directly or through another fixture), and by `pytestmark = pytest.mark.integration`
+# in files that start Ray another way. `make test-fast` runs
 # `-m "not slow and not integration"` with RAY_ADDRESS set to an invalid address, so a test that starts
 # Ray without saying so fails there at once instead of silently making the fast tier slow.
 #

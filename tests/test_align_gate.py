@@ -272,6 +272,7 @@ def _refuser(out_dir, tokenizer_dir, suite):
     return save_model(model, tok, out_dir)
 
 
+@pytest.mark.integration  # fine-tunes two tiny models (~10 s): not in the fast tier
 def test_default_gate_blocks_a_complying_model_and_passes_a_refusing_one(tmp_path, guard, suite, tiny_causal_dir,
                                                                          tiny_tokenizer_dir):
     from llmray.data.redteam import select

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
@@ -44,6 +45,7 @@ def _run_dir(tmp_path: Path, tokenizer_dir: Path) -> Path:
     return tmp_path / "run"
 
 
+@pytest.mark.integration  # trains a tiny model (~7 s): not in the fast tier
 def test_the_probe_reports_every_few_steps_and_the_model_learns(capsys, tmp_path, tiny_tokenizer_dir):
     run = _run_dir(tmp_path, tiny_tokenizer_dir)
     assert probe_copy_share.main([str(run), "--steps", "4", "--every", "2", "--micro-batch", "2",

@@ -52,6 +52,7 @@ def _independent_choice_logprobs(model_dir: Path, items: list[dict]) -> list[lis
     return out
 
 
+@pytest.mark.integration  # an lm-eval run (~4 s): not in the fast tier
 def test_lm_eval_multiple_choice_accuracy_equals_an_independent_computation(tiny_causal_dir):
     n = 30
     res = evaluate_model(str(tiny_causal_dir), TaskPlan(["llmray_docmatch"], [str(BUILTIN_DIR)]),

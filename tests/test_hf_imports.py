@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 PROBE = """
 import inspect, json, sys
 import llmray
@@ -35,6 +37,7 @@ def _probe(code: str, **env):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.integration  # two Python subprocesses loading transformers (~10 s): not in the fast tier
 def test_model_classes_load_and_generate_without_scikit_learn_which_stays_usable():
     got = _probe(PROBE, LLMRAY_TRANSFORMERS_SKLEARN="0")
     assert got["sklearn_loaded"] is False

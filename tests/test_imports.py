@@ -14,6 +14,8 @@ import pkgutil
 import sys
 from pathlib import Path
 
+import pytest
+
 import llmray
 
 ROOT = Path(llmray.__file__).parent
@@ -121,6 +123,7 @@ def _import_each_alone(names: list[str]) -> tuple[int, int]:
     return pid, read
 
 
+@pytest.mark.integration  # a subprocess per module (~4 s): not in the fast tier
 def test_every_module_imports_alone():
     """Each module in a process in which no other llmray module is imported: a module that works only
     after some other llmray module was imported first fails here. Two forked children (the machine's

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import refusal_probe  # noqa: E402
@@ -17,6 +19,7 @@ def _run(capsys, model_dir, *args) -> list[dict]:
     return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
+@pytest.mark.integration  # trains a tiny model (~4 s): not in the fast tier
 def test_the_probe_is_read_at_the_decision_point_and_the_decision_objective_moves_it(capsys, tiny_causal_dir):
     lines = _run(capsys, tiny_causal_dir, "--steps", "6", "--every", "3", "--lr", "0.01", "--objective", "first")
     probes, summary = lines[:-1], lines[-1]

@@ -143,6 +143,7 @@ def check_report_in_browser(run: Path, tmp_path: Path) -> Path:
     return shot
 
 
+@pytest.mark.integration  # a headless Chromium (~3 s): not in the fast tier
 def test_report_in_headless_chromium(tmp_path):
     run = build_run(tmp_path / "runs")
     shot = check_report_in_browser(run, tmp_path)
@@ -184,6 +185,7 @@ class _CompareHandler(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.integration  # a headless Chromium (~3 s): not in the fast tier
 def test_playground_round_trip_in_headless_chromium(tmp_path):
     run = build_run(tmp_path / "runs", running=False)
     ids = ["quickstart/chat", "quickstart/dpo", "quickstart/rm", "quickstart/ppo"]

@@ -107,6 +107,7 @@ def test_vllm_engine_weight_sync_matches_trainer(ray_local, tiny_causal_dir, mod
     _sync_check("vllm", ray_local, tiny_causal_dir, model_b, tmp_path)
 
 
+@pytest.mark.integration  # imports vLLM (~5 s): not in the fast tier
 @pytest.mark.vllm
 def test_vllm_model_class_is_registered_in_process(tiny_causal_dir, monkeypatch):
     """On CPU the rollout engine registers the folder's model class itself, so vLLM inspects it in this
