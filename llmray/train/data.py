@@ -5,11 +5,11 @@ Driver: `read_rows(path)` opens a folder of parquet shards (the tokenize stage's
 `min_rows` (with a `shuffle_seed`, every repeat in its own seeded order of files and of rows within
 each file), is one stream of rows, and every row carries its position in it (`ROW`). `fit` hands the
 datasets to TorchTrainer with `data_config` (below), which asks `rank_shards` for one dataset
-per worker: row g of the stream goes to rank g % world (torch's DistributedSampler order, without
-shuffling), so in every step the workers together hold one contiguous window of the stream: distinct
-rows whenever the set holds a step's worth, every row of a data epoch on exactly one worker, the same
-global batch for any worker count (2 workers x 16 rows = 1 worker x grad_accum 2 x 16), and the same
-rows to the same rank in the same order on every run. Each rank reads the shards itself (a fused read
+per worker: row g of the stream goes to rank g % world (torch's DistributedSampler order; the
+stream's own order is the shuffle), so in every step the workers together hold one contiguous window
+of the stream: distinct rows whenever the set holds a step's worth, every row of a data epoch on
+exactly one worker, the same global batch for any worker count (2 workers x 16 rows = 1 worker x
+grad_accum 2 x 16), and the same rows to the same rank in the same order on every run. Each rank reads the shards itself (a fused read
 and select; each rank decodes every shard and keeps 1/world of it) and the `ROW` column is dropped
 there. "val*" datasets go whole to every worker (a small cached prefix, see `take_batches`).
 
@@ -32,8 +32,8 @@ _STREAM = "llmray.rows"  # the DataContext entry read_rows leaves on its dataset
 
 def read_rows(path: Path | str, columns: list[str] | None = None, num_cpus: float = 0.0, min_rows: int = 0,
               shuffle_seed: int | None = None):
-    """A folder of parquet shards -> a lazy Ray Dataset, one block per file, in file-name order, each row
-    with its stream position in column `ROW` (drop it with `rank_shards(ds, 1)`; `fit` does).
+    """A folder of parquet shards -> a lazy Ray Dataset, one block per file, in file-name order (or in
+    a seeded order, see `shuffle_seed`), each row with its stream position in column `ROW` (drop it with `rank_shards(ds, 1)`; `fit` does).
 
     `min_rows`: repeat the file list until the dataset holds at least this many rows, so a run of
     several epochs is ONE pass for Ray Data: each new pass waits for every worker and restarts
