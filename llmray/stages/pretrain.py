@@ -60,10 +60,10 @@ class Config(StageConfig):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation, logging, checkpoints.")
     resources: Resources = Field(default_factory=Resources, description="Ray Train workers, GPUs, strategy.")
     replay: Replay | None = Field(None, description="General data replayed during domain fine-tuning.")
-    shuffle: bool = Field(True, description="Read the train rows (and the replayed rows) in a new order every "
-                                            "data epoch, seeded by train.seed: the shard files in a random "
-                                            "order, each file's rows permuted. False: the shards' order, which "
-                                            "for tokenized text is the corpus's document order.")
+    shuffle: bool = Field(True, description="Read the train rows (and the replayed rows) in a new order "
+                                            "every data epoch, seeded by train.seed: the shard files in a "
+                                            "random order, each file's rows permuted. False: the shards' "
+                                            "order, which for tokenized text is the corpus's document order.")
 
     def input_refs(self) -> dict[str, list[str]]:
         refs = super().input_refs()

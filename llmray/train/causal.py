@@ -35,7 +35,8 @@ class CausalLMTask(BaseTask):
     shuffle_seed: int | None = None  # train rows in a new seeded order every epoch (None: the shards' order)
 
     def datasets(self) -> dict:
-        ds = {"train": read_rows(self.train_dir, ["input_ids"], self.data_cpus, self.min_rows, self.shuffle_seed)}
+        ds = {"train": read_rows(self.train_dir, ["input_ids"], self.data_cpus, self.min_rows,
+                                 self.shuffle_seed)}
         if self.val_dir is not None and any(Path(self.val_dir).glob("*.parquet")):
             ds["val"] = read_rows(self.val_dir, ["input_ids"], self.data_cpus)
         if self.replay_train_dir is not None and self.replay_fraction > 0:

@@ -9,9 +9,10 @@ per worker: row g of the stream goes to rank g % world (torch's DistributedSampl
 stream's own order is the shuffle), so in every step the workers together hold one contiguous window
 of the stream: distinct rows whenever the set holds a step's worth, every row of a data epoch on
 exactly one worker, the same global batch for any worker count (2 workers x 16 rows = 1 worker x
-grad_accum 2 x 16), and the same rows to the same rank in the same order on every run. Each rank reads the shards itself (a fused read
-and select; each rank decodes every shard and keeps 1/world of it) and the `ROW` column is dropped
-there. "val*" datasets go whole to every worker (a small cached prefix, see `take_batches`).
+grad_accum 2 x 16), and the same rows to the same rank in the same order on every run. Each rank
+reads the shards itself (a fused read and select; each rank decodes every shard and keeps 1/world of
+it) and the `ROW` column is dropped there. "val*" datasets go whole to every worker (a small cached
+prefix, see `take_batches`).
 
 Worker: `BatchStream` cycles one shard epoch after epoch and counts micro-batches; its
 `state_dict()` (epoch, index) goes into every checkpoint and `load_state_dict` skips the
@@ -33,7 +34,8 @@ _STREAM = "llmray.rows"  # the DataContext entry read_rows leaves on its dataset
 def read_rows(path: Path | str, columns: list[str] | None = None, num_cpus: float = 0.0, min_rows: int = 0,
               shuffle_seed: int | None = None):
     """A folder of parquet shards -> a lazy Ray Dataset, one block per file, in file-name order (or in
-    a seeded order, see `shuffle_seed`), each row with its stream position in column `ROW` (drop it with `rank_shards(ds, 1)`; `fit` does).
+    a seeded order, see `shuffle_seed`), each row with its stream position in column `ROW` (drop it
+    with `rank_shards(ds, 1)`; `fit` does).
 
     `min_rows`: repeat the file list until the dataset holds at least this many rows, so a run of
     several epochs is ONE pass for Ray Data: each new pass waits for every worker and restarts
@@ -42,7 +44,8 @@ def read_rows(path: Path | str, columns: list[str] | None = None, num_cpus: floa
     the rows of each file permuted as it is read (`epoch_order`), positions numbered after that, so
     ranks, resume and reruns see the same rows. Tokenized shards hold the corpus in document order
     (for the built-in corpus: module after module); read that way a model learns one topic at a
-    time and forgets the last (the quickstart's base: val loss 5.157 read so, 4.656 shuffled, bench/README.md).
+    time and forgets the last (the quickstart's base: val loss 5.157 read so, 4.656 shuffled;
+    bench/README.md).
     A file's rows are a contiguous stretch of the corpus, so with many files a window of steps
     draws from one file; the permutation within the file is uniform.
     Built as from_items(paths) -> map_batches(read): unlike `ray.data.read_parquet`, every task
@@ -61,8 +64,8 @@ def read_rows(path: Path | str, columns: list[str] | None = None, num_cpus: floa
     items, offset = [], 0
     for epoch in range(repeat):
         for i in epoch_order(len(files), shuffle_seed, epoch):
-            items.append({"path": files[i], "offset": offset, "shuffle": shuffle_seed is not None,
-                          "seed": shuffle_seed or 0, "epoch": epoch, "file": int(i)})
+            items.append({"path": files[i], "offset": offset, "seed": shuffle_seed, "epoch": epoch,
+                          "file": int(i)})
             offset += counts[i]
     paths = ray.data.from_items(items, override_num_blocks=len(items))
     ds = paths.map_batches(_read_parquet_files, fn_kwargs={"columns": columns}, batch_size=1,
@@ -167,7 +170,7 @@ def _read_parquet_files(batch, columns: list[str] | None):
     tables = []
     for item in batch.to_pylist():
         t = pq.read_table(item["path"], columns=columns)
-        if item["shuffle"]:
+        if item["seed"] is not None:
             t = t.take(epoch_order(t.num_rows, item["seed"], item["epoch"], item["file"]))
         offset = item["offset"]
         tables.append(t.append_column(ROW, pa.array(range(offset, offset + t.num_rows), pa.int64())))
